@@ -1,0 +1,24 @@
+"""Dagster Pipes plumbing for an HTTP Cloud Function (no business logic here)."""
+
+from gcf_pipes.context import install_logging_bridge, open_request_pipes, split_pipes_params
+from gcf_pipes.errors import PipesMessageDeliveryError, RequestError
+from gcf_pipes.http import handle_pipes_request
+from gcf_pipes.writer import (
+    PipesCloudStorageMessageWriter,
+    PipesCloudStorageMessageWriterChannel,
+    WriterSettings,
+    chunk_key,
+)
+
+__all__ = [
+    "PipesCloudStorageMessageWriter",
+    "PipesCloudStorageMessageWriterChannel",
+    "PipesMessageDeliveryError",
+    "RequestError",
+    "WriterSettings",
+    "chunk_key",
+    "handle_pipes_request",
+    "install_logging_bridge",
+    "open_request_pipes",
+    "split_pipes_params",
+]

@@ -1,0 +1,188 @@
+"""Pipes message writer that streams messages to GCS as indexed JSON-lines chunks.
+
+Chunks are written to ``<key_prefix>/<n>.json`` (n = 1, 2, ...), one JSON-encoded Pipes
+message per line: the layout ``dagster_pipes.PipesGCSMessageWriter`` uses and the Dagster-side
+reader expects. Unlike the stock writer this one flushes sub-second, retries transient upload
+errors, never overwrites a chunk and records (instead of swallowing) a delivery failure so the
+HTTP handler can report it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from dagster_pipes import PipesMessage, PipesMessageWriter, PipesMessageWriterChannel, PipesParams
+from google.api_core import exceptions as gexc
+from google.cloud import storage
+from requests import exceptions as rexc
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from gcf_pipes.errors import PipesMessageDeliveryError, RequestError
+
+TRANSIENT_UPLOAD_ERRORS: tuple[type[BaseException], ...] = (
+    gexc.TooManyRequests,
+    gexc.InternalServerError,
+    gexc.BadGateway,
+    gexc.ServiceUnavailable,
+    gexc.GatewayTimeout,
+    rexc.ConnectionError,
+    rexc.Timeout,
+)
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    """Tuning for :class:`PipesCloudStorageMessageWriter`.
+
+    Attributes:
+        flush_interval: seconds between uploads while messages are buffered.
+        max_chunk_messages: buffered messages that trigger an immediate upload.
+        upload_attempts: attempts per chunk before giving up (transient errors only).
+        upload_timeout: seconds for one upload request.
+    """
+
+    flush_interval: float = 0.2
+    max_chunk_messages: int = 1000
+    upload_attempts: int = 6
+    upload_timeout: float = 30.0
+
+
+def chunk_key(key_prefix: str | None, index: int) -> str:
+    """Object name of chunk ``index`` (the layout shared with the Dagster-side reader)."""
+    return f"{key_prefix}/{index}.json" if key_prefix else f"{index}.json"
+
+
+class PipesCloudStorageMessageWriterChannel(PipesMessageWriterChannel):
+    """Buffers messages and uploads them from a background thread, in order, as numbered chunks."""
+
+    def __init__(self, bucket: storage.Bucket, key_prefix: str | None, settings: WriterSettings):
+        self._bucket = bucket
+        self._key_prefix = key_prefix
+        self._settings = settings
+        self._cond = threading.Condition()
+        self._buffer: list[PipesMessage] = []
+        self._closing = False
+        self._next_index = 1
+        self.delivery_error: PipesMessageDeliveryError | None = None
+
+    @property
+    def location(self) -> str:
+        return f"gs://{self._bucket.name}/{self._key_prefix or ''}"
+
+    @property
+    def chunks_written(self) -> int:
+        return self._next_index - 1
+
+    def write_message(self, message: PipesMessage) -> None:
+        with self._cond:
+            self._buffer.append(message)
+            if len(self._buffer) >= self._settings.max_chunk_messages:
+                self._cond.notify()
+
+    @contextmanager
+    def streaming(self) -> Iterator[None]:
+        """Run the upload thread; on exit, upload everything still buffered and stop."""
+        thread = threading.Thread(target=self._upload_loop, name="pipes-gcs-writer", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._closing = True
+                self._cond.notify()
+            thread.join()
+
+    def _upload_loop(self) -> None:
+        while True:
+            with self._cond:
+                if not self._closing and len(self._buffer) < self._settings.max_chunk_messages:
+                    self._cond.wait(timeout=self._settings.flush_interval)
+                batch, self._buffer = self._buffer, []
+                closing = self._closing
+            if batch:
+                self._deliver(batch)
+            if closing:
+                with self._cond:
+                    if not self._buffer:
+                        return
+
+    def _deliver(self, batch: list[PipesMessage]) -> None:
+        if self.delivery_error is not None:
+            return  # a chunk is missing already; later chunks would only hide the gap
+        payload = "\n".join(json.dumps(message) for message in batch)
+        key = chunk_key(self._key_prefix, self._next_index)
+        try:
+            self._upload_once(key, payload)
+        except Exception as exc:  # noqa: BLE001 - reported through delivery_error
+            self.delivery_error = PipesMessageDeliveryError(
+                f"could not write Pipes chunk gs://{self._bucket.name}/{key}: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            return
+        self._next_index += 1
+
+    def _upload_once(self, key: str, payload: str) -> None:
+        retrying = Retrying(
+            stop=stop_after_attempt(self._settings.upload_attempts),
+            wait=wait_exponential_jitter(initial=0.1, max=3.0),
+            retry=retry_if_exception_type(TRANSIENT_UPLOAD_ERRORS),
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                try:
+                    self._bucket.blob(key).upload_from_string(
+                        payload,
+                        content_type="application/x-ndjson",
+                        if_generation_match=0,
+                        timeout=self._settings.upload_timeout,
+                        retry=None,
+                    )
+                except gexc.PreconditionFailed:
+                    # An earlier attempt reached GCS even though its response was lost:
+                    # the chunk is already there, and it is never overwritten.
+                    return
+
+
+class PipesCloudStorageMessageWriter(PipesMessageWriter[PipesCloudStorageMessageWriterChannel]):
+    """Writes Pipes messages to the bucket and key prefix chosen by the Dagster-side reader.
+
+    Create one writer per request: ``channel`` exposes the open channel so the caller can
+    check ``channel.delivery_error`` once the Pipes context is closed.
+    """
+
+    def __init__(self, client: storage.Client, settings: WriterSettings | None = None):
+        self._client = client
+        self._settings = settings or WriterSettings()
+        self.channel: PipesCloudStorageMessageWriterChannel | None = None
+
+    @contextmanager
+    def open(self, params: PipesParams) -> Iterator[PipesCloudStorageMessageWriterChannel]:
+        bucket = params.get("bucket")
+        key_prefix = params.get("key_prefix")
+        if not isinstance(bucket, str) or not bucket:
+            raise RequestError(
+                "Pipes message params need a non-empty string 'bucket'",
+                field="DAGSTER_PIPES_MESSAGES",
+            )
+        if key_prefix is not None and not isinstance(key_prefix, str):
+            raise RequestError(
+                "Pipes message param 'key_prefix' must be a string",
+                field="DAGSTER_PIPES_MESSAGES",
+            )
+        # client.bucket() makes no request: writing objects needs no bucket-level permission.
+        channel = PipesCloudStorageMessageWriterChannel(
+            self._client.bucket(bucket), key_prefix, self._settings
+        )
+        self.channel = channel
+        with channel.streaming():
+            yield channel

@@ -1,0 +1,26 @@
+"""Dagster Pipes integration for Google Cloud Functions (client, GCS reader, invocation, auth)."""
+
+from dagster_pipes_gcf.auth import IdTokenAuth, audience_for, needs_id_token
+from dagster_pipes_gcf.client import PipesCloudFunctionClient
+from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
+from dagster_pipes_gcf.invocation import (
+    CloudFunctionError,
+    CloudFunctionInvoker,
+    FunctionResponse,
+    InvocationPolicy,
+)
+from dagster_pipes_gcf.message_reader import PipesCloudStorageMessageReader, PollingPolicy
+
+__all__ = [
+    "CloudFunctionError",
+    "CloudFunctionInvoker",
+    "FunctionResponse",
+    "IdTokenAuth",
+    "InvocationPolicy",
+    "PipesCloudFunctionClient",
+    "PipesCloudFunctionEventContextInjector",
+    "PipesCloudStorageMessageReader",
+    "PollingPolicy",
+    "audience_for",
+    "needs_id_token",
+]

@@ -1,0 +1,283 @@
+"""Pipes message reader for chunks written to GCS by the function's message writer.
+
+The writer uploads JSON-lines chunks ``<key_prefix>/1.json``, ``2.json``, ... in order. This
+reader streams them into Dagster while the function runs and, once the call has returned,
+reads to the end: up to the ``closed`` message, within a bounded wait. Unlike the stock
+``PipesBlobStoreMessageReader`` it reads every available chunk per poll, adapts its polling
+rate, keeps its position per session, and fails the step when ``closed`` is missing or a
+chunk index is skipped instead of reporting success.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagster import PipesMessageHandler, PipesMessageReader
+from dagster._core.errors import DagsterPipesExecutionError
+from dagster_pipes import PipesException, PipesParams
+from google.api_core import exceptions as gexc
+from google.cloud import storage
+from requests import exceptions as rexc
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+TRANSIENT_GCS_ERRORS: tuple[type[BaseException], ...] = (
+    gexc.TooManyRequests,
+    gexc.InternalServerError,
+    gexc.BadGateway,
+    gexc.ServiceUnavailable,
+    gexc.GatewayTimeout,
+    rexc.ConnectionError,
+    rexc.Timeout,
+)
+_CHUNK_NAME = re.compile(r"/?(\d+)\.json$")
+
+
+@dataclass(frozen=True)
+class PollingPolicy:
+    """How often the reader looks for new chunks, and how long it waits for the end.
+
+    Attributes:
+        min_interval: seconds between polls right after start and while chunks arrive.
+        max_interval: upper bound the interval backs off to while no chunk arrives.
+        backoff: factor applied to the interval after each empty poll.
+        drain_timeout: seconds to wait for the ``closed`` message after the call returned.
+        download_attempts: attempts per chunk download on transient GCS errors.
+    """
+
+    min_interval: float = 0.05
+    max_interval: float = 1.0
+    backoff: float = 1.5
+    drain_timeout: float = 30.0
+    download_attempts: int = 5
+
+
+@dataclass
+class ChunkStream:
+    """Reading state of one Pipes session: the next chunk index and what has been seen."""
+
+    bucket: storage.Bucket
+    key_prefix: str
+    handler: PipesMessageHandler
+    policy: PollingPolicy
+    next_index: int = 1
+    messages_read: int = 0
+    closed_seen: bool = False
+    remote_exception: PipesException | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def location(self) -> str:
+        return f"gs://{self.bucket.name}/{self.key_prefix}"
+
+    def key(self, index: int) -> str:
+        return f"{self.key_prefix}/{index}.json"
+
+    def read_available(self) -> int:
+        """Hand every chunk that is there now to the handler; return how many were read."""
+        read = 0
+        with self._lock:
+            while not self.closed_seen:
+                text = self._download(self.next_index)
+                if text is None:
+                    break
+                self._handle_chunk(self.next_index, text)
+                self.next_index += 1
+                read += 1
+        return read
+
+    def _download(self, index: int) -> str | None:
+        retrying = Retrying(
+            stop=stop_after_attempt(self.policy.download_attempts),
+            wait=wait_exponential_jitter(initial=0.1, max=2.0),
+            retry=retry_if_exception_type(TRANSIENT_GCS_ERRORS),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self.bucket.blob(self.key(index)).download_as_text(retry=None)
+        except gexc.NotFound as exc:
+            if "bucket" in str(exc).lower() and "does not exist" in str(exc).lower():
+                raise DagsterPipesExecutionError(
+                    f"Pipes bucket gs://{self.bucket.name} does not exist: {exc}"
+                ) from exc
+            return None
+        except gexc.Forbidden as exc:
+            raise DagsterPipesExecutionError(
+                f"no permission to read Pipes messages at {self.location}: the orchestrator "
+                f"needs storage.objects.get on bucket {self.bucket.name} ({exc})"
+            ) from exc
+        except (*TRANSIENT_GCS_ERRORS, gexc.GoogleAPICallError) as exc:
+            raise DagsterPipesExecutionError(
+                f"could not read Pipes messages from {self.location} after "
+                f"{self.policy.download_attempts} attempt(s): {type(exc).__name__}: {exc}"
+            ) from exc
+        return None  # pragma: no cover - Retrying either returns or raises
+
+    def _handle_chunk(self, index: int, text: str) -> None:
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                message: Any = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DagsterPipesExecutionError(
+                    f"malformed Pipes message in {self.key(index)} line {line_number}: {exc}"
+                ) from exc
+            self.messages_read += 1
+            self.handler.handle_message(message)
+            if message.get("method") == "closed":
+                self.closed_seen = True
+                params = message.get("params") or {}
+                self.remote_exception = params.get("exception")
+
+    def present_chunk_indexes(self) -> list[int]:
+        """Indexes of the chunks stored under the prefix (for diagnosing a gap)."""
+        try:
+            blobs = self.bucket.client.list_blobs(self.bucket, prefix=f"{self.key_prefix}/")
+            names = [blob.name for blob in blobs]
+        except gexc.GoogleAPICallError:
+            return []
+        return sorted(int(m.group(1)) for name in names if (m := _CHUNK_NAME.search(name)))
+
+
+class _Poller:
+    """Background thread that streams chunks while the function runs."""
+
+    def __init__(self, stream: ChunkStream):
+        self._stream = stream
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="pipes-gcs-reader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        policy = self._stream.policy
+        interval = policy.min_interval
+        while not self._stop.is_set():
+            try:
+                found = self._stream.read_available()
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the reader on exit
+                self.error = exc
+                return
+            interval = (
+                policy.min_interval if found else min(interval * policy.backoff, policy.max_interval)
+            )
+            self._stop.wait(interval)
+
+
+class PipesCloudStorageMessageReader(PipesMessageReader):
+    """Reads Pipes messages that the Cloud Function writes to a GCS bucket.
+
+    Args:
+        bucket: name of the Pipes bucket (the orchestrator needs object read on it only).
+        client: a ``google.cloud.storage.Client``; created on first use when omitted.
+        prefix: folder under which each session gets a unique key prefix.
+        polling: polling and drain settings.
+    """
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        client: storage.Client | None = None,
+        prefix: str = "dagster-pipes",
+        polling: PollingPolicy | None = None,
+    ):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.polling = polling or PollingPolicy()
+        self._client = client
+        self.last_stream: ChunkStream | None = None
+
+    @property
+    def client(self) -> storage.Client:
+        if self._client is None:
+            self._client = storage.Client()
+        return self._client
+
+    def new_key_prefix(self) -> str:
+        return f"{self.prefix}/{uuid.uuid4().hex}" if self.prefix else uuid.uuid4().hex
+
+    @contextmanager
+    def read_messages(self, handler: PipesMessageHandler) -> Iterator[PipesParams]:
+        # client.bucket() makes no request: reading objects needs no bucket-level permission.
+        stream = ChunkStream(
+            bucket=self.client.bucket(self.bucket),
+            key_prefix=self.new_key_prefix(),
+            handler=handler,
+            policy=self.polling,
+        )
+        self.last_stream = stream
+        poller = _Poller(stream)
+        poller.start()
+        try:
+            yield {"bucket": self.bucket, "key_prefix": stream.key_prefix}
+        except BaseException:
+            # The call failed: deliver what the function managed to write, keep its error.
+            poller.stop()
+            self._drain(stream, timeout=min(self.polling.drain_timeout, 5.0), strict=False)
+            raise
+        poller.stop()
+        # A poller error (e.g. a long GCS outage) is retried by the drain, which reports it.
+        self._drain(stream, timeout=self.polling.drain_timeout, strict=True)
+
+    def _drain(self, stream: ChunkStream, *, timeout: float, strict: bool) -> None:
+        """Read until ``closed`` or ``timeout``; if ``strict``, a missing end is an error."""
+        deadline = time.monotonic() + timeout
+        interval = self.polling.min_interval
+        while True:
+            try:
+                found = stream.read_available()
+            except Exception:
+                if strict:
+                    raise
+                return  # best effort: the error that ended the call is the one to report
+            if stream.closed_seen or time.monotonic() >= deadline:
+                break
+            interval = (
+                self.polling.min_interval
+                if found
+                else min(interval * self.polling.backoff, self.polling.max_interval)
+            )
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        if strict and not stream.closed_seen:
+            raise DagsterPipesExecutionError(self._incomplete_message(stream, timeout))
+
+    @staticmethod
+    def _incomplete_message(stream: ChunkStream, timeout: float) -> str:
+        present = stream.present_chunk_indexes()
+        later = [index for index in present if index > stream.next_index]
+        if later:
+            return (
+                f"Pipes messages are incomplete at {stream.location}: chunk {stream.next_index} "
+                f"is missing while chunk(s) {later[:10]} exist; {stream.messages_read} "
+                "message(s) were read and the `closed` message never arrived."
+            )
+        return (
+            f"Pipes `closed` message not received within {timeout:g}s after the function "
+            f"returned: read chunks 1..{stream.next_index - 1} ({stream.messages_read} "
+            f"message(s)) from {stream.location}; chunk {stream.next_index} never appeared. "
+            "The function may have crashed, timed out or failed to upload its last messages."
+        )
+
+    def no_messages_debug_text(self) -> str:
+        return (
+            f"Attempted to read messages from GCS bucket {self.bucket}. Expected the function "
+            "to write them with PipesCloudStorageMessageWriter to the bucket and key_prefix "
+            "from its DAGSTER_PIPES_MESSAGES parameter."
+        )

@@ -1,0 +1,36 @@
+"""The demo asset: a Cloud Function writes fake people to a Delta table."""
+
+import dagster as dg
+from pydantic import Field
+
+from dagster_pipes_gcf import PipesCloudFunctionClient
+from gcf_demo.defs.resources import PeopleFunction
+
+
+class PeopleConfig(dg.Config):
+    """Run configuration of the people asset."""
+
+    num_rows: int = Field(default=1000, description="How many fake people to write.")
+    seed: int | None = Field(default=None, description="Seed for reproducible fake data.")
+
+
+@dg.asset(
+    description="A Cloud Function that writes fake people to a Delta table, through Dagster Pipes.",
+    kinds={"gcp", "delta"},
+    group_name="cloud_function",
+)
+def cloud_function_pipes_asset(
+    context: dg.AssetExecutionContext,
+    config: PeopleConfig,
+    pipes_function_client: PipesCloudFunctionClient,
+    people_function: PeopleFunction,
+) -> dg.MaterializeResult:
+    return pipes_function_client.run(
+        context=context,
+        function_url=people_function.function_url,
+        event={
+            "dl_bucket": people_function.data_lake_uri,
+            "num_rows": config.num_rows,
+            "seed": config.seed,
+        },
+    ).get_materialize_result()

@@ -1,0 +1,55 @@
+"""The demo code location's configuration: every environment variable it reads is read here.
+
+Values come from the process environment, then from ``.env`` at the repository root
+(``just cloud-env`` writes one for a deployed function); the defaults are the local stack.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+LOCAL_DEFAULTS = {
+    "CLOUD_FUNCTION_URL": "http://127.0.0.1:8080",
+    "PIPES_BUCKET": "dagster-pipes-local",
+    "DATA_LAKE_URI": ".data/lake",
+    "GOOGLE_IMPERSONATE_SERVICE_ACCOUNT": "",
+}
+
+
+def _resolve_lake(uri: str) -> str:
+    """Local lake paths are made absolute (the function may run from another directory)."""
+    if "://" in uri:
+        return uri
+    path = Path(uri).expanduser()
+    return str(path if path.is_absolute() else (REPO_ROOT / path).resolve())
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Where the demo asset's function runs, where Pipes messages go, where the lake is."""
+
+    function_url: str
+    pipes_bucket: str
+    data_lake_uri: str
+    impersonate_service_account: str | None = None
+
+    @classmethod
+    def from_env(cls, env_file: Path | None = REPO_ROOT / ".env") -> DemoSettings:
+        if env_file is not None and env_file.is_file():
+            load_dotenv(env_file, override=False)
+
+        def get(name: str) -> str:
+            return os.environ.get(name) or LOCAL_DEFAULTS[name]
+
+        return cls(
+            function_url=get("CLOUD_FUNCTION_URL"),
+            pipes_bucket=get("PIPES_BUCKET"),
+            data_lake_uri=_resolve_lake(get("DATA_LAKE_URI")),
+            impersonate_service_account=get("GOOGLE_IMPERSONATE_SERVICE_ACCOUNT") or None,
+        )

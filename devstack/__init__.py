@@ -1,0 +1,1 @@
+"""The local stack: GCS emulator, the function under functions-framework, and Dagster."""

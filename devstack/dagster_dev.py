@@ -1,0 +1,67 @@
+"""Run ``dagster dev`` so that SIGTERM (from honcho or a test) shuts it down cleanly.
+
+``dagster dev`` ignores SIGTERM, and a backgrounded process inherits an ignored SIGINT, so
+a plain process runner would leave its webserver, daemon and code servers behind. This
+launcher restores SIGINT for the child, forwards SIGINT/SIGTERM to it as SIGINT, and kills
+the whole process group if it has not exited within the grace period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+# honcho kills the whole group 5 s after SIGTERM; stop (or give up) before that.
+GRACE_SECONDS = 4.5
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3000)
+    parser.add_argument("--module", default="gcf_demo.definitions")
+    args = parser.parse_args(argv)
+
+    env = dict(os.environ)
+    if not env.get("DAGSTER_HOME"):
+        home = Path(".data/dagster_home").resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        env["DAGSTER_HOME"] = str(home)
+    command = [
+        sys.executable, "-m", "dagster", "dev", "-m", args.module,
+        "-h", args.host, "-p", str(args.port),
+    ]  # fmt: skip
+    child = subprocess.Popen(
+        command,
+        env=env,
+        # Same process group as this launcher: a runner that kills the group kills all of it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+    )
+
+    stop = threading.Event()
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+        stop.set()
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    while child.poll() is None and not stop.wait(0.2):
+        pass
+    try:
+        return child.wait(timeout=GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        print(f"dagster dev did not stop within {GRACE_SECONDS:g}s; killing it", file=sys.stderr)
+        os.killpg(os.getpgid(0), signal.SIGKILL)  # nothing of dagster dev outlives this launcher
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
