@@ -46,8 +46,8 @@ def ensure_env_file() -> None:
 
 def plan(which: Sequence[str], dagster_port: int) -> tuple[list[Service], dict[str, str]]:
     """The services to start and the environment they share."""
-    from gcf_demo.settings import DemoSettings
     from dagster_pipes_gcf import needs_id_token
+    from gcf_demo.settings import DemoSettings
 
     settings = DemoSettings.from_env()  # also loads .env into os.environ
     env: dict[str, str] = {"DATA_LAKE_URI": settings.data_lake_uri}
@@ -107,7 +107,9 @@ def run_stack(which: Sequence[str], dagster_port: int, open_browser: bool) -> in
     manager = Manager(Printer(sys.stdout, colour=sys.stdout.isatty(), prefix=True))
     full_env = {**os.environ, **env}
     for service in services:
-        manager.add_process(service.name, shlex.join(service.command), env=full_env, cwd=str(REPO_ROOT))
+        manager.add_process(
+            service.name, shlex.join(service.command), env=full_env, cwd=str(REPO_ROOT)
+        )
     ready = [sys.executable, "-m", "devstack", "ready"]
     ready += [f"{s.name}={s.port}={s.url}" for s in services]
     if open_browser:
@@ -145,7 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("emulator", "the GCS emulator alone (just emulator)"),
     ]:
         cmd = sub.add_parser(name, help=help_text)
-        cmd.add_argument("--dagster-port", type=int, default=int(os.environ.get("DAGSTER_PORT", DEFAULT_DAGSTER_PORT)))
+        cmd.add_argument(
+            "--dagster-port",
+            type=int,
+            default=int(os.environ.get("DAGSTER_PORT", DEFAULT_DAGSTER_PORT)),
+        )
         cmd.add_argument("--no-browser", action="store_true")
     ready = sub.add_parser("ready", help=argparse.SUPPRESS)
     ready.add_argument("specs", nargs="+")

@@ -47,7 +47,7 @@ def parse_pipes_body(request: flask.Request) -> dict[str, Any]:
     for key in PIPES_PARAM_KEYS:
         try:
             decode_param(body[key])
-        except Exception as exc:  # noqa: BLE001 - any decoding failure is the caller's
+        except Exception as exc:
             raise RequestError(f"cannot decode {key}: {exc}", field=key) from exc
     return body
 
@@ -67,7 +67,7 @@ def handle_pipes_request(
         return json_response(exc.status, error_body("RequestError", exc.message, field=exc.field))
 
     writer = PipesCloudStorageMessageWriter(storage_client, writer_settings)
-    status, body = 200, {}
+    status, body = 200, dict[str, Any]()
     try:
         with open_request_pipes(pipes_params, writer) as pipes:
             summary = job(pipes, event) or {}
@@ -82,10 +82,13 @@ def handle_pipes_request(
 
     channel = writer.channel
     if channel is not None and channel.delivery_error is not None:
-        status, body = 502, error_body(
-            "PipesMessageDeliveryError",
-            str(channel.delivery_error),
-            job_outcome=body,
+        status, body = (
+            502,
+            error_body(
+                "PipesMessageDeliveryError",
+                str(channel.delivery_error),
+                job_outcome=body,
+            ),
         )
     body["duration_s"] = round(time.monotonic() - started, 3)
     body["pipes_chunks"] = channel.chunks_written if channel is not None else 0

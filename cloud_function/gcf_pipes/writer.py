@@ -122,6 +122,9 @@ class PipesCloudStorageMessageWriterChannel(PipesMessageWriterChannel):
         key = chunk_key(self._key_prefix, self._next_index)
         try:
             self._upload_once(key, payload)
+        except PipesMessageDeliveryError as exc:
+            self.delivery_error = exc
+            return
         except Exception as exc:  # noqa: BLE001 - reported through delivery_error
             self.delivery_error = PipesMessageDeliveryError(
                 f"could not write Pipes chunk gs://{self._bucket.name}/{key}: "
@@ -133,10 +136,11 @@ class PipesCloudStorageMessageWriterChannel(PipesMessageWriterChannel):
     def _upload_once(self, key: str, payload: str) -> None:
         retrying = Retrying(
             stop=stop_after_attempt(self._settings.upload_attempts),
-            wait=wait_exponential_jitter(initial=0.1, max=3.0),
+            wait=wait_exponential_jitter(multiplier=0.1, max=3.0),
             retry=retry_if_exception_type(TRANSIENT_UPLOAD_ERRORS),
             reraise=True,
         )
+        outcome_unknown = False  # did an earlier attempt fail after possibly reaching GCS?
         for attempt in retrying:
             with attempt:
                 try:
@@ -148,9 +152,15 @@ class PipesCloudStorageMessageWriterChannel(PipesMessageWriterChannel):
                         retry=None,
                     )
                 except gexc.PreconditionFailed:
-                    # An earlier attempt reached GCS even though its response was lost:
-                    # the chunk is already there, and it is never overwritten.
-                    return
+                    if outcome_unknown:
+                        return  # our earlier attempt landed; its response was lost
+                    raise PipesMessageDeliveryError(
+                        f"gs://{self._bucket.name}/{key} already exists: another writer uses "
+                        "this key prefix, and chunks are never overwritten"
+                    ) from None
+                except TRANSIENT_UPLOAD_ERRORS:
+                    outcome_unknown = True
+                    raise
 
 
 class PipesCloudStorageMessageWriter(PipesMessageWriter[PipesCloudStorageMessageWriterChannel]):

@@ -30,7 +30,9 @@ def table_uri_for(lake_uri: str, asset_key_path: Sequence[str]) -> str:
     """``<lake_uri>/<asset key path>``, refusing path segments that escape the lake."""
     for part in asset_key_path:
         if not part or part in {".", ".."} or "/" in part or "\\" in part:
-            raise RequestError(f"asset key part {part!r} is not a valid table path segment", field="asset_key")
+            raise RequestError(
+                f"asset key part {part!r} is not a valid table path segment", field="asset_key"
+            )
     if is_remote(lake_uri):
         return posixpath.join(lake_uri.rstrip("/"), *asset_key_path)
     root = Path(lake_uri.removeprefix("file://")).expanduser().resolve()
@@ -49,5 +51,7 @@ def append_rows(df: pl.DataFrame, table_uri: str) -> TableWrite:
     deltalake.write_deltalake(
         table_uri, df, mode="append", storage_options=storage_options_for(table_uri)
     )
-    version = deltalake.DeltaTable(table_uri, storage_options=storage_options_for(table_uri)).version()
+    version = deltalake.DeltaTable(
+        table_uri, storage_options=storage_options_for(table_uri)
+    ).version()
     return TableWrite(table_uri=table_uri, version=version, rows_written=df.height)

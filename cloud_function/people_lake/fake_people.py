@@ -21,7 +21,9 @@ def _pool(fake: Faker, make: str, size: int) -> pl.Series:
     return pl.Series([getattr(fake, make)() for _ in range(size)], dtype=pl.String)
 
 
-def generate_people(num_rows: int, *, seed: int | None = None, now: dt.datetime | None = None) -> pl.DataFrame:
+def generate_people(
+    num_rows: int, *, seed: int | None = None, now: dt.datetime | None = None
+) -> pl.DataFrame:
     """``num_rows`` fake people: id, name, address, email, phone and a ``created_at`` timestamp.
 
     The same ``seed`` (and ``now``) gives the same rows.
@@ -40,7 +42,7 @@ def generate_people(num_rows: int, *, seed: int | None = None, now: dt.datetime 
     domain = draw("free_email_domain")
     row = pl.int_range(0, num_rows, eager=True, dtype=pl.Int64)
     id_bytes = rng.integers(0, 256, size=(num_rows, 16), dtype=np.uint8)
-    ids = pl.Series(id_bytes.view(f"S16").ravel(), dtype=pl.Binary).bin.encode("hex")
+    ids = pl.Series(id_bytes.view("S16").ravel(), dtype=pl.Binary).bin.encode("hex")
     end = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
     offsets = rng.integers(0, int(EVENT_WINDOW.total_seconds()), num_rows)
 
@@ -69,7 +71,7 @@ def generate_people(num_rows: int, *, seed: int | None = None, now: dt.datetime 
             + pl.col("_domain")
         ).alias("email"),
         "phone",
-        (pl.lit(end, dtype=pl.Datetime("us", "UTC")) - pl.duration(seconds=pl.col("_offset"))).alias(
-            "created_at"
-        ),
+        (
+            pl.lit(end, dtype=pl.Datetime("us", "UTC")) - pl.duration(seconds=pl.col("_offset"))
+        ).alias("created_at"),
     )

@@ -36,4 +36,8 @@ def write_people(pipes: PipesContext, event: Mapping[str, Any]) -> dict[str, Any
         },
         data_version=str(written.version),
     )
-    return {"table_uri": table_uri, "rows_written": written.rows_written, "delta_version": written.version}
+    return {
+        "table_uri": table_uri,
+        "rows_written": written.rows_written,
+        "delta_version": written.version,
+    }

@@ -48,4 +48,6 @@ def parse_people_request(event: Mapping[str, Any], default_lake_uri: str | None)
         raise RequestError(
             f"'num_rows' must be between 1 and {MAX_NUM_ROWS}, got {num_rows}", field="num_rows"
         )
-    return PeopleRequest(data_lake_uri=lake.strip(), num_rows=num_rows, seed=_optional_int(event, "seed"))
+    return PeopleRequest(
+        data_lake_uri=lake.strip(), num_rows=num_rows, seed=_optional_int(event, "seed")
+    )

@@ -67,13 +67,13 @@ class IdTokenAuth:
             source, _ = google.auth.default(
                 scopes=["https://www.googleapis.com/auth/cloud-platform"]
             )
-            target = impersonated_credentials.Credentials(
+            target = impersonated_credentials.Credentials(  # type: ignore[no-untyped-call]
                 source_credentials=source,
                 target_principal=self.impersonate_service_account,
                 target_scopes=["https://www.googleapis.com/auth/cloud-platform"],
             )
-            return impersonated_credentials.IDTokenCredentials(
+            return impersonated_credentials.IDTokenCredentials(  # type: ignore[no-untyped-call]
                 target, target_audience=audience, include_email=True
             )
         request = google.auth.transport.requests.Request()
-        return id_token.fetch_id_token_credentials(audience, request=request)  # type: ignore[no-any-return]
+        return id_token.fetch_id_token_credentials(audience, request=request)  # type: ignore[no-untyped-call,no-any-return]

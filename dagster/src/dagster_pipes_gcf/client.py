@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
+
+from dagster._core.definitions.resource_annotation import TreatAsResourceParam
+from dagster_pipes import PipesExtras
 
 from dagster import (
     AssetExecutionContext,
@@ -14,11 +18,22 @@ from dagster import (
     PipesMessageReader,
     open_pipes_session,
 )
-from dagster._core.definitions.resource_annotation import TreatAsResourceParam
-from dagster_pipes import PipesExtras
-
 from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
 from dagster_pipes_gcf.invocation import CloudFunctionInvoker
+
+INVOCATION_ID_EXTRA = "invocation_id"
+INVOCATION_ID_HEADER = "X-Dagster-Invocation-Id"
+
+
+def invocation_id_for(context: AssetExecutionContext | OpExecutionContext) -> str:
+    """Stable id of "this run, these assets, this partition": equal for every retry of it.
+
+    The function uses it to recognise a repeated invocation (e.g. as a Delta transaction id).
+    """
+    assets = ",".join(sorted(key.to_user_string() for key in context.selected_asset_keys))
+    partition = context.partition_key if context.has_partition_key else ""
+    name = f"dagster://{context.run.run_id}/{context.op_execution_context.op.name}/{assets}/{partition}"
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
 
 
 class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
@@ -65,19 +80,30 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
                 message names the HTTP status and the remote error.
             DagsterPipesExecutionError: the function's messages ended without ``closed``.
         """
+        invocation_id = invocation_id_for(context)
         with open_pipes_session(
             context=context,
             context_injector=self.context_injector,
             message_reader=self.message_reader,
-            extras=extras,
+            extras={**(extras or {}), INVOCATION_ID_EXTRA: invocation_id},
         ) as session:
             payload = {**(event or {}), **session.get_bootstrap_env_vars()}
-            context.log.info(f"[pipes] invoking Cloud Function {function_url}")
-            response = self.invoker.invoke(function_url, payload, timeout=timeout)
+            context.log.info(f"[pipes] invoking Cloud Function {function_url} ({invocation_id})")
+            response = self.invoker.invoke(
+                function_url,
+                payload,
+                headers={INVOCATION_ID_HEADER: invocation_id},
+                timeout=timeout,
+            )
             context.log.info(
                 f"[pipes] Cloud Function answered HTTP {response.status} in "
                 f"{response.elapsed_s:.2f}s ({response.attempts} attempt(s))"
             )
         return PipesClientCompletedInvocation(
-            session, metadata={"function_url": function_url, "function_duration_s": response.elapsed_s}
+            session,
+            metadata={
+                "function_url": function_url,
+                "function_duration_s": round(response.elapsed_s, 3),
+                "invocation_id": invocation_id,
+            },
         )

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from dagster import PipesContextInjector
 from dagster_pipes import PipesContextData, PipesDefaultContextLoader, PipesParams
+
+from dagster import PipesContextInjector
 
 
 class PipesCloudFunctionEventContextInjector(PipesContextInjector):

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
-from dagster import Failure, MetadataValue
 from tenacity import (
     Retrying,
     retry_if_exception,
@@ -17,6 +16,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from dagster import Failure, MetadataValue
 from dagster_pipes_gcf.auth import IdTokenAuth
 
 # Statuses worth another attempt when they come from the platform (not from our handler).
@@ -88,11 +88,16 @@ def describe_error_response(url: str, response: requests.Response) -> CloudFunct
     """Turn a non-2xx response into a Failure that names the status and the remote error."""
     body = _json_body(response)
     error = body.get("error") if body else None
-    metadata: dict[str, Any] = {"function_url": MetadataValue.url(url), "http_status": response.status_code}
+    metadata: dict[str, Any] = {
+        "function_url": MetadataValue.url(url),
+        "http_status": response.status_code,
+    }
     if isinstance(error, dict):
         kind, message = error.get("type", "Error"), error.get("message", "")
         where = f" (field: {error['field']})" if error.get("field") else ""
-        description = f"Cloud Function returned HTTP {response.status_code}: {kind}: {message}{where}"
+        description = (
+            f"Cloud Function returned HTTP {response.status_code}: {kind}: {message}{where}"
+        )
         if error.get("traceback"):
             description += f"\n\nRemote traceback:\n{error['traceback']}"
             metadata["remote_traceback"] = MetadataValue.text(str(error["traceback"]))
@@ -131,7 +136,7 @@ class CloudFunctionInvoker:
         started = time.monotonic()
         retrying = Retrying(
             stop=stop_after_attempt(policy.attempts),
-            wait=wait_exponential_jitter(initial=policy.initial_backoff, max=policy.max_backoff),
+            wait=wait_exponential_jitter(multiplier=policy.initial_backoff, max=policy.max_backoff),
             retry=retry_if_exception(_should_retry),
             reraise=True,
         )
@@ -168,7 +173,11 @@ class CloudFunctionInvoker:
         response = self.session.post(
             url,
             data=data,
-            headers={"Content-Type": "application/json", **self.auth.headers_for(url), **(headers or {})},
+            headers={
+                "Content-Type": "application/json",
+                **self.auth.headers_for(url),
+                **(headers or {}),
+            },
             timeout=(self.policy.connect_timeout, timeout),
         )
         if response.status_code in RETRYABLE_STATUSES and not _is_handler_error(response):

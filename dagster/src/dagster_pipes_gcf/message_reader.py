@@ -20,13 +20,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagster import PipesMessageHandler, PipesMessageReader
 from dagster._core.errors import DagsterPipesExecutionError
 from dagster_pipes import PipesException, PipesParams
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 from requests import exceptions as rexc
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from dagster import PipesMessageHandler, PipesMessageReader
 
 TRANSIENT_GCS_ERRORS: tuple[type[BaseException], ...] = (
     gexc.TooManyRequests,
@@ -96,14 +97,14 @@ class ChunkStream:
     def _download(self, index: int) -> str | None:
         retrying = Retrying(
             stop=stop_after_attempt(self.policy.download_attempts),
-            wait=wait_exponential_jitter(initial=0.1, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
             retry=retry_if_exception_type(TRANSIENT_GCS_ERRORS),
             reraise=True,
         )
         try:
             for attempt in retrying:
                 with attempt:
-                    return self.bucket.blob(self.key(index)).download_as_text(retry=None)
+                    return str(self.bucket.blob(self.key(index)).download_as_text(retry=None))
         except gexc.NotFound as exc:
             if "bucket" in str(exc).lower() and "does not exist" in str(exc).lower():
                 raise DagsterPipesExecutionError(
@@ -115,7 +116,7 @@ class ChunkStream:
                 f"no permission to read Pipes messages at {self.location}: the orchestrator "
                 f"needs storage.objects.get on bucket {self.bucket.name} ({exc})"
             ) from exc
-        except (*TRANSIENT_GCS_ERRORS, gexc.GoogleAPICallError) as exc:
+        except (gexc.GoogleAPICallError, rexc.RequestException) as exc:
             raise DagsterPipesExecutionError(
                 f"could not read Pipes messages from {self.location} after "
                 f"{self.policy.download_attempts} attempt(s): {type(exc).__name__}: {exc}"
@@ -175,7 +176,9 @@ class _Poller:
                 self.error = exc
                 return
             interval = (
-                policy.min_interval if found else min(interval * policy.backoff, policy.max_interval)
+                policy.min_interval
+                if found
+                else min(interval * policy.backoff, policy.max_interval)
             )
             self._stop.wait(interval)
 

@@ -1,8 +1,8 @@
 """The demo asset: a Cloud Function writes fake people to a Delta table."""
 
-import dagster as dg
 from pydantic import Field
 
+import dagster as dg
 from dagster_pipes_gcf import PipesCloudFunctionClient
 from gcf_demo.defs.resources import PeopleFunction
 
@@ -24,7 +24,7 @@ def cloud_function_pipes_asset(
     config: PeopleConfig,
     pipes_function_client: PipesCloudFunctionClient,
     people_function: PeopleFunction,
-) -> dg.MaterializeResult:
+) -> dg.MaterializeResult[None]:
     return pipes_function_client.run(
         context=context,
         function_url=people_function.function_url,

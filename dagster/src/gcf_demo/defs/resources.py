@@ -3,7 +3,6 @@
 from typing import Any
 
 import dagster as dg
-
 from dagster_pipes_gcf import (
     CloudFunctionInvoker,
     IdTokenAuth,

@@ -1,0 +1,120 @@
+"""Unit tests of the HTTP wrapper: every outcome is a JSON response naming its cause."""
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import flask
+import pytest
+from dagster_pipes import PipesContext
+
+from devstack.fake_gcs import FakeClient
+from gcf_pipes import RequestError, WriterSettings, handle_pipes_request, install_logging_bridge
+
+from .conftest import PIPES_BUCKET, pipes_body
+
+app = flask.Flask(__name__)
+FAST = WriterSettings(flush_interval=0.01, upload_attempts=2)
+
+
+@pytest.fixture
+def client() -> FakeClient:
+    fake = FakeClient()
+    fake.create_bucket(PIPES_BUCKET)
+    return fake
+
+
+def call(client: FakeClient, job: Any, **request: Any) -> tuple[int, dict[str, Any]]:
+    with app.test_request_context("/", method="POST", **request):
+        response, status = handle_pipes_request(
+            flask.request, job, storage_client=client, writer_settings=FAST
+        )  # type: ignore[arg-type]
+    return status, json.loads(response.get_data())
+
+
+def messages(client: FakeClient, prefix: str = "t/1") -> list[dict[str, Any]]:
+    objects = client.objects[PIPES_BUCKET]
+    return [
+        json.loads(line)
+        for key in sorted(objects)
+        if key.startswith(prefix)
+        for line in objects[key].splitlines()
+    ]
+
+
+def ok_job(pipes: PipesContext, event: Mapping[str, Any]) -> dict[str, Any]:
+    pipes.log.info(f"hello {event['who']}")
+    return {"done": True}
+
+
+def test_success_is_200_with_the_job_result_and_a_closed_message(client: FakeClient) -> None:
+    status, body = call(client, ok_job, json=pipes_body({"who": "you"}))
+    assert status == 200 and body["status"] == "ok" and body["result"] == {"done": True}
+    methods = [m["method"] for m in messages(client)]
+    assert methods[0] == "opened" and methods[-1] == "closed" and "log" in methods
+
+
+@pytest.mark.parametrize("request_kwargs", [{"data": "{not json"}, {"json": [1, 2]}, {"data": ""}])
+def test_a_body_that_is_not_a_json_object_is_400(
+    client: FakeClient, request_kwargs: dict[str, Any]
+) -> None:
+    status, body = call(client, ok_job, **request_kwargs)
+    assert status == 400 and body["error"]["field"] == "body"
+    assert client.objects[PIPES_BUCKET] == {}
+
+
+def test_missing_pipes_params_are_400_naming_the_parameter(client: FakeClient) -> None:
+    status, body = call(client, ok_job, json={"who": "you"})
+    assert status == 400
+    assert body["error"]["field"] == "DAGSTER_PIPES_CONTEXT"
+    assert "DAGSTER_PIPES_MESSAGES" in body["error"]["message"]
+
+
+def test_undecodable_pipes_params_are_400(client: FakeClient) -> None:
+    payload = pipes_body()
+    payload["DAGSTER_PIPES_MESSAGES"] = "%%%"
+    status, body = call(client, ok_job, json=payload)
+    assert status == 400 and body["error"]["field"] == "DAGSTER_PIPES_MESSAGES"
+
+
+def test_a_request_error_from_the_job_keeps_its_status_and_field(client: FakeClient) -> None:
+    def picky(pipes: PipesContext, event: Mapping[str, Any]) -> None:
+        raise RequestError("'num_rows' must be an integer", field="num_rows")
+
+    status, body = call(client, picky, json=pipes_body())
+    assert status == 400 and body["error"]["field"] == "num_rows"
+    closed = messages(client)[-1]
+    assert closed["method"] == "closed" and "num_rows" in closed["params"]["exception"]["message"]
+
+
+def test_a_crash_is_500_with_type_message_and_traceback(client: FakeClient) -> None:
+    def crash(pipes: PipesContext, event: Mapping[str, Any]) -> None:
+        raise ZeroDivisionError("boom")
+
+    status, body = call(client, crash, json=pipes_body())
+    assert status == 500
+    assert body["error"]["type"] == "ZeroDivisionError" and body["error"]["message"] == "boom"
+    assert "Traceback" in body["error"]["traceback"]
+    assert messages(client)[-1]["params"]["exception"]["name"] == "ZeroDivisionError"
+
+
+def test_undeliverable_messages_are_502(client: FakeClient) -> None:
+    client.objects.pop(PIPES_BUCKET)  # the Pipes bucket does not exist
+    status, body = call(client, ok_job, json=pipes_body({"who": "x"}))
+    assert status == 502
+    assert body["error"]["type"] == "PipesMessageDeliveryError"
+    assert "gs://pipes/t/1/1.json" in body["error"]["message"]
+    assert body["error"]["job_outcome"]["status"] == "ok"
+
+
+def test_python_logging_in_the_job_reaches_dagster(client: FakeClient) -> None:
+    install_logging_bridge()
+
+    def logs(pipes: PipesContext, event: Mapping[str, Any]) -> None:
+        logging.getLogger("business").info("from logging")
+        logging.getLogger("urllib3.connectionpool").warning("transport noise")
+
+    call(client, logs, json=pipes_body())
+    logged = [m["params"]["message"] for m in messages(client) if m["method"] == "log"]
+    assert logged == ["from logging"]

@@ -1,0 +1,44 @@
+"""The function folder is deployable as-is: requirements.txt matches uv.lock."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXPORT = [
+    "export", "--package", "gcf-people-function", "--no-dev", "--no-emit-workspace",
+    "--no-hashes", "--frozen", "--quiet",
+]  # fmt: skip
+
+
+def test_requirements_txt_is_in_sync_with_uv_lock() -> None:
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.fail("uv is needed to check requirements.txt (just test installs it)")
+    exported = subprocess.run(
+        [uv, *EXPORT], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    committed = (REPO_ROOT / "cloud_function" / "requirements.txt").read_text()
+
+    def pins(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line and not line.lstrip().startswith("#")]
+
+    assert pins(committed) == pins(exported), "run `just requirements` and commit the result"
+
+
+def test_the_function_source_folder_has_what_the_buildpack_needs() -> None:
+    folder = REPO_ROOT / "cloud_function"
+    assert (folder / "main.py").is_file() and (folder / "requirements.txt").is_file()
+    assert "def main(" in (folder / "main.py").read_text()
+    pins = (folder / "requirements.txt").read_text()
+    for package in (
+        "functions-framework",
+        "dagster-pipes",
+        "deltalake",
+        "polars",
+        "google-cloud-storage",
+    ):
+        assert f"{package}==" in pins
+    assert "-e " not in pins and "file://" not in pins

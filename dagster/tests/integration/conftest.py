@@ -1,0 +1,110 @@
+"""Fixtures that run the real local stack: GCS emulator and function server processes."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dagster as dg
+from dagster_pipes_gcf import (
+    CloudFunctionInvoker,
+    InvocationPolicy,
+    PipesCloudFunctionClient,
+    PipesCloudStorageMessageReader,
+    PollingPolicy,
+)
+from devstack.stack import LocalStack, local_stack
+from gcf_demo.defs.assets import cloud_function_pipes_asset
+from gcf_demo.defs.resources import PeopleFunction
+
+TEST_POLLING = PollingPolicy(drain_timeout=10.0)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with local_stack(tmp_path_factory.mktemp("stack")) as running_stack:
+        yield running_stack
+
+
+@pytest.fixture(autouse=True)
+def emulator_env(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Dagster side (this process) talks to the same emulator as the function."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", stack.emulator_url)
+
+
+def pipes_client(
+    stack: LocalStack,
+    polling: PollingPolicy = TEST_POLLING,
+    invocation: InvocationPolicy | None = None,
+) -> PipesCloudFunctionClient:
+    return PipesCloudFunctionClient(
+        message_reader=PipesCloudStorageMessageReader(bucket=stack.pipes_bucket, polling=polling),
+        invoker=CloudFunctionInvoker(
+            policy=invocation or InvocationPolicy(attempts=2, initial_backoff=0.1)
+        ),
+    )
+
+
+@dataclass
+class PeopleRun:
+    """A finished materialization and the instance whose event log holds it."""
+
+    result: dg.ExecuteInProcessResult
+    instance: dg.DagsterInstance
+
+    @property
+    def success(self) -> bool:
+        return self.result.success
+
+    @property
+    def logs(self) -> list[str]:
+        """Every log line of the run as Dagster's event log stored it."""
+        return [entry.user_message for entry in self.instance.all_logs(self.result.run_id)]
+
+    def materializations(self) -> list[dg.AssetMaterialization]:
+        return self.result.asset_materializations_for_node("cloud_function_pipes_asset")
+
+    def failure_message(self) -> str:
+        failures = [e for e in self.result.all_events if e.is_step_failure]
+        assert failures, "the step did not fail"
+        error = failures[0].step_failure_data.error
+        assert error is not None
+        return error.to_string()
+
+
+def materialize_people(
+    stack: LocalStack,
+    *,
+    num_rows: int = 25,
+    seed: int | None = None,
+    function_url: str | None = None,
+    data_lake_uri: str | None = None,
+    client: PipesCloudFunctionClient | None = None,
+    instance: dg.DagsterInstance | None = None,
+    assets: list[Any] | None = None,
+    partition_key: str | None = None,
+) -> PeopleRun:
+    instance = instance or dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        assets or [cloud_function_pipes_asset],
+        resources={
+            "pipes_function_client": client or pipes_client(stack),
+            "people_function": PeopleFunction(
+                function_url=function_url or stack.function_url,
+                data_lake_uri=data_lake_uri or stack.data_lake_uri,
+            ),
+        },
+        run_config={
+            "ops": {"cloud_function_pipes_asset": {"config": {"num_rows": num_rows, "seed": seed}}}
+        },
+        instance=instance,
+        partition_key=partition_key,
+        raise_on_error=False,
+    )
+    return PeopleRun(result, instance)
+
+
+def table_dir(stack: LocalStack, lake: str | None = None) -> Path:
+    return Path(lake or stack.data_lake_uri) / "cloud_function_pipes_asset"

@@ -1,0 +1,104 @@
+"""The whole loop through the real stack: Dagster, HTTP, function, Delta + GCS chunks, Dagster."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import deltalake  # noqa: F401 - before polars
+import polars as pl
+import pytest
+
+from dagster_pipes_gcf import PollingPolicy
+from devstack.net import free_port
+from devstack.services import REPO_ROOT, running
+from devstack.stack import LocalStack
+
+from .conftest import materialize_people, pipes_client, table_dir
+
+pytestmark = pytest.mark.integration
+
+
+def test_materializing_writes_the_table_and_brings_logs_and_metadata_back(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    run = materialize_people(stack, num_rows=42, seed=7, data_lake_uri=str(lake))
+
+    assert run.success
+    logs = run.logs
+    assert any("writing 42 rows to" in line for line in logs), logs
+    assert any("generated 42 fake people" in line for line in logs), "Python logging not forwarded"
+    assert any("is at version 0" in line for line in logs)
+
+    (materialization,) = run.materializations()
+    metadata = materialization.metadata
+    assert metadata["dagster/row_count"].value == 42
+    assert metadata["delta_version"].value == 0
+    assert metadata["table_uri"].value == str(table_dir(stack, str(lake)))
+    assert metadata["invocation_id"].value
+
+    people = pl.read_delta(str(table_dir(stack, str(lake))))
+    assert people.height == 42
+    assert {"id", "name", "address", "email", "phone"} <= set(people.columns)
+
+
+def test_a_crashing_function_fails_the_step_with_the_remote_error(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / "cloud_function_pipes_asset").write_text("a file where the table directory should be")
+
+    run = materialize_people(stack, data_lake_uri=str(lake))
+
+    assert not run.success
+    message = run.failure_message()
+    assert "Cloud Function returned HTTP 500" in message
+    assert "FileExistsError" in message or "NotADirectoryError" in message, message
+    assert "Remote traceback" in message
+    assert any("writing 25 rows" in line for line in run.logs), "logs before the crash were lost"
+
+
+def test_a_function_that_never_closes_pipes_is_not_a_success(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    port = free_port()
+    source = REPO_ROOT / "cloud_function" / "tests" / "functions" / "no_pipes.py"
+    command = [
+        str(Path(sys.executable).parent / "functions-framework"),
+        "--source", str(source), "--target", "main", "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    with running("no-pipes function", command, port, log_path=tmp_path / "no_pipes.log"):
+        run = materialize_people(
+            stack,
+            function_url=f"http://127.0.0.1:{port}",
+            client=pipes_client(stack, polling=PollingPolicy(drain_timeout=1.0)),
+        )
+    assert not run.success
+    assert "`closed` message not received" in run.failure_message()
+
+
+def test_the_code_location_materializes_from_the_cli_with_env_config(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    lake = tmp_path / "cli-lake"
+    env = {
+        **os.environ,
+        "CLOUD_FUNCTION_URL": stack.function_url,
+        "PIPES_BUCKET": stack.pipes_bucket,
+        "DATA_LAKE_URI": str(lake),
+        "STORAGE_EMULATOR_HOST": stack.emulator_url,
+        "DAGSTER_HOME": str(tmp_path / "home"),
+    }
+    (tmp_path / "home").mkdir()
+    completed = subprocess.run(
+        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "gcf_demo.definitions",
+         "--select", "cloud_function_pipes_asset"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-4000:]
+    assert "RUN_SUCCESS" in output
+    assert "writing 1000 rows" in output
+    assert pl.read_delta(str(lake / "cloud_function_pipes_asset")).height == 1000

@@ -1,0 +1,49 @@
+# Dagster Pipes x Google Cloud Functions: every task of the project.
+# `just dd` runs the local stack, `just test` runs every check.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+uv := "uv"
+run := uv + " run --no-sync"
+
+import? 'infra/tasks.just'
+
+# list the tasks
+default:
+    @just --list
+
+# install/refresh the Python environment from uv.lock (first run takes a minute)
+sync:
+    @if [ ! -x .venv/bin/python ]; then echo "just: first run: installing the Python environment with uv (about a minute)..."; fi
+    {{ uv }} sync --all-packages --locked --quiet
+    @echo "just: Python environment ready (.venv)"
+
+# run everything locally: GCS emulator, the function, Dagster UI on http://127.0.0.1:3000
+dd: sync
+    {{ run }} python -m devstack up
+
+# run the function alone (with the GCS emulator it writes Pipes messages to)
+fn: sync
+    {{ run }} python -m devstack fn
+
+# run the GCS emulator alone
+emulator: sync
+    {{ run }} python -m devstack emulator
+
+# regenerate cloud_function/requirements.txt (the buildpack's input) from uv.lock
+requirements:
+    {{ uv }} export --package gcf-people-function --no-dev --no-emit-workspace --no-hashes --frozen --quiet -o cloud_function/requirements.txt
+
+# lint, type-check and format-check
+lint: sync
+    {{ run }} ruff check .
+    {{ run }} ruff format --check .
+    {{ run }} mypy
+
+# run every check: lint and the whole test suite (unit + real local stack)
+test: sync lint
+    {{ run }} pytest
+
+# benchmarks (prints a table; targets are in bench/README.md)
+bench: sync
+    {{ run }} python -m bench
