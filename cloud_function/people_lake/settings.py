@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 # Names of the environment variables the function reads (Terraform sets each one).
 DATA_LAKE_URI_VAR = "DATA_LAKE_URI"
+# Read by functions-framework's gunicorn: request threads per instance (= Cloud Run concurrency).
+THREADS_VAR = "THREADS"
+
+FUNCTION_ENV_VARS = (DATA_LAKE_URI_VAR, THREADS_VAR)
 
 
 @dataclass(frozen=True)

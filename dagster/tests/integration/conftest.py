@@ -1,5 +1,6 @@
 """Fixtures that run the real local stack: GCS emulator and function server processes."""
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,13 @@ def materialize_people(
         raise_on_error=False,
     )
     return PeopleRun(result, instance)
+
+
+def fresh_lake(stack: LocalStack) -> Path:
+    """A new, empty data-lake root under the stack's (allowed) lake root."""
+    lake = Path(stack.data_lake_uri) / f"lake-{uuid.uuid4().hex[:8]}"
+    lake.mkdir()
+    return lake
 
 
 def table_dir(stack: LocalStack, lake: str | None = None) -> Path:

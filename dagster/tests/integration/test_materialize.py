@@ -14,7 +14,7 @@ from devstack.net import free_port
 from devstack.services import REPO_ROOT, running
 from devstack.stack import LocalStack
 
-from .conftest import materialize_people, pipes_client, table_dir
+from .conftest import fresh_lake, materialize_people, pipes_client, table_dir
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 def test_materializing_writes_the_table_and_brings_logs_and_metadata_back(
     stack: LocalStack, tmp_path: Path
 ) -> None:
-    lake = tmp_path / "lake"
+    lake = fresh_lake(stack)
     run = materialize_people(stack, num_rows=42, seed=7, data_lake_uri=str(lake))
 
     assert run.success
@@ -46,8 +46,7 @@ def test_materializing_writes_the_table_and_brings_logs_and_metadata_back(
 def test_a_crashing_function_fails_the_step_with_the_remote_error(
     stack: LocalStack, tmp_path: Path
 ) -> None:
-    lake = tmp_path / "lake"
-    lake.mkdir()
+    lake = fresh_lake(stack)
     (lake / "cloud_function_pipes_asset").write_text("a file where the table directory should be")
 
     run = materialize_people(stack, data_lake_uri=str(lake))
@@ -82,7 +81,7 @@ def test_a_function_that_never_closes_pipes_is_not_a_success(
 def test_the_code_location_materializes_from_the_cli_with_env_config(
     stack: LocalStack, tmp_path: Path
 ) -> None:
-    lake = tmp_path / "cli-lake"
+    lake = fresh_lake(stack)
     env = {
         **os.environ,
         "CLOUD_FUNCTION_URL": stack.function_url,

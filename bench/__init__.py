@@ -1,0 +1,1 @@
+"""Benchmarks: ``just bench`` prints one table; ratios use baselines measured in the same run."""
