@@ -16,10 +16,14 @@ from typing import Any
 import flask
 from dagster_pipes import PipesContext, decode_param
 from google.cloud import storage
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from gcf_pipes.context import PIPES_PARAM_KEYS, open_request_pipes, split_pipes_params
 from gcf_pipes.errors import RequestError
 from gcf_pipes.writer import PipesCloudStorageMessageWriter, WriterSettings
+
+# The Pipes context and the event are small; anything bigger is a mistake or an attack.
+MAX_BODY_BYTES = 1024 * 1024
 
 Job = Callable[[PipesContext, Mapping[str, Any]], Mapping[str, Any] | None]
 Response = tuple[flask.Response, int]
@@ -33,9 +37,20 @@ def error_body(kind: str, message: str, **details: Any) -> dict[str, Any]:
     return {"status": "error", "error": {"type": kind, "message": message, **details}}
 
 
-def parse_pipes_body(request: flask.Request) -> dict[str, Any]:
+def parse_pipes_body(request: flask.Request, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """The request's JSON object, with decodable Pipes bootstrap params, or a RequestError."""
-    body = request.get_json(force=True, silent=True)
+    size = request.content_length
+    if size is not None and size > max_bytes:
+        raise RequestError(
+            f"request body is {size} bytes; the limit is {max_bytes}", field="body", status=413
+        )
+    request.max_content_length = max_bytes  # also bounds bodies sent without Content-Length
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RequestEntityTooLarge as exc:
+        raise RequestError(
+            f"request body exceeds {max_bytes} bytes", field="body", status=413
+        ) from exc
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object", field="body")
     missing = [key for key in PIPES_PARAM_KEYS if key not in body]

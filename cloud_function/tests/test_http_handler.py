@@ -118,3 +118,13 @@ def test_python_logging_in_the_job_reaches_dagster(client: FakeClient) -> None:
     call(client, logs, json=pipes_body())
     logged = [m["params"]["message"] for m in messages(client) if m["method"] == "log"]
     assert logged == ["from logging"]
+
+
+def test_an_oversized_body_is_413_and_nothing_runs(client: FakeClient) -> None:
+    ran = []
+    payload = pipes_body({"padding": "x" * (1024 * 1024)})
+    status, body = call(client, lambda pipes, event: ran.append(1), json=payload)
+    assert (
+        status == 413 and body["error"]["field"] == "body" and "limit" in body["error"]["message"]
+    )
+    assert ran == [] and client.objects[PIPES_BUCKET] == {}

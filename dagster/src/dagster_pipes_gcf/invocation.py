@@ -158,6 +158,10 @@ class CloudFunctionInvoker:
                 description=f"could not reach the Cloud Function at {url} after {attempts} "
                 f"attempt(s): {type(exc).__name__}: {exc}"
             ) from exc
+        except BaseException:
+            # Run terminated mid-call: drop the connection now instead of leaving it open.
+            self.session.close()
+            raise
         if not response.ok:
             raise describe_error_response(url, response)
         return FunctionResponse(

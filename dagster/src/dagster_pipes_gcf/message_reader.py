@@ -156,7 +156,6 @@ class _Poller:
     def __init__(self, stream: ChunkStream):
         self._stream = stream
         self._stop = threading.Event()
-        self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="pipes-gcs-reader", daemon=True)
 
     def start(self) -> None:
@@ -172,8 +171,7 @@ class _Poller:
         while not self._stop.is_set():
             try:
                 found = self._stream.read_available()
-            except BaseException as exc:  # noqa: BLE001 - re-raised by the reader on exit
-                self.error = exc
+            except Exception:  # noqa: BLE001 - the drain after the call retries and reports it
                 return
             interval = (
                 policy.min_interval
@@ -230,10 +228,13 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         poller.start()
         try:
             yield {"bucket": self.bucket, "key_prefix": stream.key_prefix}
-        except BaseException:
+        except Exception:
             # The call failed: deliver what the function managed to write, keep its error.
             poller.stop()
             self._drain(stream, timeout=min(self.polling.drain_timeout, 5.0), strict=False)
+            raise
+        except BaseException:
+            poller.stop()  # run terminated (KeyboardInterrupt, Dagster interrupt): stop waiting
             raise
         poller.stop()
         # A poller error (e.g. a long GCS outage) is retried by the drain, which reports it.
