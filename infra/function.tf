@@ -1,0 +1,126 @@
+# The people function: a 2nd-gen HTTP Cloud Function built from ../cloud_function.
+
+locals {
+  # Every environment variable the function reads (cloud_function/people_lake/settings.py,
+  # FUNCTION_ENV_VARS) and nothing else; infra/tests fails on drift in either direction.
+  function_env = {
+    DATA_LAKE_URI           = local.data_lake_uri
+    ALLOWED_DATA_LAKE_ROOTS = local.data_lake_uri
+    # functions-framework's gunicorn runs this many request threads; equal to the per-instance
+    # concurrency so every request Cloud Run routes to an instance gets a thread.
+    THREADS = tostring(var.function_concurrency)
+  }
+
+  # Kept out of the upload: tests and caches; pyproject.toml so the buildpack installs
+  # requirements.txt (exported from uv.lock) rather than the workspace project.
+  source_excludes = [
+    "tests/**",
+    "**/__pycache__/**",
+    "**/*.pyc",
+    "**/.pytest_cache/**",
+    "**/.mypy_cache/**",
+    "**/.ruff_cache/**",
+    ".venv/**",
+    "pyproject.toml",
+  ]
+}
+
+data "archive_file" "function_source" {
+  type        = "zip"
+  source_dir  = "${path.module}/../cloud_function"
+  output_path = "${path.module}/.build/function-source.zip"
+  excludes    = local.source_excludes
+  # Same modes on every machine, so the content hash (and the object name) only changes with code.
+  output_file_mode = "0644"
+}
+
+resource "google_storage_bucket_object" "function_source" {
+  # Named by content hash: a code change is a new object, which redeploys the function.
+  name         = "${var.function_name}/source-${data.archive_file.function_source.output_sha256}.zip"
+  bucket       = google_storage_bucket.function_source.name
+  source       = data.archive_file.function_source.output_path
+  content_type = "application/zip"
+}
+
+resource "google_artifact_registry_repository" "function_images" {
+  #checkov:skip=CKV_GCP_84: Google-managed encryption is adequate for rebuildable function images; add kms_key_name for CMEK.
+  repository_id          = "${var.name_prefix}-functions"
+  location               = var.region
+  format                 = "DOCKER"
+  description            = "Images built from the ${var.function_name} function source."
+  cleanup_policy_dry_run = false
+
+  cleanup_policies {
+    id     = "keep-recent"
+    action = "KEEP"
+    most_recent_versions {
+      keep_count = 5
+    }
+  }
+
+  cleanup_policies {
+    id     = "delete-old"
+    action = "DELETE"
+    condition {
+      tag_state  = "ANY"
+      older_than = "2592000s" # 30 days; the keep-recent policy wins for the latest images
+    }
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+resource "google_cloudfunctions2_function" "people" {
+  #checkov:skip=CKV_GCP_124: The orchestrator runs outside GCP by default; IAM (run.invoker, no public principal) keeps the function private. Set ingress_settings to restrict further.
+  name        = var.function_name
+  location    = var.region
+  description = "Writes fake people to a Delta table; orchestrated by Dagster through Pipes."
+
+  build_config {
+    runtime           = var.python_runtime
+    entry_point       = "main"
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.function_images.id
+
+    source {
+      storage_source {
+        bucket = google_storage_bucket.function_source.name
+        object = google_storage_bucket_object.function_source.name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email = google_service_account.runtime.email
+    environment_variables = local.function_env
+
+    available_memory                 = var.function_memory
+    available_cpu                    = var.function_cpu
+    timeout_seconds                  = var.function_timeout_seconds
+    max_instance_request_concurrency = var.function_concurrency
+    min_instance_count               = var.function_min_instances
+    max_instance_count               = var.function_max_instances
+
+    # ALLOW_ALL by default: the orchestrator usually runs outside Google's network. Access is
+    # still private: only principals with roles/run.invoker (iam.tf) get past the ID-token check.
+    ingress_settings               = var.ingress_settings
+    all_traffic_on_latest_revision = true
+  }
+
+  lifecycle {
+    precondition {
+      condition     = var.function_concurrency == 1 || tonumber(var.function_cpu) >= 1
+      error_message = "function_concurrency > 1 needs function_cpu >= 1 (a Cloud Run requirement)."
+    }
+    precondition {
+      condition     = var.function_min_instances <= var.function_max_instances
+      error_message = "function_min_instances must not exceed function_max_instances."
+    }
+  }
+
+  depends_on = [
+    google_project_service.required,
+    google_project_iam_member.build_run_builder,
+    google_artifact_registry_repository_iam_member.build_writer,
+  ]
+}
