@@ -12,7 +12,9 @@ import sys
 
 from bench.report import Row, render
 
-SCENARIOS: dict[str, str] = {}
+SCENARIOS: dict[str, str] = {
+    "transport": "bench.transport",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

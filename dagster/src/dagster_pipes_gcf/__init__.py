@@ -9,7 +9,11 @@ from dagster_pipes_gcf.invocation import (
     FunctionResponse,
     InvocationPolicy,
 )
-from dagster_pipes_gcf.message_reader import PipesCloudStorageMessageReader, PollingPolicy
+from dagster_pipes_gcf.message_reader import (
+    LogCoalescing,
+    PipesCloudStorageMessageReader,
+    PollingPolicy,
+)
 
 __all__ = [
     "CloudFunctionError",
@@ -17,6 +21,7 @@ __all__ = [
     "FunctionResponse",
     "IdTokenAuth",
     "InvocationPolicy",
+    "LogCoalescing",
     "PipesCloudFunctionClient",
     "PipesCloudFunctionEventContextInjector",
     "PipesCloudStorageMessageReader",

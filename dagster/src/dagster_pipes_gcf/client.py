@@ -6,9 +6,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from dagster._core.definitions.resource_annotation import TreatAsResourceParam
-from dagster_pipes import PipesExtras
-
 from dagster import (
     AssetExecutionContext,
     OpExecutionContext,
@@ -18,6 +15,9 @@ from dagster import (
     PipesMessageReader,
     open_pipes_session,
 )
+from dagster._core.definitions.resource_annotation import TreatAsResourceParam
+from dagster_pipes import PipesExtras
+
 from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
 from dagster_pipes_gcf.invocation import CloudFunctionInvoker
 
@@ -99,11 +99,12 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
                 f"[pipes] Cloud Function answered HTTP {response.status} in "
                 f"{response.elapsed_s:.2f}s ({response.attempts} attempt(s))"
             )
-        return PipesClientCompletedInvocation(
-            session,
-            metadata={
-                "function_url": function_url,
-                "function_duration_s": round(response.elapsed_s, 3),
-                "invocation_id": invocation_id,
-            },
-        )
+        metadata: dict[str, Any] = {
+            "function_url": function_url,
+            "function_call_s": round(response.elapsed_s, 3),
+            "invocation_id": invocation_id,
+        }
+        handler_s = response.body.get("duration_s")
+        if isinstance(handler_s, int | float):  # reported by gcf_pipes' handler
+            metadata["function_handler_s"] = handler_s
+        return PipesClientCompletedInvocation(session, metadata=metadata)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from dagster_pipes import PipesContextData, PipesDefaultContextLoader, PipesParams
-
 from dagster import PipesContextInjector
+from dagster_pipes import PipesContextData, PipesDefaultContextLoader, PipesParams
 
 
 class PipesCloudFunctionEventContextInjector(PipesContextInjector):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from dagster import Failure, MetadataValue
 from tenacity import (
     Retrying,
     retry_if_exception,
@@ -16,7 +17,6 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from dagster import Failure, MetadataValue
 from dagster_pipes_gcf.auth import IdTokenAuth
 
 # Statuses worth another attempt when they come from the platform (not from our handler).

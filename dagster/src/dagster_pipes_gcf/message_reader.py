@@ -20,14 +20,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from dagster import PipesMessageHandler, PipesMessageReader
 from dagster._core.errors import DagsterPipesExecutionError
 from dagster_pipes import PipesException, PipesParams
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 from requests import exceptions as rexc
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
-
-from dagster import PipesMessageHandler, PipesMessageReader
 
 TRANSIENT_GCS_ERRORS: tuple[type[BaseException], ...] = (
     gexc.TooManyRequests,
@@ -60,6 +59,50 @@ class PollingPolicy:
     download_attempts: int = 5
 
 
+@dataclass(frozen=True)
+class LogCoalescing:
+    """Delivery of log floods: Dagster stores one event per log call (~0.4 ms in memory,
+    ~6 ms on the SQLite storage of ``dagster dev``), so 10,000 lines would stall the step.
+
+    When one chunk holds more than ``threshold`` log messages, consecutive lines of the same
+    level are delivered as one multi-line entry of at most ``max_lines`` lines. Nothing is
+    dropped and the order is kept; normal-rate logging stays one entry per line.
+    """
+
+    threshold: int = 100
+    max_lines: int = 200
+
+
+def coalesce_logs(messages: list[Any], rule: LogCoalescing | None) -> list[Any]:
+    """``messages`` with runs of same-level log messages joined, if the chunk is a flood."""
+    logs = sum(1 for message in messages if message.get("method") == "log")
+    if rule is None or logs <= rule.threshold:
+        return messages
+    out: list[Any] = []
+    lines: list[str] = []
+    level: str | None = None
+    template: Any = None
+
+    def flush() -> None:
+        if lines:
+            out.append({**template, "params": {**template["params"], "message": "\n".join(lines)}})
+            lines.clear()
+
+    for message in messages:
+        params = message.get("params") or {}
+        this_level = params.get("level")
+        if message.get("method") != "log":
+            flush()
+            out.append(message)
+            continue
+        if this_level != level or len(lines) >= rule.max_lines:
+            flush()
+            level, template = this_level, message
+        lines.append(str(params.get("message", "")))
+    flush()
+    return out
+
+
 @dataclass
 class ChunkStream:
     """Reading state of one Pipes session: the next chunk index and what has been seen."""
@@ -68,6 +111,7 @@ class ChunkStream:
     key_prefix: str
     handler: PipesMessageHandler
     policy: PollingPolicy
+    coalescing: LogCoalescing | None = None
     next_index: int = 1
     messages_read: int = 0
     closed_seen: bool = False
@@ -124,16 +168,18 @@ class ChunkStream:
         return None  # pragma: no cover - Retrying either returns or raises
 
     def _handle_chunk(self, index: int, text: str) -> None:
+        messages: list[Any] = []
         for line_number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                message: Any = json.loads(line)
+                messages.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise DagsterPipesExecutionError(
                     f"malformed Pipes message in {self.key(index)} line {line_number}: {exc}"
                 ) from exc
-            self.messages_read += 1
+        self.messages_read += len(messages)
+        for message in coalesce_logs(messages, self.coalescing):
             self.handler.handle_message(message)
             if message.get("method") == "closed":
                 self.closed_seen = True
@@ -189,6 +235,7 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         client: a ``google.cloud.storage.Client``; created on first use when omitted.
         prefix: folder under which each session gets a unique key prefix.
         polling: polling and drain settings.
+        log_coalescing: how log floods are delivered (``None``: one entry per line always).
     """
 
     def __init__(
@@ -198,10 +245,12 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         client: storage.Client | None = None,
         prefix: str = "dagster-pipes",
         polling: PollingPolicy | None = None,
+        log_coalescing: LogCoalescing | None = LogCoalescing(),
     ):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.polling = polling or PollingPolicy()
+        self.log_coalescing = log_coalescing
         self._client = client
         self.last_stream: ChunkStream | None = None
 
@@ -222,6 +271,7 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
             key_prefix=self.new_key_prefix(),
             handler=handler,
             policy=self.polling,
+            coalescing=self.log_coalescing,
         )
         self.last_stream = stream
         poller = _Poller(stream)

@@ -10,7 +10,8 @@ from dagster._core.errors import DagsterPipesExecutionError
 from dagster_pipes import PipesGCSMessageWriter
 from google.api_core import exceptions as gexc
 
-from dagster_pipes_gcf import PipesCloudStorageMessageReader, PollingPolicy
+from dagster_pipes_gcf import LogCoalescing, PipesCloudStorageMessageReader, PollingPolicy
+from dagster_pipes_gcf.message_reader import coalesce_logs
 from devstack.fake_gcs import FakeClient
 
 BUCKET = "pipes"
@@ -177,3 +178,47 @@ def test_reads_chunks_written_by_the_stock_dagster_pipes_gcs_writer(client: Fake
                 channel.write_message(json.loads(message("log", message=f"stock{i}")))
             channel.write_message(json.loads(message("closed")))
     assert handler.logs == ["stock0", "stock1", "stock2"]
+
+
+def test_a_flood_of_logs_is_delivered_as_few_entries_with_every_line_in_order(
+    client: FakeClient,
+) -> None:
+    handler = RecordingHandler()
+    reader = PipesCloudStorageMessageReader(
+        bucket=BUCKET,
+        client=client,
+        polling=FAST,
+        log_coalescing=LogCoalescing(threshold=10, max_lines=50),
+    )  # type: ignore[arg-type]
+    with reader.read_messages(handler) as params:  # type: ignore[arg-type]
+        lines = [message("log", message=f"l{i}", level="INFO") for i in range(120)]
+        lines.insert(60, message("report_custom_message", payload="between"))
+        put_chunk(client, params["key_prefix"], 1, *lines, message("closed"))
+    entries = [m for m in handler.messages if m["method"] == "log"]
+    delivered = [line for entry in entries for line in entry["params"]["message"].split("\n")]
+    assert delivered == [f"l{i}" for i in range(120)]
+    assert len(entries) == 4  # 50 + 10 | custom message | 50 + 10
+    assert [m["method"] for m in handler.messages][2] == "report_custom_message"
+
+
+def test_normal_rate_logs_and_mixed_levels_stay_separate(client: FakeClient) -> None:
+    handler = RecordingHandler()
+    with reader_for(client).read_messages(handler) as params:  # type: ignore[arg-type]
+        put_chunk(
+            client,
+            params["key_prefix"],
+            1,
+            *(message("log", message=f"l{i}", level="INFO") for i in range(5)),
+            message("closed"),
+        )
+    assert handler.logs == [f"l{i}" for i in range(5)]
+
+
+def test_coalescing_never_merges_across_levels() -> None:
+    msgs = [json.loads(message("log", message=f"l{i}", level=("INFO" if i < 3 else "WARNING")))
+            for i in range(6)]  # fmt: skip
+    merged = coalesce_logs(msgs, LogCoalescing(threshold=1, max_lines=10))
+    assert [(m["params"]["level"], m["params"]["message"]) for m in merged] == [
+        ("INFO", "l0\nl1\nl2"),
+        ("WARNING", "l3\nl4\nl5"),
+    ]
