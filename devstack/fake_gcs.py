@@ -15,6 +15,27 @@ from google.api_core import exceptions as gexc
 Fault = Callable[[str, str], None]  # (operation, key) -> may raise
 
 
+def fail_first(operation: str, times: int, error: Exception) -> Fault:
+    """A fault raising ``error`` on the first ``times`` calls of ``operation``."""
+    left = [times]
+
+    def fault(op: str, key: str) -> None:
+        if op == operation and left[0] > 0:
+            left[0] -= 1
+            raise error
+
+    return fault
+
+
+def always_fail(error: Exception) -> Fault:
+    """A fault raising ``error`` on every call."""
+
+    def fault(op: str, key: str) -> None:
+        raise error
+
+    return fault
+
+
 @dataclass
 class FakeClient:
     """``storage.Client`` look-alike holding buckets in memory, with injectable faults."""

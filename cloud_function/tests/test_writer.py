@@ -7,7 +7,7 @@ import pytest
 from dagster_pipes import PipesMessage
 from google.api_core import exceptions as gexc
 
-from devstack.fake_gcs import FakeClient
+from devstack.fake_gcs import FakeClient, always_fail, fail_first
 from gcf_pipes.writer import PipesCloudStorageMessageWriter, WriterSettings, chunk_key
 
 BUCKET = "pipes"
@@ -61,14 +61,7 @@ def test_messages_are_uploaded_while_the_context_is_open(client: FakeClient) -> 
 
 
 def test_transient_upload_errors_are_retried(client: FakeClient) -> None:
-    failures = {"left": 2}
-
-    def flaky(operation: str, key: str) -> None:
-        if operation == "upload" and failures["left"]:
-            failures["left"] -= 1
-            raise gexc.ServiceUnavailable("try again")
-
-    client.fault = flaky
+    client.fault = fail_first("upload", 2, gexc.ServiceUnavailable("try again"))
     writer = PipesCloudStorageMessageWriter(client, FAST)
     with writer.open(PARAMS) as channel:
         channel.write_message(log(1))
@@ -104,10 +97,7 @@ def test_an_existing_chunk_is_never_overwritten(client: FakeClient) -> None:
 
 
 def test_a_permanent_failure_is_recorded_with_the_chunk_it_lost(client: FakeClient) -> None:
-    def forbidden(operation: str, key: str) -> None:
-        raise gexc.Forbidden("no storage.objects.create")
-
-    client.fault = forbidden
+    client.fault = always_fail(gexc.Forbidden("no storage.objects.create"))
     writer = PipesCloudStorageMessageWriter(client, FAST)
     with writer.open(PARAMS) as channel:
         channel.write_message(log(1))

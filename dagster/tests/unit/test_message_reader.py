@@ -12,7 +12,7 @@ from google.api_core import exceptions as gexc
 
 from dagster_pipes_gcf import LogCoalescing, PipesCloudStorageMessageReader, PollingPolicy
 from dagster_pipes_gcf.message_reader import coalesce_logs
-from devstack.fake_gcs import FakeClient
+from devstack.fake_gcs import FakeClient, always_fail, fail_first
 
 BUCKET = "pipes"
 FAST = PollingPolicy(min_interval=0.01, max_interval=0.05, drain_timeout=1.0, download_attempts=3)
@@ -119,14 +119,7 @@ def test_a_gap_in_chunk_indexes_names_the_missing_chunk(client: FakeClient) -> N
 
 
 def test_transient_download_errors_are_retried(client: FakeClient) -> None:
-    failures = {"left": 2}
-
-    def flaky(operation: str, key: str) -> None:
-        if operation == "download" and failures["left"]:
-            failures["left"] -= 1
-            raise gexc.ServiceUnavailable("503")
-
-    client.fault = flaky
+    client.fault = fail_first("download", 2, gexc.ServiceUnavailable("503"))
     handler = RecordingHandler()
     with reader_for(client).read_messages(handler) as params:  # type: ignore[arg-type]
         put_chunk(client, params["key_prefix"], 1, message("log", message="ok"), message("closed"))
@@ -134,10 +127,7 @@ def test_transient_download_errors_are_retried(client: FakeClient) -> None:
 
 
 def test_forbidden_is_a_clear_permission_error(client: FakeClient) -> None:
-    def forbidden(operation: str, key: str) -> None:
-        raise gexc.Forbidden("caller lacks storage.objects.get")
-
-    client.fault = forbidden
+    client.fault = always_fail(gexc.Forbidden("caller lacks storage.objects.get"))
     with pytest.raises(DagsterPipesExecutionError, match="no permission to read Pipes messages"):
         with reader_for(client).read_messages(RecordingHandler()):
             pass
