@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
 
-import dagster as dg
 from dagster_pipes_gcf import (
     CloudFunctionInvoker,
     InvocationPolicy,
