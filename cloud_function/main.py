@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import deltalake  # noqa: F401 - must be imported before polars (crash at exit otherwise)
 import flask
 import functions_framework
@@ -11,17 +13,15 @@ from gcf_pipes import handle_pipes_request, install_logging_bridge
 from people_lake.job import write_people
 
 install_logging_bridge()
-_storage_client: storage.Client | None = None
 
 
-def _storage() -> storage.Client:
-    global _storage_client
-    if _storage_client is None:
-        _storage_client = storage.Client()
-    return _storage_client
+@functools.cache
+def storage_client() -> storage.Client:
+    """One client per instance, created on first use (credentials come from the runtime)."""
+    return storage.Client()
 
 
 @functions_framework.http
 def main(request: flask.Request) -> tuple[flask.Response, int]:
     """Run one Pipes-orchestrated people job per request."""
-    return handle_pipes_request(request, write_people, storage_client=_storage())
+    return handle_pipes_request(request, write_people, storage_client=storage_client())
