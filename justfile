@@ -41,7 +41,7 @@ lint: sync
     {{ run }} mypy
 
 # run every check: lint and the whole test suite (unit + real local stack)
-test: sync lint
+test: sync lint infra-check
     {{ run }} pytest
 
 # benchmarks (prints a table; targets are in bench/README.md)

@@ -1,0 +1,87 @@
+"""The real infra/ satisfies every contract with the function and the orchestrator."""
+
+import pytest
+
+from infra.scripts.cloud_env import ENV_FROM_OUTPUTS
+from infra.tests import contracts as c
+
+
+@pytest.fixture(scope="module")
+def tf() -> c.Terraform:
+    return c.Terraform.load()
+
+
+def test_the_parsed_configuration_is_the_expected_shape(tf: c.Terraform) -> None:
+    # Guards against checks passing vacuously on an empty or mis-parsed configuration.
+    assert set(tf.resources["google_storage_bucket"]) == {"pipes", "data_lake", "function_source"}
+    assert set(tf.resources["google_service_account"]) == {"runtime", "orchestrator", "build"}
+    assert list(tf.resources["google_cloudfunctions2_function"]) == ["people"]
+    assert set(ENV_FROM_OUTPUTS.values()) <= set(tf.outputs)
+    assert len(tf.variables) >= 10 and tf.locals and tf.settings and tf.providers
+
+
+def test_the_code_side_declarations_are_read(tf: c.Terraform) -> None:
+    assert {"DATA_LAKE_URI", "THREADS"} <= set(c.function_env_vars())
+    assert "CLOUD_FUNCTION_URL" in c.orchestrator_env_vars()
+    assert c.client_timeout() > 0
+
+
+def test_every_reference_resolves_and_every_variable_is_used(tf: c.Terraform) -> None:
+    assert c.check_references(tf) == []
+
+
+def test_variables_are_described_and_typed(tf: c.Terraform) -> None:
+    assert c.check_variables_documented(tf) == []
+
+
+def test_terraform_and_providers_are_pinned(tf: c.Terraform) -> None:
+    assert c.check_provider_pins(tf) == []
+
+
+def test_function_env_matches_what_the_function_reads(tf: c.Terraform) -> None:
+    assert c.check_function_env(tf, c.function_env_vars()) == []
+
+
+def test_function_lake_settings_match_what_the_orchestrator_sends(tf: c.Terraform) -> None:
+    assert c.check_data_lake_settings(tf) == []
+
+
+def test_outputs_give_the_orchestrator_every_setting(tf: c.Terraform) -> None:
+    assert c.check_orchestrator_outputs(tf, c.orchestrator_env_vars()) == []
+
+
+def test_nothing_is_public(tf: c.Terraform) -> None:
+    example = (c.INFRA_DIR / "terraform.tfvars.example").read_text()
+    assert c.check_no_public_access(tf, {"terraform.tfvars.example": example}) == []
+
+
+def test_every_bucket_is_private(tf: c.Terraform) -> None:
+    assert c.check_buckets_private(tf) == []
+
+
+def test_pipes_bucket_expires_messages(tf: c.Terraform) -> None:
+    assert c.check_pipes_lifecycle(tf) == []
+
+
+def test_function_has_dedicated_identities(tf: c.Terraform) -> None:
+    assert c.check_function_identity(tf) == []
+
+
+def test_service_accounts_have_exactly_their_grants(tf: c.Terraform) -> None:
+    assert c.check_iam_grants(tf) == []
+
+
+def test_function_timeout_matches_the_dagster_client(tf: c.Terraform) -> None:
+    assert c.check_timeout_matches_client(tf, c.client_timeout()) == []
+
+
+def test_function_source_is_zipped_from_the_function_folder(tf: c.Terraform) -> None:
+    assert c.check_function_source(tf) == []
+
+
+def test_required_apis_are_enabled(tf: c.Terraform) -> None:
+    assert c.check_required_apis(tf) == []
+
+
+def test_checkov_skips_sit_in_resources_with_reasons(tf: c.Terraform) -> None:
+    assert c.check_checkov_skips_have_reasons(tf) == []
