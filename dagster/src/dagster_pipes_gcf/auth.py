@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -12,6 +14,9 @@ from google.auth import impersonated_credentials
 from google.oauth2 import id_token
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+# Refresh this long before expiry: a retried call may reuse the token minutes later.
+DEFAULT_REFRESH_MARGIN = timedelta(minutes=5)
 
 
 def needs_id_token(url: str) -> bool:
@@ -26,8 +31,11 @@ def audience_for(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-class _TokenCredentials(Protocol):
+class TokenCredentials(Protocol):
+    """The part of google-auth's ID-token credentials that :class:`IdTokenAuth` uses."""
+
     token: Any
+    expiry: datetime | None
 
     @property
     def valid(self) -> bool: ...
@@ -35,17 +43,70 @@ class _TokenCredentials(Protocol):
     def refresh(self, request: Any) -> None: ...
 
 
+# audience -> credentials; (target principal, audience) -> credentials.
+DefaultCredentialsFactory = Callable[[str], TokenCredentials]
+ImpersonatedCredentialsFactory = Callable[[str, str], TokenCredentials]
+
+
+def default_id_token_credentials(audience: str) -> TokenCredentials:
+    """From a service-account key file (``GOOGLE_APPLICATION_CREDENTIALS``) or, on GCP, the
+    metadata server. User credentials cannot mint ID tokens: impersonate an account instead."""
+    request = google.auth.transport.requests.Request()
+    return id_token.fetch_id_token_credentials(audience, request=request)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def impersonated_id_token_credentials(target_principal: str, audience: str) -> TokenCredentials:
+    """ID tokens of ``target_principal``, minted with the caller's application-default
+    credentials (they need roles/iam.serviceAccountTokenCreator on that account)."""
+    source, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
+    target = impersonated_credentials.Credentials(  # type: ignore[no-untyped-call]
+        source_credentials=source,
+        target_principal=target_principal,
+        target_scopes=[CLOUD_PLATFORM_SCOPE],
+    )
+    return impersonated_credentials.IDTokenCredentials(  # type: ignore[no-untyped-call]
+        target, target_audience=audience, include_email=True
+    )
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # google-auth keeps expiries as naive UTC datetimes.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 class IdTokenAuth:
     """Adds ``Authorization: Bearer <ID token>`` for deployed functions; nothing for local URLs.
 
     Tokens come from a service-account key file (``GOOGLE_APPLICATION_CREDENTIALS``) or the
     metadata server, or, with ``impersonate_service_account``, are minted for that service
-    account from the caller's own credentials. They are cached until shortly before expiry.
+    account from the caller's own credentials. One credential per audience is cached and
+    refreshed ``refresh_margin`` before its token expires.
+
+    The keyword-only arguments exist for tests: where credentials, transport requests and the
+    current time come from.
     """
 
-    def __init__(self, impersonate_service_account: str | None = None):
+    def __init__(
+        self,
+        impersonate_service_account: str | None = None,
+        *,
+        refresh_margin: timedelta = DEFAULT_REFRESH_MARGIN,
+        default_factory: DefaultCredentialsFactory = default_id_token_credentials,
+        impersonated_factory: ImpersonatedCredentialsFactory = impersonated_id_token_credentials,
+        request_factory: Callable[[], Any] = google.auth.transport.requests.Request,
+        clock: Callable[[], datetime] = _utcnow,
+    ):
         self.impersonate_service_account = impersonate_service_account
-        self._credentials: dict[str, _TokenCredentials] = {}
+        self.refresh_margin = refresh_margin
+        self._default_factory = default_factory
+        self._impersonated_factory = impersonated_factory
+        self._request_factory = request_factory
+        self._clock = clock
+        self._credentials: dict[str, TokenCredentials] = {}
         self._lock = threading.Lock()
 
     def headers_for(self, url: str) -> dict[str, str]:
@@ -58,22 +119,17 @@ class IdTokenAuth:
             credentials = self._credentials.get(audience)
             if credentials is None:
                 credentials = self._credentials[audience] = self._make_credentials(audience)
-            if not credentials.valid:  # google-auth treats tokens near expiry as invalid
-                credentials.refresh(google.auth.transport.requests.Request())
+            if not self._is_fresh(credentials):
+                credentials.refresh(self._request_factory())
             return str(credentials.token)
 
-    def _make_credentials(self, audience: str) -> _TokenCredentials:
+    def _make_credentials(self, audience: str) -> TokenCredentials:
         if self.impersonate_service_account:
-            source, _ = google.auth.default(
-                scopes=["https://www.googleapis.com/auth/cloud-platform"]
-            )
-            target = impersonated_credentials.Credentials(  # type: ignore[no-untyped-call]
-                source_credentials=source,
-                target_principal=self.impersonate_service_account,
-                target_scopes=["https://www.googleapis.com/auth/cloud-platform"],
-            )
-            return impersonated_credentials.IDTokenCredentials(  # type: ignore[no-untyped-call]
-                target, target_audience=audience, include_email=True
-            )
-        request = google.auth.transport.requests.Request()
-        return id_token.fetch_id_token_credentials(audience, request=request)  # type: ignore[no-untyped-call,no-any-return]
+            return self._impersonated_factory(self.impersonate_service_account, audience)
+        return self._default_factory(audience)
+
+    def _is_fresh(self, credentials: TokenCredentials) -> bool:
+        if not credentials.token or not credentials.valid:
+            return False
+        expiry = credentials.expiry
+        return expiry is None or _as_utc(expiry) - self.refresh_margin > self._clock()

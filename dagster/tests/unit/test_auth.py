@@ -1,0 +1,315 @@
+"""ID-token selection and caching of IdTokenAuth, without network (fakes and a 127.0.0.1 server)."""
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import google.auth
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from google.auth import impersonated_credentials
+from google.oauth2 import credentials as user_credentials
+from google.oauth2 import service_account
+
+from dagster_pipes_gcf import IdTokenAuth, audience_for, needs_id_token
+from dagster_pipes_gcf.auth import impersonated_id_token_credentials
+
+FUNCTION_URL = "https://dagster-pipes-gcp-abc123-ez.a.run.app/run?x=1"
+AUDIENCE = "https://dagster-pipes-gcp-abc123-ez.a.run.app"
+SA = "dagster-pipes-orchestrator@my-proj.iam.gserviceaccount.com"
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class FakeCredentials:
+    """google-auth ID-token credentials: each refresh mints token-N valid for an hour."""
+
+    def __init__(self, clock: "Clock", lifetime: timedelta = timedelta(hours=1)):
+        self.clock = clock
+        self.lifetime = lifetime
+        self.token: str | None = None
+        self.expiry: datetime | None = None
+        self.refreshes = 0
+
+    @property
+    def valid(self) -> bool:
+        return self.token is not None
+
+    def refresh(self, request: Any) -> None:
+        assert request == "request", "refresh must use the injected transport"
+        self.refreshes += 1
+        self.token = f"token-{self.refreshes}"
+        self.expiry = (self.clock() + self.lifetime).replace(tzinfo=None)  # naive UTC
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class Factories:
+    """Records which credential source IdTokenAuth picks, and for which audience."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.default_calls: list[str] = []
+        self.impersonated_calls: list[tuple[str, str]] = []
+        self.made: list[FakeCredentials] = []
+
+    def default(self, audience: str) -> FakeCredentials:
+        self.default_calls.append(audience)
+        return self._make()
+
+    def impersonated(self, target: str, audience: str) -> FakeCredentials:
+        self.impersonated_calls.append((target, audience))
+        return self._make()
+
+    def _make(self) -> FakeCredentials:
+        self.made.append(FakeCredentials(self.clock))
+        return self.made[-1]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def factories(clock: Clock) -> Factories:
+    return Factories(clock)
+
+
+def auth_with(factories: Factories, impersonate: str | None = None) -> IdTokenAuth:
+    return IdTokenAuth(
+        impersonate,
+        default_factory=factories.default,
+        impersonated_factory=factories.impersonated,
+        request_factory=lambda: "request",
+        clock=factories.clock,
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://127.0.0.1:8080", False),
+        ("http://localhost:8080/", False),
+        ("https://localhost:8443", False),
+        ("https://[::1]:8443", False),
+        ("http://example.com", False),
+        (FUNCTION_URL, True),
+        ("https://europe-west4-my-proj.cloudfunctions.net/fn", True),
+    ],
+)
+def test_only_deployed_https_urls_need_a_token(url: str, expected: bool) -> None:
+    assert needs_id_token(url) is expected
+
+
+def test_audience_is_the_base_url() -> None:
+    assert audience_for(FUNCTION_URL) == AUDIENCE
+    assert audience_for("https://host.example:8443/a/b") == "https://host.example:8443"
+
+
+def test_a_local_url_gets_no_header_and_no_credentials(factories: Factories) -> None:
+    auth = auth_with(factories, impersonate=SA)
+    assert auth.headers_for("http://127.0.0.1:8080") == {}
+    assert factories.made == []
+
+
+def test_a_deployed_url_gets_a_bearer_token_for_its_base_url(factories: Factories) -> None:
+    headers = auth_with(factories).headers_for(FUNCTION_URL)
+    assert headers == {"Authorization": "Bearer token-1"}
+    assert factories.default_calls == [AUDIENCE]
+    assert factories.impersonated_calls == []
+
+
+def test_impersonation_is_used_when_a_target_principal_is_configured(
+    factories: Factories,
+) -> None:
+    headers = auth_with(factories, impersonate=SA).headers_for(FUNCTION_URL)
+    assert headers == {"Authorization": "Bearer token-1"}
+    assert factories.impersonated_calls == [(SA, AUDIENCE)]
+    assert factories.default_calls == []
+
+
+def test_an_empty_target_principal_means_no_impersonation(factories: Factories) -> None:
+    auth_with(factories, impersonate="").headers_for(FUNCTION_URL)
+    assert factories.default_calls == [AUDIENCE]
+    assert factories.impersonated_calls == []
+
+
+def test_the_token_is_reused_until_shortly_before_expiry(
+    factories: Factories, clock: Clock
+) -> None:
+    auth = auth_with(factories)
+    assert auth.token_for(AUDIENCE) == "token-1"
+    clock.now = NOW + timedelta(minutes=54)  # 6 min left: more than the 5 min margin
+    assert auth.token_for(AUDIENCE) == "token-1"
+    assert factories.made[0].refreshes == 1
+    clock.now = NOW + timedelta(minutes=55, seconds=1)  # inside the margin: refresh
+    assert auth.token_for(AUDIENCE) == "token-2"
+    assert len(factories.made) == 1, "the cached credentials are refreshed, not rebuilt"
+    clock.now += timedelta(minutes=30)
+    assert auth.token_for(AUDIENCE) == "token-2"
+
+
+def test_a_token_is_refreshed_after_expiry(factories: Factories, clock: Clock) -> None:
+    auth = auth_with(factories)
+    auth.token_for(AUDIENCE)
+    clock.now = NOW + timedelta(hours=2)
+    assert auth.token_for(AUDIENCE) == "token-2"
+
+
+def test_invalid_credentials_are_refreshed_whatever_the_expiry(factories: Factories) -> None:
+    auth = auth_with(factories)
+    auth.token_for(AUDIENCE)
+    factories.made[0].token = None  # e.g. google-auth dropped a revoked token
+    assert auth.token_for(AUDIENCE) == "token-2"
+
+
+def test_each_audience_has_its_own_credentials(factories: Factories) -> None:
+    auth = auth_with(factories)
+    auth.headers_for(FUNCTION_URL)
+    auth.headers_for("https://other-fn-xyz-ez.a.run.app")
+    auth.headers_for(FUNCTION_URL)
+    assert factories.default_calls == [AUDIENCE, "https://other-fn-xyz-ez.a.run.app"]
+
+
+def test_concurrent_callers_share_one_credential(factories: Factories) -> None:
+    auth = auth_with(factories)
+    tokens: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: tokens.append(auth.token_for(AUDIENCE))) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert tokens == ["token-1"] * 8
+    assert len(factories.made) == 1 and factories.made[0].refreshes == 1
+
+
+# --- the real credential factories, offline -------------------------------------------------
+
+
+def test_impersonated_credentials_target_the_principal_and_audience(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = user_credentials.Credentials(token="user-access-token")
+    scopes_asked: list[Any] = []
+
+    def fake_default(scopes: Any = None, **_: Any) -> tuple[Any, str]:
+        scopes_asked.append(scopes)
+        return source, "my-proj"
+
+    monkeypatch.setattr(google.auth, "default", fake_default)
+    credentials = impersonated_id_token_credentials(SA, AUDIENCE)
+    assert isinstance(credentials, impersonated_credentials.IDTokenCredentials)
+    # google-auth exposes these only as private attributes.
+    assert credentials._target_audience == AUDIENCE
+    assert credentials._include_email is True
+    assert credentials._target_credentials._target_principal == SA
+    assert credentials._target_credentials._source_credentials.token == source.token
+    assert scopes_asked == [["https://www.googleapis.com/auth/cloud-platform"]]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _jwt(claims: dict[str, Any]) -> str:
+    header = _b64(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+    return f"{header}.{_b64(json.dumps(claims).encode())}.{_b64(b'signature')}"
+
+
+class TokenEndpoint(BaseHTTPRequestHandler):
+    """Google's OAuth token endpoint, for the ID-token JWT-bearer grant."""
+
+    audiences: list[str]
+
+    def do_POST(self) -> None:
+        form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+        assertion = form["assertion"][0].split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(assertion + "=" * (-len(assertion) % 4)))
+        self.audiences.append(claims["target_audience"])
+        token = _jwt({"aud": claims["target_audience"], "exp": int(time.time()) + 3600})
+        body = json.dumps({"id_token": token}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def token_endpoint() -> Iterator[tuple[str, list[str]]]:
+    audiences: list[str] = []
+    handler = type("Handler", (TokenEndpoint,), {"audiences": audiences})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/token", audiences
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def write_key_file(path: Path, token_uri: str) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "my-proj",
+                "private_key_id": "key-1",
+                "private_key": pem,
+                "client_email": SA,
+                "client_id": "1",
+                "token_uri": token_uri,
+            }
+        )
+    )
+
+
+def test_a_key_file_yields_id_tokens_for_the_function_audience(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    token_endpoint: tuple[str, list[str]],
+) -> None:
+    token_uri, audiences = token_endpoint
+    key_file = tmp_path / "key.json"
+    write_key_file(key_file, token_uri)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+
+    auth = IdTokenAuth()  # the real default factory, transport and clock
+    header = auth.headers_for(FUNCTION_URL)["Authorization"]
+    assert header.startswith("Bearer ")
+    claims = header.removeprefix("Bearer ").split(".")[1]
+    assert (
+        json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))["aud"] == AUDIENCE
+    )
+    auth.headers_for(FUNCTION_URL)
+    assert audiences == [AUDIENCE], "the cached token is reused, not fetched again"
+    cached = auth._credentials[AUDIENCE]
+    assert isinstance(cached, service_account.IDTokenCredentials)
+    assert cached.service_account_email == SA
