@@ -34,15 +34,17 @@ emulator: sync
 requirements:
     {{ uv }} export --package gcf-people-function --no-dev --no-emit-workspace --no-hashes --frozen --quiet -o cloud_function/requirements.txt
 
-# lint, type-check and format-check
+# every pre-commit hook on every file: ruff, mypy, checkov, terraform fmt, file hygiene
 lint: sync
-    {{ run }} ruff check .
-    {{ run }} ruff format --check .
-    {{ run }} mypy
+    {{ run }} pre-commit run --all-files --show-diff-on-failure
 
 # run every check: lint and the whole test suite (unit + real local stack)
 test: sync lint infra-check
     {{ run }} pytest
+
+# browser test: materialize the demo asset in the Dagster UI (Debian's chromium, headless)
+test-ui: sync
+    {{ run }} pytest ui_tests -p no:cacheprovider -s
 
 # benchmarks (prints a table; targets are in bench/README.md)
 bench: sync

@@ -17,8 +17,17 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 # honcho kills the whole group 5 s after SIGTERM; stop (or give up) before that.
 GRACE_SECONDS = 4.5
+
+
+def prepare_home(home: Path) -> None:
+    """Create DAGSTER_HOME with a ``dagster.yaml`` (silences dagster's "no config" warning)."""
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("# Dagster instance of the local stack (devstack); defaults.\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,10 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     env = dict(os.environ)
-    if not env.get("DAGSTER_HOME"):
-        home = Path(".data/dagster_home").resolve()
-        home.mkdir(parents=True, exist_ok=True)
-        env["DAGSTER_HOME"] = str(home)
+    home = Path(env.get("DAGSTER_HOME") or REPO_ROOT / ".data" / "dagster_home").resolve()
+    prepare_home(home)
+    env["DAGSTER_HOME"] = str(home)
     command = [
         sys.executable, "-m", "dagster", "dev", "-m", args.module,
         "-h", args.host, "-p", str(args.port),
@@ -40,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     child = subprocess.Popen(
         command,
         env=env,
+        # `dagster dev` loads `.env` from its working directory and lets it override the
+        # environment; run it where there is none so env vars win (settings read `.env`).
+        cwd=home,
         # Same process group as this launcher: a runner that kills the group kills all of it.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )

@@ -1,0 +1,101 @@
+"""Fixtures of the browser test: the whole local stack on free ports, and headless Chromium.
+
+The stack is the one behind ``just dd`` (GCS emulator, the function, ``dagster dev``), each
+started with :func:`devstack.services.running` on a free port, with a throwaway DAGSTER_HOME.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from devstack.net import LOOPBACK, free_port
+from devstack.services import (
+    REPO_ROOT,
+    dagster_command,
+    emulator_command,
+    function_command,
+    running,
+)
+
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+PIPES_BUCKET = "dagster-pipes-ui-test"
+
+
+@dataclass(frozen=True)
+class UiStack:
+    """Where the browser test's stack listens and logs."""
+
+    dagster_url: str
+    function_url: str
+    data_lake_uri: str
+    log_dir: Path
+
+    def logs(self) -> str:
+        """Every service's log, for failure messages."""
+        return "\n".join(
+            f"--- {path.name} ---\n{path.read_text(errors='replace')[-4000:]}"
+            for path in sorted(self.log_dir.glob("*.log"))
+        )
+
+
+@pytest.fixture(scope="session")
+def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
+    work = tmp_path_factory.mktemp("ui-stack")
+    lake, home = work / "lake", work / "dagster_home"
+    lake.mkdir()
+    home.mkdir()
+    # No first-run "join the community" modal over the page, no telemetry from CI.
+    (home / "dagster.yaml").write_text("nux:\n  enabled: false\ntelemetry:\n  enabled: false\n")
+    emulator_port, function_port, dagster_port = free_port(), free_port(), free_port()
+    function_url = f"http://{LOOPBACK}:{function_port}"
+    env = {
+        "STORAGE_EMULATOR_HOST": f"http://{LOOPBACK}:{emulator_port}",
+        "CLOUD_FUNCTION_URL": function_url,
+        "PIPES_BUCKET": PIPES_BUCKET,
+        "DATA_LAKE_URI": str(lake),
+        "DAGSTER_HOME": str(home),
+        "THREADS": "4",
+    }
+    services = [
+        ("emulator", emulator_command(emulator_port, PIPES_BUCKET), emulator_port, 60.0),
+        ("function", function_command(function_port), function_port, 60.0),
+        ("dagster", dagster_command(dagster_port), dagster_port, 120.0),
+    ]
+    with ExitStack() as stack:
+        for name, command, port, timeout in services:
+            log_path = work / f"{name}.log"
+            stack.enter_context(
+                running(name, command, port, env=env, log_path=log_path, timeout=timeout)
+            )
+        yield UiStack(f"http://{LOOPBACK}:{dagster_port}", function_url, str(lake), work)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    yield context.new_page()
+    context.close()

@@ -1,0 +1,93 @@
+"""Materialize the demo asset the way a reader of the blog post does: in the Dagster UI."""
+
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import Page, expect
+
+from ui_tests.conftest import ARTIFACTS, UiStack
+
+ASSET = "cloud_function_pipes_asset"
+RUN_TIMEOUT_MS = 120_000
+RUN_SCREENSHOT = ARTIFACTS / "ui-run.png"
+ASSET_SCREENSHOT = ARTIFACTS / "ui-asset.png"
+
+
+def launch_run(page: Page, stack: UiStack) -> str:
+    """Click Materialize on the asset page, follow the toast's View link; return the run path."""
+    page.goto(f"{stack.dagster_url}/assets/{ASSET}")
+    materialize = page.get_by_role("button", name=re.compile(r"Materialize$"))
+    expect(materialize).to_be_enabled(timeout=60_000)
+    materialize.click()
+    toast = page.get_by_role("region", name=re.compile("Notifications"))
+    expect(toast).to_contain_text("Launched run", timeout=30_000)
+    view = toast.get_by_role("link", name="View")
+    href = view.get_attribute("href")
+    assert href and href.startswith("/runs/"), f"the toast links to {href!r}"
+    view.click()
+    page.wait_for_url(f"**{href}")
+    return href
+
+
+def wait_for_success(page: Page, stack: UiStack) -> None:
+    """Wait until the run header shows its outcome; anything but Success fails with the logs."""
+    outcome = page.get_by_text(re.compile(r"^(Success|Failure|Canceled)$")).first
+    expect(outcome).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    status = outcome.inner_text()
+    if status != "Success":
+        page.screenshot(path=RUN_SCREENSHOT)
+        raise AssertionError(f"the run ended with {status} (see {RUN_SCREENSHOT})\n{stack.logs()}")
+
+
+def show_events(page: Page, query: str) -> None:
+    """Type ``query`` into the run log's Filter box (the log list is virtualized)."""
+    page.get_by_role("textbox", name="Filter…").fill(query)
+
+
+def test_materialize_in_the_ui(ui_stack: UiStack, page: Page) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    run_path = launch_run(page, ui_stack)
+    wait_for_success(page, ui_stack)
+    table = f"{ui_stack.data_lake_uri}/{ASSET}"
+
+    # What the reader sees: the run's event log, full height, scrolled to the end.
+    page.get_by_role("button", name="expand_arrows").last.click()
+    expect(page.get_by_text(f"Delta table {table} is at version 0")).to_be_visible()
+    page.screenshot(path=RUN_SCREENSHOT)
+    print(f"\nscreenshot of the finished run: {RUN_SCREENSHOT}")
+
+    # The function's own log lines, shipped back through Pipes, in the run's event log.
+    show_events(page, "people function")
+    expect(
+        page.get_by_text(re.compile(rf"people function \S+: writing 1000 rows to {table}$"))
+    ).to_be_visible()
+    show_events(page, f"Delta table {table}")
+    expect(page.get_by_text(f"Delta table {table} is at version 0")).to_be_visible()
+
+    # The materialization event carries the metadata the function reported.
+    show_events(page, "type:ASSET_MATERIALIZATION")
+    event = page.get_by_text("Materialized value cloud_function_pipes_asset.")
+    expect(event).to_be_visible()
+    expected = {
+        "table_uri": table,
+        "dagster/row_count": "1000",
+        "delta_version": "0",
+        "function_url": ui_stack.function_url,
+    }
+    for key, value in expected.items():
+        expect(page.get_by_role("row", name=re.compile(rf"^{re.escape(key)} "))).to_have_text(
+            re.compile(rf"^{re.escape(key)}\s*{re.escape(value)}")
+        )
+    invocation = page.get_by_role("row", name=re.compile(r"^invocation_id "))
+    expect(invocation).to_have_text(re.compile(r"invocation_id\s*[0-9a-f-]{36}$"))
+
+    # The asset page shows the latest materialization and its metadata.
+    page.goto(f"{ui_stack.dagster_url}/assets/{ASSET}")
+    status = page.get_by_text("Latest materialization").locator("..")
+    expect(status).to_contain_text("ago")
+    expect(page.get_by_text("Row count").locator("..")).to_contain_text("1,000")
+    expect(page.get_by_role("row", name=re.compile(r"^table_uri "))).to_contain_text(table)
+    expect(page.get_by_role("row", name=re.compile(r"^delta_version "))).to_contain_text("0")
+    page.screenshot(path=ASSET_SCREENSHOT)
+    print(f"screenshot of the asset page: {ASSET_SCREENSHOT} (run {run_path})")
