@@ -15,6 +15,7 @@ from google.oauth2 import id_token
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+DEVSTORAGE_READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 # Refresh this long before expiry: a retried call may reuse the token minutes later.
 DEFAULT_REFRESH_MARGIN = timedelta(minutes=5)
 
@@ -66,6 +67,17 @@ def impersonated_id_token_credentials(target_principal: str, audience: str) -> T
     )
     return impersonated_credentials.IDTokenCredentials(  # type: ignore[no-untyped-call]
         target, target_audience=audience, include_email=True
+    )
+
+
+def impersonated_storage_credentials(target_principal: str) -> Any:
+    """Read-only GCS credentials of ``target_principal``, minted from the caller's
+    application-default credentials (so the Pipes reader runs as the orchestrator account)."""
+    source, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
+    return impersonated_credentials.Credentials(  # type: ignore[no-untyped-call]
+        source_credentials=source,
+        target_principal=target_principal,
+        target_scopes=[DEVSTORAGE_READ_ONLY_SCOPE],
     )
 
 

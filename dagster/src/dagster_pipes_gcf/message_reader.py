@@ -28,6 +28,8 @@ from google.cloud import storage
 from requests import exceptions as rexc
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from dagster_pipes_gcf.auth import impersonated_storage_credentials
+
 TRANSIENT_GCS_ERRORS: tuple[type[BaseException], ...] = (
     gexc.TooManyRequests,
     gexc.InternalServerError,
@@ -233,6 +235,8 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
     Args:
         bucket: name of the Pipes bucket (the orchestrator needs object read on it only).
         client: a ``google.cloud.storage.Client``; created on first use when omitted.
+        impersonate_service_account: when the client is created here, read as this service
+            account (the orchestrator's), minted from the caller's credentials.
         prefix: folder under which each session gets a unique key prefix.
         polling: polling and drain settings.
         log_coalescing: how log floods are delivered (``None``: one entry per line always).
@@ -246,18 +250,25 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         prefix: str = "dagster-pipes",
         polling: PollingPolicy | None = None,
         log_coalescing: LogCoalescing | None = LogCoalescing(),
+        impersonate_service_account: str | None = None,
     ):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.polling = polling or PollingPolicy()
         self.log_coalescing = log_coalescing
+        self.impersonate_service_account = impersonate_service_account
         self._client = client
         self.last_stream: ChunkStream | None = None
 
     @property
     def client(self) -> storage.Client:
         if self._client is None:
-            self._client = storage.Client()
+            if self.impersonate_service_account:
+                credentials = impersonated_storage_credentials(self.impersonate_service_account)
+                # project=None: reading objects needs no project (and ADC may name none).
+                self._client = storage.Client(credentials=credentials, project=None)
+            else:
+                self._client = storage.Client()
         return self._client
 
     def new_key_prefix(self) -> str:

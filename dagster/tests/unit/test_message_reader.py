@@ -212,3 +212,27 @@ def test_coalescing_never_merges_across_levels() -> None:
         ("INFO", "l0\nl1\nl2"),
         ("WARNING", "l3\nl4\nl5"),
     ]
+
+
+def test_impersonation_makes_the_reader_read_as_the_orchestrator_account(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from google.auth.credentials import AnonymousCredentials
+
+    from dagster_pipes_gcf import message_reader
+
+    minted: list[str] = []
+    credentials = AnonymousCredentials()
+
+    def fake_mint(target: str) -> AnonymousCredentials:
+        minted.append(target)
+        return credentials
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setattr(message_reader, "impersonated_storage_credentials", fake_mint)
+    reader = PipesCloudStorageMessageReader(
+        bucket=BUCKET, impersonate_service_account="orchestrator@p.iam.gserviceaccount.com"
+    )
+    assert minted == [], "credentials must be minted lazily, not when definitions load"
+    assert reader.client._credentials is credentials
+    assert minted == ["orchestrator@p.iam.gserviceaccount.com"]
