@@ -1,77 +1,210 @@
-"""Fake people, generated column-wise.
+"""Fake people at scale, generated column-wise.
 
-Calling Faker once per row is slow (a few thousand rows per second), so Faker fills small
-pools of values and the rows are drawn from those pools with NumPy. Values that must be
-unique (``id``, ``email``) are built from the row number instead of being sampled.
+Calling Faker once per row makes a few thousand rows per second. Here Faker fills small
+vocabularies once per process (first and last names, streets, localities, e-mail domains)
+and every row is drawn from them with NumPy indices; the strings are assembled by polars in
+one pass per column. Values that must be unique are not sampled: ``id`` is a random UUID4
+and ``email`` carries the row number.
+
+The same ``seed`` (and ``day``/``now``) gives the same rows, in any process: the
+vocabularies come from a fixed Faker seed and the rows from a NumPy generator seeded with
+``seed`` and the day, so each daily partition of a seeded backfill gets different people.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import re
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 from faker import Faker
 
-POOL_SIZE = 2_000
+COLUMNS = ("id", "name", "address", "email", "phone", "created_at")
 EVENT_WINDOW = dt.timedelta(days=365)
+CHUNK_ROWS = 250_000  # rows assembled at once: bounds the memory of the sampled parts
+VOCABULARY_SEED = 20240526
+_NOT_EMAIL_SAFE = re.compile(r"[^a-z]")
 
 
-def _pool(fake: Faker, make: str, size: int) -> pl.Series:
-    return pl.Series([getattr(fake, make)() for _ in range(size)], dtype=pl.String)
+@dataclass(frozen=True)
+class Vocabulary:
+    """Faker-made values the rows are drawn from (lower-cased copies for e-mail addresses)."""
+
+    first_names: pl.Series
+    last_names: pl.Series
+    email_first: pl.Series
+    email_last: pl.Series
+    streets: pl.Series
+    localities: pl.Series
+    email_domains: pl.Series
+
+
+def _email_safe(values: list[str]) -> list[str]:
+    return [_NOT_EMAIL_SAFE.sub("", value.lower()) or "x" for value in values]
+
+
+@functools.cache
+def vocabulary(size: int = 500) -> Vocabulary:
+    """Build the vocabularies once per process (~0.1 s), from a fixed Faker seed."""
+    fake = Faker("en_US")
+    fake.seed_instance(VOCABULARY_SEED)
+    first = [fake.first_name() for _ in range(size)]
+    last = [fake.last_name() for _ in range(size)]
+    localities = [
+        f"{fake.city()}, {fake.state_abbr(include_territories=False)} {fake.zipcode()}"
+        for _ in range(size)
+    ]
+    # Mostly webmail, some company domains (repeats keep Faker's weighting).
+    domains = [fake.free_email_domain() for _ in range(size // 8)]
+    domains += [fake.domain_name() for _ in range(size // 25)]
+    return Vocabulary(
+        first_names=pl.Series(first, dtype=pl.String),
+        last_names=pl.Series(last, dtype=pl.String),
+        email_first=pl.Series(_email_safe(first), dtype=pl.String),
+        email_last=pl.Series(_email_safe(last), dtype=pl.String),
+        streets=pl.Series([fake.street_name() for _ in range(size)], dtype=pl.String),
+        localities=pl.Series(localities, dtype=pl.String),
+        email_domains=pl.Series(domains, dtype=pl.String),
+    )
+
+
+@functools.cache
+def _pools() -> dict[str, pl.Series]:
+    """Fixed pools for ids and phone numbers: 4-hex-digit words and phone-number pieces."""
+    words = pl.Series([f"{i:04x}" for i in range(1 << 16)], dtype=pl.String)
+    return {
+        "hex": words,
+        "hex_version": words.slice(0x4000, 0x1000),  # 4xxx: UUID version 4
+        "hex_variant": words.slice(0x8000, 0x4000),  # 8xxx-bxxx: RFC 4122 variant
+        # North American numbers: area and exchange codes never start with 0 or 1.
+        "area": pl.Series([f"({i}) " for i in range(201, 990)], dtype=pl.String),
+        "exchange": pl.Series([f"{i}-" for i in range(200, 1000)], dtype=pl.String),
+        "line": pl.Series([f"{i:04d}" for i in range(10_000)], dtype=pl.String),
+    }
+
+
+_UUID_PARTS = ("hex", "hex", "hex", "hex_version", "hex_variant", "hex", "hex", "hex")
+
+
+def _uuid4_expr() -> pl.Expr:
+    """Canonical UUID4 text from the eight gathered 16-bit words ``u0`` .. ``u7``."""
+    dash = pl.lit("-")
+    return pl.concat_str(
+        "u0", "u1", dash, "u2", dash, "u3", dash, "u4", dash, "u5", "u6", "u7"
+    )  # fmt: skip
+
+
+def _timestamps(
+    rng: np.random.Generator, n: int, day: dt.date | None, now: dt.datetime | None
+) -> pl.Series:
+    """Seconds-resolution UTC timestamps: within ``day``, else within a year before ``now``."""
+    if day is not None:
+        start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+        span = dt.timedelta(days=1)
+    else:
+        end = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+        start, span = end - EVENT_WINDOW, EVENT_WINDOW
+    start_us = int(start.timestamp()) * 1_000_000
+    seconds = rng.integers(0, int(span.total_seconds()), n, dtype=np.int64)
+    return pl.Series("created_at", seconds * 1_000_000 + start_us).cast(pl.Datetime("us", "UTC"))
+
+
+def _rng(seed: int | None, day: dt.date | None) -> np.random.Generator:
+    if seed is None:
+        return np.random.default_rng()
+    return np.random.default_rng([seed, day.toordinal() if day else 0])
+
+
+def _parts(rng: np.random.Generator, num_rows: int) -> pl.DataFrame:
+    """The sampled pieces every row is assembled from (one gather per column)."""
+    vocab, pools = vocabulary(), _pools()
+
+    def pick(pool: pl.Series, name: str) -> pl.Series:
+        return pool.gather(rng.integers(0, pool.len(), num_rows, dtype=np.uint32)).alias(name)
+
+    first_at = rng.integers(0, vocab.first_names.len(), num_rows, dtype=np.uint32)
+    last_at = rng.integers(0, vocab.last_names.len(), num_rows, dtype=np.uint32)
+    return pl.DataFrame(
+        [
+            *(pick(pools[pool], f"u{i}") for i, pool in enumerate(_UUID_PARTS)),
+            vocab.first_names.gather(first_at).alias("first"),
+            vocab.last_names.gather(last_at).alias("last"),
+            vocab.email_first.gather(first_at).alias("email_first"),
+            vocab.email_last.gather(last_at).alias("email_last"),
+            pick(vocab.email_domains, "domain"),
+            pl.Series("number", rng.integers(1, 10_000, num_rows, dtype=np.int16)),
+            pick(vocab.streets, "street"),
+            pick(vocab.localities, "locality"),
+            pick(pools["area"], "area"),
+            pick(pools["exchange"], "exchange"),
+            pick(pools["line"], "line"),
+        ]
+    )
+
+
+def _people_chunk(
+    rng: np.random.Generator, first_row: int, n: int, day: dt.date | None, now: dt.datetime | None
+) -> pl.DataFrame:
+    """Rows ``first_row`` .. ``first_row + n - 1``, assembled from freshly sampled parts."""
+    parts = _parts(rng, n)
+    return parts.select(
+        _uuid4_expr().alias("id"),
+        pl.concat_str("first", "last", separator=" ").alias("name"),
+        pl.concat_str(
+            pl.col("number").cast(pl.String), pl.lit(" "), "street", pl.lit(", "), "locality"
+        ).alias("address"),
+        _email_expr(first_row).alias("email"),
+        pl.concat_str("area", "exchange", "line").alias("phone"),
+        pl.lit(_timestamps(rng, n, day, now)),
+    )
 
 
 def generate_people(
-    num_rows: int, *, seed: int | None = None, now: dt.datetime | None = None
+    num_rows: int,
+    *,
+    seed: int | None = None,
+    day: dt.date | None = None,
+    now: dt.datetime | None = None,
+    invalid_email_rate: float = 0.0,
 ) -> pl.DataFrame:
-    """``num_rows`` fake people: id, name, address, email, phone and a ``created_at`` timestamp.
+    """``num_rows`` fake people with the columns in :data:`COLUMNS`.
 
-    The same ``seed`` (and ``now``) gives the same rows.
+    Args:
+        seed: makes the rows reproducible (together with ``day``, or ``now`` without a day).
+        day: ``created_at`` falls on this (UTC) day; without it, in the year before ``now``.
+        invalid_email_rate: share of rows whose e-mail is deliberately malformed (to see
+            the data-quality checks fail); 0 in normal use.
     """
     if num_rows < 0:
         raise ValueError("num_rows must not be negative")
-    fake = Faker()
-    fake.seed_instance(seed)
-    rng = np.random.default_rng(seed)
-    pool_size = max(1, min(POOL_SIZE, num_rows))
+    if not 0.0 <= invalid_email_rate <= 1.0:
+        raise ValueError("invalid_email_rate must be between 0 and 1")
+    rng = _rng(seed, day)
+    chunks = [
+        _people_chunk(rng, start, min(CHUNK_ROWS, num_rows - start), day, now)
+        for start in range(0, num_rows, CHUNK_ROWS)
+    ]
+    people = pl.concat(chunks, rechunk=False) if chunks else _people_chunk(rng, 0, 0, day, now)
+    return _corrupt_emails(people, rng, invalid_email_rate)
 
-    def draw(make: str) -> pl.Series:
-        return _pool(fake, make, pool_size).gather(rng.integers(0, pool_size, num_rows))
 
-    first, last = draw("first_name"), draw("last_name")
-    domain = draw("free_email_domain")
-    row = pl.int_range(0, num_rows, eager=True, dtype=pl.Int64)
-    id_bytes = rng.integers(0, 256, size=(num_rows, 16), dtype=np.uint8)
-    ids = pl.Series(id_bytes.view("S16").ravel(), dtype=pl.Binary).bin.encode("hex")
-    end = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
-    offsets = rng.integers(0, int(EVENT_WINDOW.total_seconds()), num_rows)
+def _email_expr(first_row: int) -> pl.Expr:
+    """``first.last<row>@domain``: unique within the batch thanks to the row number."""
+    row = pl.int_range(first_row + 1, first_row + 1 + pl.len(), dtype=pl.Int64).cast(pl.String)
+    return pl.concat_str("email_first", pl.lit("."), "email_last", row, pl.lit("@"), "domain")
 
-    return pl.DataFrame(
-        {
-            "id": ids,
-            "first_name": first,
-            "last_name": last,
-            "address": draw("street_address") + ", " + draw("postcode") + " " + draw("city"),
-            "phone": draw("phone_number"),
-            "_row": row,
-            "_domain": domain,
-            "_offset": offsets,
-        }
-    ).select(
-        "id",
-        (pl.col("first_name") + " " + pl.col("last_name")).alias("name"),
-        "address",
-        (
-            pl.col("first_name").str.to_lowercase()
-            + "."
-            + pl.col("last_name").str.to_lowercase().str.replace_all(r"[^a-z]", "")
-            + "."
-            + pl.col("_row").cast(pl.String)
-            + "@"
-            + pl.col("_domain")
-        ).alias("email"),
-        "phone",
-        (
-            pl.lit(end, dtype=pl.Datetime("us", "UTC")) - pl.duration(seconds=pl.col("_offset"))
-        ).alias("created_at"),
+
+def _corrupt_emails(people: pl.DataFrame, rng: np.random.Generator, rate: float) -> pl.DataFrame:
+    """Drop the ``@`` from a ``rate`` share of the e-mails (for failing-check demos)."""
+    count = round(rate * people.height)
+    if count == 0:
+        return people
+    mask = np.zeros(people.height, dtype=bool)
+    mask[rng.choice(people.height, count, replace=False)] = True
+    broken = pl.col("email").str.replace("@", "", literal=True)
+    return people.with_columns(
+        pl.when(pl.Series(mask)).then(broken).otherwise(pl.col("email")).alias("email")
     )

@@ -1,40 +1,106 @@
-"""Unit tests of the business logic: request validation, fake people, table paths and writes."""
+"""Unit tests of the fake people and of the request validation."""
 
 import datetime as dt
-from pathlib import Path
+import math
+import uuid
+from typing import Any
 
 import deltalake  # noqa: F401 - before polars
 import polars as pl
 import pytest
+from dagster_pipes import PipesContext
 
 from gcf_pipes import RequestError
-from people_lake.delta_table import append_rows, table_uri_for
-from people_lake.fake_people import generate_people
-from people_lake.request import MAX_NUM_ROWS, parse_people_request
+from people_lake import fake_people
+from people_lake.checks import EMAIL_PATTERN
+from people_lake.fake_people import COLUMNS, generate_people
+from people_lake.request import (
+    MAX_NUM_ROWS,
+    parse_invocation_id,
+    parse_partition_day,
+    parse_people_request,
+)
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
-def test_people_have_the_documented_columns_and_unique_ids_and_emails() -> None:
+def test_people_have_the_documented_columns_unique_ids_and_emails() -> None:
     people = generate_people(5_000, seed=1, now=NOW)
-    assert people.columns == ["id", "name", "address", "email", "phone", "created_at"]
+    assert tuple(people.columns) == COLUMNS
     assert people.height == 5_000
     assert people["id"].n_unique() == 5_000 and people["email"].n_unique() == 5_000
     assert people.null_count().sum_horizontal().item() == 0
-    assert people["email"].str.contains(r"^[^@\s]+@[^@\s]+\.[a-z]+$").all()
-    assert (people["created_at"] <= NOW).all()
+    assert people["email"].str.contains(EMAIL_PATTERN).all()
+    assert all(uuid.UUID(value).version == 4 for value in people["id"].head(100))
+    assert people["phone"].str.contains(r"^\([2-9]\d\d\) [2-9]\d\d-\d{4}$").all()
+    assert people["address"].str.contains(r"^\d+ .+, .+, [A-Z]{2} \d{5}$").all()
+    assert people["name"].str.contains(r"^\S+ \S+$").all()
+    assert (
+        (people["created_at"] <= NOW) & (people["created_at"] >= NOW - dt.timedelta(days=366))
+    ).all()
+
+
+def test_people_look_varied() -> None:
+    people = generate_people(20_000, seed=2, now=NOW)
+    assert people["name"].n_unique() > 5_000
+    assert people["address"].n_unique() > 19_000
+    assert people["email"].str.extract(r"@(.+)$").n_unique() > 5
+
+
+def test_row_numbers_stay_unique_across_generation_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fake_people, "CHUNK_ROWS", 700)
+    people = generate_people(2_000, seed=3, now=NOW)
+    assert people.height == 2_000 and people["email"].n_unique() == 2_000
+    assert people["email"].str.extract(r"(\d+)@").cast(pl.Int64).sort().to_list() == list(
+        range(1, 2_001)
+    )
 
 
 def test_the_same_seed_gives_the_same_people() -> None:
     assert generate_people(50, seed=3, now=NOW).equals(generate_people(50, seed=3, now=NOW))
     assert not generate_people(50, seed=3, now=NOW).equals(generate_people(50, seed=4, now=NOW))
+    assert not generate_people(50, seed=3).equals(generate_people(50, seed=None))
 
 
-def test_request_defaults_and_validation() -> None:
+def test_each_day_gets_its_own_people_within_that_day() -> None:
+    day = dt.date(2024, 2, 29)
+    first = generate_people(500, seed=9, day=day)
+    other = generate_people(500, seed=9, day=day + dt.timedelta(days=1))
+    assert (first["created_at"].dt.date() == day).all()
+    assert set(first["id"]).isdisjoint(set(other["id"]))
+    assert first.equals(generate_people(500, seed=9, day=day))
+
+
+def test_invalid_email_rate_breaks_exactly_that_share() -> None:
+    people = generate_people(1_000, seed=1, now=NOW, invalid_email_rate=0.03)
+    assert (~people["email"].str.contains(EMAIL_PATTERN)).sum() == 30
+    assert generate_people(10, seed=1, invalid_email_rate=1.0)["email"].str.contains("@").sum() == 0
+
+
+def test_generator_rejects_impossible_arguments() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        generate_people(-1)
+    with pytest.raises(ValueError, match="invalid_email_rate"):
+        generate_people(1, invalid_email_rate=2)
+    assert generate_people(0).columns == list(COLUMNS)
+
+
+# --- request validation ---------------------------------------------------------------------
+
+
+def test_request_defaults_and_values() -> None:
     request = parse_people_request({}, "/lake")
     assert (request.data_lake_uri, request.num_rows, request.seed) == ("/lake", 100, None)
+    assert request.invalid_email_rate == 0.0
+    full = parse_people_request(
+        {"dl_bucket": " gs://b ", "num_rows": 3, "seed": 9, "invalid_email_rate": 0.5}, None
+    )
+    assert (full.data_lake_uri, full.num_rows, full.seed, full.invalid_email_rate) == (
+        "gs://b", 3, 9, 0.5,
+    )  # fmt: skip
     assert (
-        parse_people_request({"dl_bucket": "gs://b", "num_rows": 3, "seed": 9}, None).num_rows == 3
+        parse_people_request({"num_rows": MAX_NUM_ROWS, "seed": None}, "/l").num_rows
+        == MAX_NUM_ROWS
     )
 
 
@@ -43,17 +109,25 @@ def test_request_defaults_and_validation() -> None:
     [
         ({"num_rows": "10"}, "num_rows"),
         ({"num_rows": True}, "num_rows"),
+        ({"num_rows": 10.0}, "num_rows"),
         ({"num_rows": 0}, "num_rows"),
         ({"num_rows": MAX_NUM_ROWS + 1}, "num_rows"),
         ({"seed": 1.5}, "seed"),
+        ({"seed": -3}, "seed"),
+        ({"seed": 2**63}, "seed"),
+        ({"invalid_email_rate": "0.1"}, "invalid_email_rate"),
+        ({"invalid_email_rate": -0.1}, "invalid_email_rate"),
+        ({"invalid_email_rate": math.nan}, "invalid_email_rate"),
         ({"dl_bucket": ""}, "dl_bucket"),
         ({"dl_bucket": 3}, "dl_bucket"),
+        ({"rows": 3}, "rows"),
     ],
 )
 def test_bad_fields_are_request_errors_naming_the_field(event: dict, field: str) -> None:
     with pytest.raises(RequestError) as raised:
         parse_people_request(event, "/lake")
     assert raised.value.field == field and raised.value.status == 400
+    assert field in raised.value.message
 
 
 def test_no_lake_anywhere_is_a_request_error() -> None:
@@ -61,17 +135,52 @@ def test_no_lake_anywhere_is_a_request_error() -> None:
         parse_people_request({}, None)
 
 
-def test_table_uri_joins_the_asset_key_and_refuses_escapes(tmp_path: Path) -> None:
-    assert table_uri_for("gs://lake/", ["a", "b"]) == "gs://lake/a/b"
-    assert table_uri_for(str(tmp_path), ["people"]) == str(tmp_path / "people")
-    for bad in (["..", "x"], ["a/b"], [""], ["."]):
-        with pytest.raises(RequestError):
-            table_uri_for("gs://lake", bad)
+class FakePipes:
+    """The two Pipes context properties the partition and invocation parsers read."""
+
+    def __init__(self, key_range: dict[str, str] | None = None, extras: Any = None):
+        self._range = key_range
+        self.extras = extras or {}
+
+    @property
+    def is_partition_step(self) -> bool:
+        return self._range is not None
+
+    @property
+    def partition_key_range(self) -> dict[str, str] | None:
+        return self._range
 
 
-def test_appends_create_versions_and_read_back(tmp_path: Path) -> None:
-    uri = str(tmp_path / "people")
-    first = append_rows(generate_people(10, seed=1, now=NOW), uri)
-    second = append_rows(generate_people(5, seed=2, now=NOW), uri)
-    assert (first.version, second.version, second.rows_written) == (0, 1, 5)
-    assert pl.read_delta(uri).height == 15
+def pipes(key_range: dict[str, str] | None = None, extras: Any = None) -> PipesContext:
+    return FakePipes(key_range, extras)  # type: ignore[return-value]
+
+
+def test_partition_keys_are_daily_dates() -> None:
+    assert parse_partition_day(pipes()) is None
+    day = parse_partition_day(pipes({"start": "2024-03-05", "end": "2024-03-05"}))
+    assert day == dt.date(2024, 3, 5)
+
+
+@pytest.mark.parametrize(
+    "key_range",
+    [
+        {"start": "2024-03-05-10:00", "end": "2024-03-05-10:00"},
+        {"start": "20240305", "end": "20240305"},
+        {"start": "2024-13-01", "end": "2024-13-01"},
+        {"start": "2024-03-05", "end": "2024-03-07"},
+    ],
+)
+def test_other_partition_keys_are_request_errors(key_range: dict[str, str]) -> None:
+    with pytest.raises(RequestError) as raised:
+        parse_partition_day(pipes(key_range))
+    assert raised.value.field == "partition_key" and raised.value.status == 400
+
+
+def test_invocation_ids_are_validated() -> None:
+    assert parse_invocation_id(pipes()) is None
+    valid = str(uuid.uuid4())
+    assert parse_invocation_id(pipes(extras={"invocation_id": valid})) == valid
+    for bad in ("", "a b", "../x", 7, "x" * 129):
+        with pytest.raises(RequestError) as raised:
+            parse_invocation_id(pipes(extras={"invocation_id": bad}))
+        assert raised.value.field == "invocation_id"

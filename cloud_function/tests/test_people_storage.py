@@ -1,0 +1,123 @@
+"""Unit tests of lake locations, the allow-list, table paths, storage options and settings."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gcf_pipes import RequestError
+from people_lake.settings import FUNCTION_ENV_VARS, FunctionSettings
+from people_lake.storage import (
+    LakeLocation,
+    ensure_allowed,
+    parse_lake_uri,
+    storage_options_for,
+    table_location,
+    table_ref,
+)
+
+
+def test_gcs_and_local_uris_normalise_to_segments(tmp_path: Path) -> None:
+    assert parse_lake_uri("gs://lake/a//b/") == LakeLocation(True, ("lake", "a", "b"))
+    assert parse_lake_uri("gs://lake").uri == "gs://lake"
+    assert parse_lake_uri(f"file://{tmp_path}/x/../y").uri == str(tmp_path.resolve() / "y")
+    assert parse_lake_uri(str(tmp_path)).uri == str(tmp_path.resolve())
+
+
+def test_symlinks_are_resolved_before_the_allow_list(tmp_path: Path) -> None:
+    (tmp_path / "lake").mkdir()
+    (tmp_path / "lake" / "link").symlink_to(tmp_path / "outside")
+    with pytest.raises(RequestError) as raised:
+        ensure_allowed(parse_lake_uri(str(tmp_path / "lake" / "link")), [str(tmp_path / "lake")])
+    assert raised.value.status == 403
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "s3://bucket/x",
+        "https://example.com/x",
+        "gs://UPPER/x",
+        "gs://a/../b",
+        "gs://b/./c",
+        "file://",
+    ],
+)
+def test_unsupported_or_unsafe_uris_are_400(uri: str) -> None:
+    with pytest.raises(RequestError) as raised:
+        parse_lake_uri(uri)
+    assert raised.value.status == 400 and raised.value.field == "dl_bucket"
+
+
+@pytest.mark.parametrize(
+    ("uri", "allowed"),
+    [
+        ("gs://lake", True),
+        ("gs://lake/team/x", True),
+        ("gs://lake-evil", False),
+        ("gs://other/lake", False),
+        ("/srv/lake/sub", True),
+        ("/srv/lakehouse", False),
+        ("/srv", False),
+        ("gs://srv/lake", False),
+    ],
+)
+def test_the_allow_list_compares_whole_segments(uri: str, allowed: bool) -> None:
+    roots = ["gs://lake", "/srv/lake"]
+    if allowed:
+        ensure_allowed(parse_lake_uri(uri), roots)
+        return
+    with pytest.raises(RequestError) as raised:
+        ensure_allowed(parse_lake_uri(uri), roots)
+    assert raised.value.status == 403 and "gs://lake, /srv/lake" in raised.value.message
+
+
+def test_no_allowed_root_refuses_everything() -> None:
+    with pytest.raises(RequestError, match="none configured") as raised:
+        ensure_allowed(parse_lake_uri("gs://lake"), [])
+    assert raised.value.status == 403
+
+
+@pytest.mark.parametrize(
+    "key", [["..", "x"], ["a/b"], [""], ["."], [".hidden"], ["a\\b"], ["-x"], []]
+)
+def test_asset_key_paths_are_sanitised(key: list[str]) -> None:
+    with pytest.raises(RequestError) as raised:
+        table_location(parse_lake_uri("gs://lake"), key)
+    assert raised.value.field == "asset_key" and raised.value.status == 400
+
+
+def test_table_locations_join_the_asset_key(tmp_path: Path) -> None:
+    assert (
+        table_location(parse_lake_uri("gs://lake/"), ["a", "b_c-1.v2"]).uri
+        == "gs://lake/a/b_c-1.v2"
+    )
+    assert table_location(parse_lake_uri(str(tmp_path)), ["people"]).uri == str(
+        tmp_path.resolve() / "people"
+    )
+
+
+def test_storage_options_are_built_in_one_place() -> None:
+    assert storage_options_for("/local/lake") is None
+    assert storage_options_for("gs://lake/t") is None  # credentials from the environment (ADC)
+    assert storage_options_for("/local/lake", "127.0.0.1:9023") is None
+    options = storage_options_for("gs://lake/t", "127.0.0.1:9023")
+    assert options is not None and options["allow_http"] == "true"
+    key = json.loads(options["google_service_account_key"])
+    assert key["gcs_base_url"] == "http://127.0.0.1:9023" and key["disable_oauth"] is True
+    ref = table_ref(parse_lake_uri("gs://lake/t"), "http://emulator:1")
+    assert ref.uri == "gs://lake/t" and not ref.is_local and ref.storage_options is not None
+
+
+def test_settings_default_the_allow_list_to_the_data_lake() -> None:
+    assert "ALLOWED_DATA_LAKE_ROOTS" in FUNCTION_ENV_VARS
+    only_lake = FunctionSettings.from_env({"DATA_LAKE_URI": "gs://lake"})
+    assert only_lake.allowed_roots == ("gs://lake",)
+    explicit = FunctionSettings.from_env(
+        {"DATA_LAKE_URI": "gs://lake", "ALLOWED_DATA_LAKE_ROOTS": " gs://a , /b/c,, "}
+    )
+    assert explicit.allowed_roots == ("gs://a", "/b/c")
+    nothing = FunctionSettings.from_env({})
+    assert (nothing.data_lake_uri, nothing.allowed_roots, nothing.storage_emulator_host) == (
+        None, (), None,
+    )  # fmt: skip
