@@ -2,14 +2,14 @@
 
 Processes run under honcho (prefixed, coloured output; one stops, all stop; Ctrl-C stops
 every process it started). Before anything starts, each port is checked; a ``ready`` step
-waits for every service and prints where each one listens.
+waits until every service answers and prints where each one listens. When a service exits
+on its own (say, the function fails to import), its last output is repeated with a hint.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import shutil
 import signal
 import sys
@@ -17,15 +17,27 @@ import webbrowser
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from honcho.manager import Manager
-from honcho.printer import Printer
-
-from devstack.net import LOOPBACK, host_port, port_is_free, wait_for_port
-from devstack.services import REPO_ROOT, dagster_command, emulator_command, function_command
+from devstack.net import LOOPBACK, host_port, port_is_free
+from devstack.readiness import (
+    Check,
+    banner,
+    dagster_probe,
+    emulator_probe,
+    port_probe,
+    wait_ready,
+)
+from devstack.services import (
+    FUNCTION_SOURCE,
+    REPO_ROOT,
+    dagster_command,
+    emulator_command,
+    function_command,
+)
+from devstack.supervise import run_processes
 
 DEFAULT_DAGSTER_PORT = 3000
 DEFAULT_EMULATOR = "http://127.0.0.1:9023"
-READY_TIMEOUT = 180.0
+READY_TIMEOUT = float(os.environ.get("DEVSTACK_READY_TIMEOUT", "180"))
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,10 @@ class Service:
     command: list[str]
     port: int
     url: str
+
+
+class ConfigError(Exception):
+    """The environment describes a stack that cannot work; the message says how to fix it."""
 
 
 def ensure_env_file() -> None:
@@ -45,19 +61,28 @@ def ensure_env_file() -> None:
 
 
 def plan(which: Sequence[str], dagster_port: int) -> tuple[list[Service], dict[str, str]]:
-    """The services to start and the environment they share."""
+    """The services to start and the environment they share (env vars win over ``.env``)."""
     from dagster_pipes_gcf import needs_id_token
     from gcf_demo.settings import DemoSettings
 
-    settings = DemoSettings.from_env()  # also loads .env into os.environ
+    settings = DemoSettings.from_env()  # also loads .env into os.environ (no override)
     env: dict[str, str] = {"DATA_LAKE_URI": settings.data_lake_uri}
     services: list[Service] = []
     local_function = not needs_id_token(settings.function_url)
+    emulator_host = os.environ.get("STORAGE_EMULATOR_HOST")
+    if not local_function and emulator_host and "function" in which:
+        raise ConfigError(
+            f"CLOUD_FUNCTION_URL ({settings.function_url}) is a deployed function but "
+            f"STORAGE_EMULATOR_HOST={emulator_host} is set: the function would write its Pipes "
+            "messages to real GCS while Dagster reads the local emulator. Remove "
+            "STORAGE_EMULATOR_HOST from .env and your shell (`just cloud-env` writes a .env "
+            "without it), or set CLOUD_FUNCTION_URL=http://127.0.0.1:8080 for the local stack."
+        )
     if "emulator" in which:
-        if not local_function and not os.environ.get("STORAGE_EMULATOR_HOST"):
+        if not local_function:
             print("devstack: CLOUD_FUNCTION_URL is a deployed function; not starting the emulator")
         else:
-            emulator = os.environ.get("STORAGE_EMULATOR_HOST") or DEFAULT_EMULATOR
+            emulator = emulator_host or DEFAULT_EMULATOR
             env["STORAGE_EMULATOR_HOST"] = emulator
             _, port = host_port(emulator, 9023)
             services.append(
@@ -67,24 +92,20 @@ def plan(which: Sequence[str], dagster_port: int) -> tuple[list[Service], dict[s
         if local_function:
             _, port = host_port(settings.function_url, 8080)
             env.setdefault("THREADS", os.environ.get("THREADS", "8"))
-            services.append(
-                Service("function", function_command(port), port, settings.function_url)
-            )
+            source = os.environ.get("FUNCTION_SOURCE") or str(FUNCTION_SOURCE)
+            target = os.environ.get("FUNCTION_TARGET") or "main"
+            command = function_command(port, source=source, target=target)
+            services.append(Service("function", command, port, settings.function_url))
         else:
             print(f"devstack: using the deployed function at {settings.function_url}")
     if "dagster" in which:
-        services.append(
-            Service(
-                "dagster",
-                dagster_command(dagster_port),
-                dagster_port,
-                f"http://{LOOPBACK}:{dagster_port}",
-            )
-        )
+        url = f"http://{LOOPBACK}:{dagster_port}"
+        services.append(Service("dagster", dagster_command(dagster_port), dagster_port, url))
     return services, env
 
 
 def preflight(services: Sequence[Service]) -> list[str]:
+    """One message per port that is already taken."""
     problems = []
     for service in services:
         if not port_is_free(service.port):
@@ -98,40 +119,55 @@ def preflight(services: Sequence[Service]) -> list[str]:
 
 def run_stack(which: Sequence[str], dagster_port: int, open_browser: bool) -> int:
     ensure_env_file()
-    services, env = plan(which, dagster_port)
+    try:
+        services, env = plan(which, dagster_port)
+    except ConfigError as error:
+        print(f"devstack: error: {error}", file=sys.stderr)
+        return 2
     problems = preflight(services)
     if problems:
         for problem in problems:
             print(f"devstack: error: {problem}", file=sys.stderr)
         return 2
-    manager = Manager(Printer(sys.stdout, colour=sys.stdout.isatty(), prefix=True))
+    if not services:
+        print("devstack: nothing to start", file=sys.stderr)
+        return 2
     full_env = {**os.environ, **env}
-    for service in services:
-        manager.add_process(
-            service.name, shlex.join(service.command), env=full_env, cwd=str(REPO_ROOT)
-        )
+    commands: dict[str, Sequence[str]] = {s.name: s.command for s in services}
     ready = [sys.executable, "-m", "devstack", "ready"]
-    ready += [f"{s.name}={s.port}={s.url}" for s in services]
-    if open_browser:
-        ready.append("--open-browser")
-    manager.add_process("ready", shlex.join(ready), env=full_env, cwd=str(REPO_ROOT))
-    manager.loop()
-    return int(manager.returncode or 0)
+    ready += [f"--{s.name}={s.url}" for s in services]
+    ready += [f"--bucket={full_env.get('PIPES_BUCKET', 'dagster-pipes-local')}"]
+    commands["ready"] = [*ready, *(["--open-browser"] if open_browser else [])]
+    return run_processes(commands, full_env, cwd=str(REPO_ROOT))
 
 
-def wait_until_ready(specs: Sequence[str], open_browser: bool) -> int:
-    """Wait for every ``name=port=url``, print the banner, then idle until stopped."""
-    parsed = [spec.split("=", 2) for spec in specs]
-    for name, port, _ in parsed:
-        if not wait_for_port(int(port), timeout=READY_TIMEOUT):
-            print(f"error: {name} did not listen on {LOOPBACK}:{port} within {READY_TIMEOUT:g}s")
-            return 1
-    width = max(len(name) for name, _, _ in parsed)
-    lines = [f"  {name.ljust(width)}  {url}" for name, _, url in parsed]
-    print("\n".join(["", "Local stack is up:", *lines, "", "Press Ctrl-C to stop everything.", ""]))
-    sys.stdout.flush()
-    dagster = [url for name, _, url in parsed if name == "dagster"]
-    if open_browser and dagster and (os.environ.get("DISPLAY") or sys.platform == "darwin"):
+def ready_checks(args: argparse.Namespace) -> list[Check]:
+    checks = []
+    if args.emulator:
+        port = host_port(args.emulator, 9023)[1]
+        checks.append(
+            Check("emulator", port, args.emulator, emulator_probe(args.emulator, args.bucket))
+        )
+    if args.function:
+        port = host_port(args.function, 8080)[1]
+        checks.append(Check("function", port, args.function, port_probe(port)))
+    if args.dagster:
+        port = host_port(args.dagster, DEFAULT_DAGSTER_PORT)[1]
+        checks.append(Check("dagster", port, args.dagster, dagster_probe(args.dagster)))
+    return checks
+
+
+def wait_until_ready(args: argparse.Namespace) -> int:
+    """Wait for every service, print the banner, then idle until stopped."""
+    checks = ready_checks(args)
+    problems = wait_ready(checks, timeout=READY_TIMEOUT)
+    if problems:
+        for problem in problems:
+            print(f"devstack: error: {problem}; stopping everything.", flush=True)
+        return 1
+    print(banner(checks), flush=True)
+    dagster = [check.url for check in checks if check.name == "dagster"]
+    if args.open_browser and dagster and (os.environ.get("DISPLAY") or sys.platform == "darwin"):
         webbrowser.open(dagster[0])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:
@@ -154,12 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         cmd.add_argument("--no-browser", action="store_true")
     ready = sub.add_parser("ready", help=argparse.SUPPRESS)
-    ready.add_argument("specs", nargs="+")
+    for name in ("emulator", "function", "dagster", "bucket"):
+        ready.add_argument(f"--{name}")
     ready.add_argument("--open-browser", action="store_true")
     args = parser.parse_args(argv)
 
     if args.command == "ready":
-        return wait_until_ready(args.specs, args.open_browser)
+        return wait_until_ready(args)
     which = {
         "up": ("emulator", "function", "dagster"),
         "fn": ("emulator", "function"),

@@ -2,24 +2,30 @@
 
 ``dagster dev`` ignores SIGTERM, and a backgrounded process inherits an ignored SIGINT, so
 a plain process runner would leave its webserver, daemon and code servers behind. This
-launcher restores SIGINT for the child, forwards SIGINT/SIGTERM to it as SIGINT, and kills
-the whole process group if it has not exited within the grace period.
+launcher starts ``dagster dev`` in its own process group (a runner's SIGTERM to the
+launcher's group must not hit the webserver, daemon and code server mid-shutdown: that turns
+a 3 s shutdown into a kill), forwards SIGINT/SIGTERM to it as SIGINT, and kills its whole
+group once it exits or when the grace period is over. On Linux the child also dies with the
+launcher (PR_SET_PDEATHSIG), so even a SIGKILL of the launcher leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import threading
+from contextlib import suppress
 from pathlib import Path
 from types import FrameType
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# honcho kills the whole group 5 s after SIGTERM; stop (or give up) before that.
-GRACE_SECONDS = 4.5
+# devstack.supervise gives each process 10 s after SIGTERM; stop (or give up) before that.
+GRACE_SECONDS = 8.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def prepare_home(home: Path) -> None:
@@ -51,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         # `dagster dev` loads `.env` from its working directory and lets it override the
         # environment; run it where there is none so env vars win (settings read `.env`).
         cwd=home,
-        # Same process group as this launcher: a runner that kills the group kills all of it.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+        preexec_fn=_child_setup,  # noqa: PLW1509
     )
 
     stop = threading.Event()
@@ -70,8 +75,21 @@ def main(argv: list[str] | None = None) -> int:
         return child.wait(timeout=GRACE_SECONDS)
     except subprocess.TimeoutExpired:
         print(f"dagster dev did not stop within {GRACE_SECONDS:g}s; killing it", file=sys.stderr)
-        os.killpg(os.getpgid(0), signal.SIGKILL)  # nothing of dagster dev outlives this launcher
         return 1
+    finally:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)  # nothing of dagster dev outlives the launcher
+        child.wait()
+
+
+def _child_setup() -> None:
+    """In the child, before exec: own process group, default SIGINT, die with the launcher."""
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.platform == "linux":
+        with suppress(OSError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,11 @@ def emulator_command(port: int, bucket: str) -> list[str]:
     ]  # fmt: skip
 
 
-def function_command(port: int) -> list[str]:
+def function_command(
+    port: int, *, source: str | Path = FUNCTION_SOURCE, target: str = "main"
+) -> list[str]:
     return [
-        str(BIN / "functions-framework"), "--source", str(FUNCTION_SOURCE), "--target", "main",
+        str(BIN / "functions-framework"), "--source", str(source), "--target", target,
         "--host", LOOPBACK, "--port", str(port),
     ]  # fmt: skip
 
