@@ -18,7 +18,11 @@ def launch_run(page: Page, stack: UiStack) -> str:
     """Click Materialize on the asset page, follow the toast's View link; return the run path."""
     page.goto(f"{stack.dagster_url}/assets/{ASSET}")
     materialize = page.get_by_role("button", name=re.compile(r"Materialize$"))
-    expect(materialize).to_be_enabled(timeout=60_000)
+    try:
+        expect(materialize).to_be_enabled(timeout=60_000)
+    except AssertionError as error:  # usually: the code location failed to load
+        page.screenshot(path=RUN_SCREENSHOT)
+        raise AssertionError(f"no Materialize button for {ASSET}\n{stack.logs()}") from error
     materialize.click()
     toast = page.get_by_role("region", name=re.compile("Notifications"))
     expect(toast).to_contain_text("Launched run", timeout=30_000)
