@@ -75,6 +75,8 @@ def app_id_for(invocation_id: str) -> str:
 
 def open_table(table: TableRef) -> DeltaTable | None:
     """The table, or None when there is none yet."""
+    if table.is_local and Path(table.uri).exists() and not Path(table.uri).is_dir():
+        raise NotADirectoryError(f"{table.uri} exists and is not a directory (not a table)")
     if not DeltaTable.is_deltatable(table.uri, storage_options=table.storage_options):
         return None
     return DeltaTable(table.uri, storage_options=table.storage_options)

@@ -3,6 +3,7 @@
 from typing import Any
 
 import dagster as dg
+
 from dagster_pipes_gcf import (
     CloudFunctionInvoker,
     IdTokenAuth,

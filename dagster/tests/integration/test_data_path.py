@@ -1,0 +1,329 @@
+"""The data path through the real stack: checks, metadata, retries, partitions, strict input."""
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import deltalake
+import polars as pl
+import pytest
+import requests
+from dagster_pipes import (
+    DAGSTER_PIPES_CONTEXT_ENV_VAR,
+    DAGSTER_PIPES_MESSAGES_ENV_VAR,
+    encode_param,
+)
+
+from dagster_pipes_gcf import PipesCloudFunctionClient
+from devstack.stack import LocalStack
+from gcf_demo.defs.assets import (
+    CHECKS,
+    PeopleConfig,
+    check_specs,
+    cloud_function_pipes_asset,
+    daily_people,
+    run_people_function,
+)
+from gcf_demo.defs.resources import PeopleFunction
+
+from .conftest import PeopleRun, fresh_lake, pipes_client
+
+pytestmark = pytest.mark.integration
+
+
+def materialize(
+    stack: LocalStack,
+    asset: dg.AssetsDefinition,
+    lake: Path | str,
+    *,
+    partition_key: str | None = None,
+    client: PipesCloudFunctionClient | None = None,
+    **config: Any,
+) -> PeopleRun:
+    """Materialize ``asset`` (its op config from ``config``) against ``lake``."""
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [asset],
+        resources={
+            "pipes_function_client": client or pipes_client(stack),
+            "people_function": PeopleFunction(
+                function_url=stack.function_url, data_lake_uri=str(lake)
+            ),
+        },
+        run_config={"ops": {asset.op.name: {"config": {"num_rows": 20, **config}}}},
+        instance=instance,
+        partition_key=partition_key,
+        raise_on_error=False,
+    )
+    return PeopleRun(result, instance)
+
+
+def only_materialization(run: PeopleRun, asset: dg.AssetsDefinition) -> dg.AssetMaterialization:
+    (materialization,) = run.result.asset_materializations_for_node(asset.op.name)
+    return materialization
+
+
+def check_results(run: PeopleRun) -> dict[str, dg.AssetCheckEvaluation]:
+    return {check.check_name: check for check in run.result.get_asset_check_evaluations()}
+
+
+def read_table(lake: Path, name: str) -> pl.DataFrame:
+    return pl.read_delta(str(lake / name))
+
+
+# --- metadata and checks --------------------------------------------------------------------
+
+
+def test_materialization_metadata_renders_as_table_schema_preview_and_counts(
+    stack: LocalStack,
+) -> None:
+    lake = fresh_lake(stack)
+    run = materialize(stack, cloud_function_pipes_asset, lake, num_rows=30, seed=3)
+
+    assert run.success
+    metadata = only_materialization(run, cloud_function_pipes_asset).metadata
+    assert metadata["dagster/row_count"].value == 30
+    assert metadata["table_uri"].value == str(lake / "cloud_function_pipes_asset")
+    assert metadata["delta_version"].value == 0
+    schema = metadata["dagster/column_schema"]
+    assert isinstance(schema, dg.TableSchemaMetadataValue)
+    columns = {column.name: column for column in schema.schema.columns}
+    assert list(columns) == ["id", "name", "address", "email", "phone", "created_at"]
+    assert columns["id"].constraints.unique and columns["email"].description
+    assert isinstance(metadata["preview"], dg.MarkdownMetadataValue)
+    preview = str(metadata["preview"].value)
+    first = read_table(lake, "cloud_function_pipes_asset")["id"][0]
+    assert preview.startswith("| id | name |") and first in preview
+
+
+def test_checks_declared_on_the_asset_pass_for_clean_data(stack: LocalStack) -> None:
+    run = materialize(stack, cloud_function_pipes_asset, fresh_lake(stack), num_rows=25)
+
+    assert run.success
+    checks = check_results(run)
+    assert set(checks) == set(CHECKS)
+    assert all(check.passed for check in checks.values()), checks
+    assert checks["row_count_matches_request"].metadata["committed_rows"].value == 25
+
+
+def test_a_failing_check_shows_as_failed_with_the_reason(stack: LocalStack) -> None:
+    run = materialize(
+        stack, cloud_function_pipes_asset, fresh_lake(stack), num_rows=50, invalid_email_rate=0.1
+    )
+
+    assert run.success  # the data was written; the check tells what is wrong with it
+    emails = check_results(run)["emails_valid"]
+    assert not emails.passed and emails.severity == dg.AssetCheckSeverity.ERROR
+    assert emails.metadata["invalid_emails"].value == 5
+    assert "5 of 50 e-mails do not match" in str(emails.metadata["reason"].value)
+    assert "@" not in str(emails.metadata["examples"].value).split(",")[0]
+    assert check_results(run)["ids_unique_and_not_null"].passed
+
+
+# --- retries ----------------------------------------------------------------------------------
+
+
+@dg.asset(
+    name="cloud_function_pipes_asset",
+    check_specs=check_specs("cloud_function_pipes_asset"),
+    retry_policy=dg.RetryPolicy(max_retries=1),
+)
+def lost_response_asset(
+    context: dg.AssetExecutionContext,
+    config: PeopleConfig,
+    pipes_function_client: PipesCloudFunctionClient,
+    people_function: PeopleFunction,
+) -> dg.MaterializeResult:  # type: ignore[type-arg]
+    """The demo asset, but its first attempt fails after the function wrote (a lost answer)."""
+    result = run_people_function(context, config, pipes_function_client, people_function)
+    if context.retry_number == 0:
+        raise dg.Failure("simulated: the function wrote, but its answer was lost")
+    return result
+
+
+def test_a_retried_step_does_not_duplicate_rows(stack: LocalStack) -> None:
+    lake = fresh_lake(stack)
+    run = materialize(stack, lost_response_asset, lake, num_rows=33)
+
+    assert run.success
+    assert any(event.is_step_up_for_retry for event in run.result.all_events)
+    assert any("already wrote version 0; not writing again" in line for line in run.logs)
+    table = read_table(lake, "cloud_function_pipes_asset")
+    assert table.height == 33 and table["id"].n_unique() == 33
+    metadata = only_materialization(run, lost_response_asset).metadata
+    assert metadata["repeated_invocation"].value is True
+    assert metadata["delta_version"].value == 0 and metadata["rows_written"].value == 33
+    assert all(check.passed for check in check_results(run).values())
+    assert deltalake.DeltaTable(str(lake / "cloud_function_pipes_asset")).version() == 0
+
+
+def test_a_repeated_request_with_the_same_invocation_id_writes_once(stack: LocalStack) -> None:
+    """The same POST twice (as a client retry after a lost answer would send it)."""
+    lake = fresh_lake(stack)
+    answers = [post(stack, {"dl_bucket": str(lake), "num_rows": 12}, f"repeat/{i}") for i in (1, 2)]
+
+    assert [a.status_code for a in answers] == [200, 200]
+    results = [a.json()["result"] for a in answers]
+    assert [r["repeated"] for r in results] == [False, True]
+    assert results[0]["delta_version"] == results[1]["delta_version"] == 0
+    assert read_table(lake, "people").height == 12
+    again = post(stack, {"dl_bucket": str(lake), "num_rows": 12}, "repeat/3", invocation_id="new")
+    assert again.status_code == 200 and read_table(lake, "people").height == 24
+
+
+# --- partitions -------------------------------------------------------------------------------
+
+
+def test_rematerializing_a_partition_replaces_only_that_partition(stack: LocalStack) -> None:
+    lake = fresh_lake(stack)
+    day_one = materialize(stack, daily_people, lake, partition_key="2024-01-01", num_rows=10)
+    day_two = materialize(stack, daily_people, lake, partition_key="2024-01-02", num_rows=15)
+    before = read_table(lake, "daily_people")
+    again = materialize(stack, daily_people, lake, partition_key="2024-01-01", num_rows=7)
+
+    assert day_one.success and day_two.success and again.success
+    after = read_table(lake, "daily_people")
+    by_day = dict(after.group_by("event_date").len().iter_rows())
+    assert {str(day): n for day, n in by_day.items()} == {"2024-01-01": 7, "2024-01-02": 15}
+    day_one_ids = set(before.filter(pl.col("event_date").cast(pl.String) == "2024-01-01")["id"])
+    assert day_one_ids.isdisjoint(after["id"])  # replaced, not appended to
+    untouched = pl.col("event_date").cast(pl.String) == "2024-01-02"
+    assert before.filter(untouched).sort("id").equals(after.filter(untouched).sort("id"))
+    metadata = only_materialization(again, daily_people).metadata
+    assert metadata["dagster/partition_row_count"].value == 7
+    assert metadata["dagster/row_count"].value == 22
+    assert (after.filter(pl.col("event_date").cast(pl.String) == "2024-01-01")["created_at"]
+            .dt.date().cast(pl.String).unique().to_list() == ["2024-01-01"])  # fmt: skip
+    assert check_results(again)["row_count_matches_request"].passed
+
+
+def test_concurrent_partitions_of_one_table_all_succeed(stack: LocalStack) -> None:
+    lake = fresh_lake(stack)
+    days = [f"2024-02-0{day}" for day in range(1, 6)]
+    outcomes: dict[str, bool] = {}
+
+    def backfill(day: str) -> None:
+        run = materialize(stack, daily_people, lake, partition_key=day, num_rows=10 + int(day[-1]))
+        outcomes[day] = run.success
+        run.instance.dispose()  # its SQLite connections belong to this thread
+
+    threads = [threading.Thread(target=backfill, args=(day,)) for day in days]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert outcomes == dict.fromkeys(days, True)
+    counts = dict(read_table(lake, "daily_people").group_by("event_date").len().iter_rows())
+    assert {str(day): n for day, n in counts.items()} == {d: 10 + int(d[-1]) for d in days}
+
+
+# --- strict input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "field", "words"),
+    [
+        ({"num_rows": 0}, "num_rows", "between 1 and 5000000"),
+        ({"num_rows": 5_000_001}, "num_rows", "between 1 and 5000000"),
+        ({"seed": -1}, "seed", "between 0 and"),
+        ({"invalid_email_rate": 1.5}, "invalid_email_rate", "between 0 and 1"),
+    ],
+)
+def test_bad_config_fails_the_step_with_http_400_naming_the_field(
+    stack: LocalStack, config: dict[str, Any], field: str, words: str
+) -> None:
+    lake = fresh_lake(stack)
+    run = materialize(stack, cloud_function_pipes_asset, lake, **config)
+
+    assert not run.success
+    message = run.failure_message()
+    assert "Cloud Function returned HTTP 400" in message and f"(field: {field})" in message
+    assert words in message
+    assert list(lake.iterdir()) == []  # nothing written
+
+
+@dg.asset(name="hourly_people", partitions_def=dg.StaticPartitionsDefinition(["2024-01-01-10:00"]))
+def wrongly_partitioned_people(
+    context: dg.AssetExecutionContext,
+    config: PeopleConfig,
+    pipes_function_client: PipesCloudFunctionClient,
+    people_function: PeopleFunction,
+) -> dg.MaterializeResult:  # type: ignore[type-arg]
+    return run_people_function(context, config, pipes_function_client, people_function)
+
+
+def test_an_unknown_partition_format_is_http_400_and_writes_nothing(stack: LocalStack) -> None:
+    lake = fresh_lake(stack)
+    run = materialize(stack, wrongly_partitioned_people, lake, partition_key="2024-01-01-10:00")
+
+    assert not run.success
+    message = run.failure_message()
+    assert "HTTP 400" in message and "(field: partition_key)" in message
+    assert "not a daily partition (YYYY-MM-DD)" in message
+    assert list(lake.iterdir()) == []
+
+
+def test_a_lake_outside_the_allowed_roots_is_http_403_and_writes_nothing(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    outside = tmp_path / "not-allowed"
+    outside.mkdir()
+    run = materialize(stack, cloud_function_pipes_asset, outside)
+
+    assert not run.success
+    message = run.failure_message()
+    assert "Cloud Function returned HTTP 403" in message and "(field: dl_bucket)" in message
+    assert "is not allowed" in message
+    assert list(outside.iterdir()) == []
+
+
+def post(
+    stack: LocalStack,
+    event: dict[str, Any],
+    key_prefix: str,
+    *,
+    asset: str = "people",
+    invocation_id: str = "fixed-invocation",
+    body: str | None = None,
+) -> requests.Response:
+    """POST to the function as the Dagster client would (or a raw ``body``)."""
+    context = {
+        "asset_keys": [asset], "code_version_by_asset_key": {asset: None},
+        "provenance_by_asset_key": {asset: None}, "partition_key": None,
+        "partition_key_range": None, "partition_time_window": None, "run_id": "r",
+        "job_name": "j", "retry_number": 0, "extras": {"invocation_id": invocation_id},
+    }  # fmt: skip
+    payload = {
+        **event,
+        DAGSTER_PIPES_CONTEXT_ENV_VAR: encode_param({"data": context}),
+        DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param(
+            {"bucket": stack.pipes_bucket, "key_prefix": f"data-path/{key_prefix}"}
+        ),
+    }
+    if body is not None:
+        return requests.post(stack.function_url, data=body, timeout=60)
+    return requests.post(stack.function_url, json=payload, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"body": "{not json"}, "body"),
+        ({"event": {"num_rows": "ten"}}, "num_rows"),
+        ({"event": {"num_rowz": 10}}, "num_rowz"),
+        ({"asset": "../../escape"}, "asset_key"),
+    ],
+)
+def test_malformed_requests_are_http_400_json_naming_the_field(
+    stack: LocalStack, kwargs: dict[str, Any], field: str
+) -> None:
+    lake = fresh_lake(stack)
+    event = {"dl_bucket": str(lake), **kwargs.pop("event", {})}
+    answer = post(stack, event, f"bad/{field}", **kwargs)
+
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["field"] == field and error["message"]
+    assert list(lake.iterdir()) == [] and not (lake.parent.parent / "escape").exists()
