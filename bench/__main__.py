@@ -14,6 +14,7 @@ from bench.report import Row, render
 
 SCENARIOS: dict[str, str] = {
     "transport": "bench.transport",
+    "data_generation": "bench.data_generation",
 }
 
 
