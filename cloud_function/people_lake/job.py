@@ -82,7 +82,7 @@ def _materialization_metadata(
         "table_uri": {"raw_value": plan.table.uri, "type": "path"},
         "dagster/uri": {"raw_value": plan.table.uri, "type": "text"},
         "dagster/row_count": {"raw_value": snapshot.count(), "type": "int"},
-        "dagster/column_schema": column_schema(people.schema),
+        "dagster/column_schema": column_schema(snapshot.schema()),
         "delta_version": {"raw_value": written.version, "type": "int"},
         "rows_written": {"raw_value": written.rows_written, "type": "int"},
         "repeated_invocation": {"raw_value": written.repeated, "type": "bool"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import deltalake  # imported before polars (crash at exit otherwise)
 import polars as pl
 from dagster_pipes import PipesMetadataValue
 
@@ -17,20 +18,26 @@ COLUMN_DESCRIPTIONS: Mapping[str, str] = {
     "created_at": "When the person was created (UTC)",
     "event_date": "Daily partition (UTC day of created_at)",
 }
-UNIQUE_COLUMNS = frozenset({"id"})
+# What the checks verify on every write (people_lake.checks.check_ids).
+CONSTRAINTS: Mapping[str, Mapping[str, bool]] = {"id": {"nullable": False, "unique": True}}
 PREVIEW_ROWS = 5
 
 
-def column_schema(schema: pl.Schema) -> PipesMetadataValue:
-    """``dagster/column_schema``: a TableSchema with types, descriptions and constraints."""
+def _type_name(field: deltalake.Field) -> str:
+    kind = field.type
+    return kind.type if isinstance(kind, deltalake.schema.PrimitiveType) else str(kind)
+
+
+def column_schema(schema: deltalake.Schema) -> PipesMetadataValue:
+    """``dagster/column_schema`` of the Delta table: types, descriptions, checked constraints."""
     columns = [
         {
-            "name": name,
-            "type": str(dtype),
-            "description": COLUMN_DESCRIPTIONS.get(name),
-            "constraints": {"nullable": False, "unique": name in UNIQUE_COLUMNS},
+            "name": field.name,
+            "type": _type_name(field),
+            "description": COLUMN_DESCRIPTIONS.get(field.name),
+            "constraints": CONSTRAINTS.get(field.name),
         }
-        for name, dtype in schema.items()
+        for field in schema.fields
     ]
     return {"type": "table_schema", "raw_value": {"columns": columns}}
 

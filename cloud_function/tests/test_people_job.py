@@ -108,6 +108,10 @@ def test_a_write_reports_metadata_and_passing_checks(gcs: FakeClient, lake: Path
     assert [c["name"] for c in schema["raw_value"]["columns"]] == [
         "id", "name", "address", "email", "phone", "created_at",
     ]  # fmt: skip
+    types = {c["name"]: c["type"] for c in schema["raw_value"]["columns"]}
+    assert types["id"] == "string" and types["created_at"] == "timestamp"
+    id_column = schema["raw_value"]["columns"][0]
+    assert id_column["constraints"] == {"nullable": False, "unique": True}
     preview = meta["preview"]
     assert preview["type"] == "md" and preview["raw_value"].count("\n") == 6  # header, rule, 5
     checks = {c["check_name"]: c for c in of(gcs, "report_asset_check")}
@@ -155,7 +159,11 @@ def test_a_partition_write_sets_the_partition_column(gcs: FakeClient, lake: Path
     assert people["event_date"].cast(pl.String).unique().to_list() == ["2024-03-05"]
     assert people["created_at"].dt.date().cast(pl.String).unique().to_list() == ["2024-03-05"]
     (materialization,) = of(gcs, "report_asset_materialization")
-    assert materialization["metadata"]["dagster/partition_row_count"]["raw_value"] == 12
+    metadata = materialization["metadata"]
+    assert metadata["dagster/partition_row_count"]["raw_value"] == 12
+    columns = metadata["dagster/column_schema"]["raw_value"]["columns"]
+    assert columns[-1]["name"] == "event_date" and columns[-1]["type"] == "date"
+    assert "| event_date |" in metadata["preview"]["raw_value"]
 
 
 @pytest.mark.parametrize(
