@@ -184,13 +184,14 @@ def write_people_table(
     """
     if day is not None and PARTITION_COLUMN not in df.columns:
         raise ValueError(f"partitioned writes need the {PARTITION_COLUMN!r} column")
-    marker = invocation_id or f"unkeyed-{uuid.uuid4()}"
-    app_id = app_id_for(marker)
+    marker = invocation_id or f"unkeyed-{uuid.uuid4()}"  # finds the commit afterwards
     recorded = {_META + key: value for key, value in (commit_metadata or {}).items()}
     commit: dict[str, Any] = {
         "custom_metadata": {**recorded, _META + "marker": marker, _META + "rows": str(df.height)},
-        "app_transactions": [Transaction(app_id=app_id, version=TXN_VERSION)],
     }
+    if invocation_id:
+        txn = Transaction(app_id=app_id_for(invocation_id), version=TXN_VERSION)
+        commit["app_transactions"] = [txn]
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         snapshot = open_table(table)
         if invocation_id and snapshot and (done := _committed(snapshot, table, invocation_id)):
