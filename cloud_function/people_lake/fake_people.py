@@ -6,7 +6,7 @@ and every row is drawn from them with NumPy indices; the strings are assembled b
 one pass per column. Values that must be unique are not sampled: ``id`` is a random UUID4
 and ``email`` carries the row number.
 
-The same ``seed`` (and ``day``/``now``) gives the same rows, in any process: the
+The same ``seed`` (and ``day``/``now``) gives the same rows in any process (same Faker): the
 vocabularies come from a fixed Faker seed and the rows from a NumPy generator seeded with
 ``seed`` and the day, so each daily partition of a seeded backfill gets different people.
 """
