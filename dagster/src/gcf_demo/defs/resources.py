@@ -21,11 +21,16 @@ class PeopleFunction(dg.ConfigurableResource):  # type: ignore[type-arg]
 
 
 def build_resources(settings: DemoSettings) -> dict[str, Any]:
+    """With GOOGLE_IMPERSONATE_SERVICE_ACCOUNT set, Dagster acts as the orchestrator account
+    for both halves of Pipes: invoking the function and reading its messages."""
+    orchestrator = settings.impersonate_service_account
     return {
         "pipes_function_client": PipesCloudFunctionClient(
-            message_reader=PipesCloudStorageMessageReader(bucket=settings.pipes_bucket),
+            message_reader=PipesCloudStorageMessageReader(
+                bucket=settings.pipes_bucket, impersonate_service_account=orchestrator
+            ),
             invoker=CloudFunctionInvoker(
-                auth=IdTokenAuth(impersonate_service_account=settings.impersonate_service_account)
+                auth=IdTokenAuth(impersonate_service_account=orchestrator)
             ),
         ),
         "people_function": PeopleFunction(
