@@ -26,6 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # devstack.supervise gives each process 10 s after SIGTERM; stop (or give up) before that.
 GRACE_SECONDS = 8.0
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+DEV_SUPERSEDED = "Function `dev_command` is superseded"
+WORKSPACE = REPO_ROOT / "dagster" / "workspace.yaml"  # the code location `gcf_demo`
 
 
 def prepare_home(home: Path) -> None:
@@ -40,15 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3000)
-    parser.add_argument("--module", default="gcf_demo.definitions")
+    parser.add_argument("--workspace", type=Path, default=WORKSPACE)
     args = parser.parse_args(argv)
 
     env = dict(os.environ)
     home = Path(env.get("DAGSTER_HOME") or REPO_ROOT / ".data" / "dagster_home").resolve()
     prepare_home(home)
     env["DAGSTER_HOME"] = str(home)
+    # `dagster dev` warns that `dg dev` supersedes it; `dg` (dagster-dg-cli) would add ~90
+    # packages to run the same webserver and daemon, so the local stack keeps `dagster dev`.
+    env["PYTHONWARNINGS"] = ",".join(
+        filter(None, [env.get("PYTHONWARNINGS"), f"ignore:{DEV_SUPERSEDED}"])
+    )
     command = [
-        sys.executable, "-m", "dagster", "dev", "-m", args.module,
+        sys.executable, "-m", "dagster", "dev", "-w", str(args.workspace.resolve()),
         "-h", args.host, "-p", str(args.port),
     ]  # fmt: skip
     child = subprocess.Popen(

@@ -77,7 +77,7 @@ def test_ctrl_c_stops_every_process_of_the_stack(devstack: Devstack) -> None:
 
     stopped_at = time.monotonic()
     os.killpg(process.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
-    process.wait(timeout=20)
+    assert process.wait(timeout=20) == 0, "a clean Ctrl-C is not a failure"
     assert time.monotonic() - stopped_at < 15
     assert devstack.survivors(timeout=3) == [], "processes left after Ctrl-C"
     assert all(port_is_free(port) for port in ports)
@@ -86,3 +86,4 @@ def test_ctrl_c_stops_every_process_of_the_stack(devstack: Devstack) -> None:
     assert "dagster stopped (rc=0)" in log  # dagster dev shut down cleanly, was not killed
     assert "SIGKILL" not in log
     assert "devstack: error" not in log
+    assert "devstack: every process stopped" in log
