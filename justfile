@@ -46,6 +46,6 @@ test: sync lint infra-check
 test-ui: sync
     {{ run }} pytest ui_tests -p no:cacheprovider -s
 
-# benchmarks (prints a table; targets are in bench/README.md)
+# benchmarks on the local stack (prints one table with baselines and targets; see README.md)
 bench: sync
     {{ run }} python -m bench

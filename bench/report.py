@@ -49,7 +49,8 @@ def _target(row: Row) -> str:
 
 
 def render(rows: Sequence[Row]) -> str:
-    header = ("scenario", "metric", "value", "baseline", "ratio", "target", "ok")
+    # speed-up: how many times better than the baseline (below 1: slower than the baseline)
+    header = ("scenario", "metric", "value", "baseline", "speed-up", "target", "ok")
     body = [
         (
             row.scenario,
@@ -57,9 +58,7 @@ def render(rows: Sequence[Row]) -> str:
             _fmt(row.value, row.unit),
             f"{_fmt(row.baseline, row.unit)} {row.baseline_label}".strip(),
             "-" if row.ratio is None else f"{row.ratio:.1f}x",
-            "-"
-            if row.target is None
-            else ("<= " if row.better == "lower" else ">= ") + _fmt(row.target, row.unit),
+            _target(row),
             {True: "yes", False: "NO", None: "-"}[row.met],
         )
         for row in rows
