@@ -26,6 +26,7 @@ from gcf_demo.defs.assets import (
     run_people_function,
 )
 from gcf_demo.defs.resources import PeopleFunction
+from gcf_pipes.http import MAX_BODY_BYTES
 
 from .conftest import PeopleRun, fresh_lake, pipes_client
 
@@ -327,3 +328,14 @@ def test_malformed_requests_are_http_400_json_naming_the_field(
     error = answer.json()["error"]
     assert error["field"] == field and error["message"]
     assert list(lake.iterdir()) == [] and not (lake.parent.parent / "escape").exists()
+
+
+def test_an_oversized_request_body_is_http_413_and_writes_nothing(stack: LocalStack) -> None:
+    lake = fresh_lake(stack)
+    padding = "x" * (MAX_BODY_BYTES + 1)
+    answer = post(stack, {"dl_bucket": str(lake), "padding": padding}, "oversized")
+
+    assert answer.status_code == 413
+    error = answer.json()["error"]
+    assert error["field"] == "body" and "limit" in error["message"]
+    assert list(lake.iterdir()) == []
