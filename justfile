@@ -14,8 +14,12 @@ default:
 
 # install/refresh the Python environment from uv.lock (first run takes a minute)
 sync:
-    @if [ ! -x .venv/bin/python ]; then echo "just: first run: installing the Python environment with uv (about a minute)..."; fi
-    {{ uv }} sync --all-packages --locked --quiet
+    @if [ ! -x .venv/bin/python ]; then \
+        echo "just: first run: installing the Python environment with uv (about a minute)..."; \
+        {{ uv }} sync --all-packages --locked; \
+    else \
+        {{ uv }} sync --all-packages --locked --quiet; \
+    fi
     @echo "just: Python environment ready (.venv)"
 
 # run everything locally: GCS emulator, the function, Dagster UI on http://127.0.0.1:3000
