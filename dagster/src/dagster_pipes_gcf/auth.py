@@ -56,29 +56,28 @@ def default_id_token_credentials(audience: str) -> TokenCredentials:
     return id_token.fetch_id_token_credentials(audience, request=request)  # type: ignore[no-untyped-call,no-any-return]
 
 
-def impersonated_id_token_credentials(target_principal: str, audience: str) -> TokenCredentials:
-    """ID tokens of ``target_principal``, minted with the caller's application-default
-    credentials (they need roles/iam.serviceAccountTokenCreator on that account)."""
+def _impersonated(target_principal: str, scope: str) -> Any:
+    """Credentials of ``target_principal`` with ``scope``, minted from the caller's
+    application-default credentials (they need roles/iam.serviceAccountTokenCreator on it)."""
     source, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
-    target = impersonated_credentials.Credentials(  # type: ignore[no-untyped-call]
-        source_credentials=source,
-        target_principal=target_principal,
-        target_scopes=[CLOUD_PLATFORM_SCOPE],
+    return impersonated_credentials.Credentials(  # type: ignore[no-untyped-call]
+        source_credentials=source, target_principal=target_principal, target_scopes=[scope]
     )
+
+
+def impersonated_id_token_credentials(target_principal: str, audience: str) -> TokenCredentials:
+    """ID tokens of ``target_principal`` for ``audience``, minted from the caller's credentials."""
     return impersonated_credentials.IDTokenCredentials(  # type: ignore[no-untyped-call]
-        target, target_audience=audience, include_email=True
+        _impersonated(target_principal, CLOUD_PLATFORM_SCOPE),
+        target_audience=audience,
+        include_email=True,
     )
 
 
 def impersonated_storage_credentials(target_principal: str) -> Any:
-    """Read-only GCS credentials of ``target_principal``, minted from the caller's
-    application-default credentials (so the Pipes reader runs as the orchestrator account)."""
-    source, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
-    return impersonated_credentials.Credentials(  # type: ignore[no-untyped-call]
-        source_credentials=source,
-        target_principal=target_principal,
-        target_scopes=[DEVSTORAGE_READ_ONLY_SCOPE],
-    )
+    """Read-only GCS credentials of ``target_principal`` (the Pipes reader runs as the
+    orchestrator account)."""
+    return _impersonated(target_principal, DEVSTORAGE_READ_ONLY_SCOPE)
 
 
 def _utcnow() -> datetime:

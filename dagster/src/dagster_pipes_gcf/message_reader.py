@@ -22,7 +22,7 @@ from typing import Any
 
 from dagster import PipesMessageHandler, PipesMessageReader
 from dagster._core.errors import DagsterPipesExecutionError
-from dagster_pipes import PipesException, PipesParams
+from dagster_pipes import PipesParams
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 from requests import exceptions as rexc
@@ -59,6 +59,10 @@ class PollingPolicy:
     backoff: float = 1.5
     drain_timeout: float = 30.0
     download_attempts: int = 5
+
+    def next_interval(self, interval: float, found: int) -> float:
+        """Back to ``min_interval`` when chunks arrived, else back off up to ``max_interval``."""
+        return self.min_interval if found else min(interval * self.backoff, self.max_interval)
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,6 @@ class ChunkStream:
     next_index: int = 1
     messages_read: int = 0
     closed_seen: bool = False
-    remote_exception: PipesException | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -185,8 +188,6 @@ class ChunkStream:
             self.handler.handle_message(message)
             if message.get("method") == "closed":
                 self.closed_seen = True
-                params = message.get("params") or {}
-                self.remote_exception = params.get("exception")
 
     def present_chunk_indexes(self) -> list[int]:
         """Indexes of the chunks stored under the prefix (for diagnosing a gap)."""
@@ -221,11 +222,7 @@ class _Poller:
                 found = self._stream.read_available()
             except Exception:  # noqa: BLE001 - the drain after the call retries and reports it
                 return
-            interval = (
-                policy.min_interval
-                if found
-                else min(interval * policy.backoff, policy.max_interval)
-            )
+            interval = policy.next_interval(interval, found)
             self._stop.wait(interval)
 
 
@@ -314,11 +311,7 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
                 return  # best effort: the error that ended the call is the one to report
             if stream.closed_seen or time.monotonic() >= deadline:
                 break
-            interval = (
-                self.polling.min_interval
-                if found
-                else min(interval * self.polling.backoff, self.polling.max_interval)
-            )
+            interval = self.polling.next_interval(interval, found)
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
         if strict and not stream.closed_seen:
             raise DagsterPipesExecutionError(self._incomplete_message(stream, timeout))
