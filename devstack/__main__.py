@@ -17,7 +17,7 @@ import webbrowser
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from devstack.net import LOOPBACK, host_port, port_is_free
+from devstack.net import LOOPBACK, port_is_free, url_port
 from devstack.readiness import (
     Check,
     banner,
@@ -36,7 +36,9 @@ from devstack.services import (
 from devstack.supervise import run_processes
 
 DEFAULT_DAGSTER_PORT = 3000
-DEFAULT_EMULATOR = "http://127.0.0.1:9023"
+DEFAULT_EMULATOR_PORT, DEFAULT_FUNCTION_PORT = 9023, 8080
+DEFAULT_EMULATOR = f"http://{LOOPBACK}:{DEFAULT_EMULATOR_PORT}"
+DEFAULT_THREADS = "8"  # request threads of the local function (Cloud Run concurrency)
 READY_TIMEOUT = float(os.environ.get("DEVSTACK_READY_TIMEOUT", "180"))
 
 
@@ -60,13 +62,15 @@ def ensure_env_file() -> None:
         print("devstack: created .env from .env.example (local stack defaults)")
 
 
-def plan(which: Sequence[str], dagster_port: int) -> tuple[list[Service], dict[str, str]]:
+def plan(
+    which: Sequence[str], dagster_port: int | None = None
+) -> tuple[list[Service], dict[str, str]]:
     """The services to start and the environment they share (env vars win over ``.env``)."""
     from dagster_pipes_gcf import needs_id_token
     from gcf_demo.settings import DemoSettings
 
     settings = DemoSettings.from_env()  # also loads .env into os.environ (no override)
-    env: dict[str, str] = {"DATA_LAKE_URI": settings.data_lake_uri}
+    env = {"DATA_LAKE_URI": settings.data_lake_uri, "PIPES_BUCKET": settings.pipes_bucket}
     services: list[Service] = []
     local_function = not needs_id_token(settings.function_url)
     emulator_host = os.environ.get("STORAGE_EMULATOR_HOST")
@@ -84,21 +88,22 @@ def plan(which: Sequence[str], dagster_port: int) -> tuple[list[Service], dict[s
         else:
             emulator = emulator_host or DEFAULT_EMULATOR
             env["STORAGE_EMULATOR_HOST"] = emulator
-            _, port = host_port(emulator, 9023)
+            port = url_port(emulator, DEFAULT_EMULATOR_PORT)
             services.append(
                 Service("emulator", emulator_command(port, settings.pipes_bucket), port, emulator)
             )
     if "function" in which:
         if local_function:
-            _, port = host_port(settings.function_url, 8080)
-            env.setdefault("THREADS", os.environ.get("THREADS", "8"))
+            port = url_port(settings.function_url, DEFAULT_FUNCTION_PORT)
+            env["THREADS"] = os.environ.get("THREADS", DEFAULT_THREADS)
             source = os.environ.get("FUNCTION_SOURCE") or str(FUNCTION_SOURCE)
-            target = os.environ.get("FUNCTION_TARGET") or "main"
-            command = function_command(port, source=source, target=target)
+            command = function_command(port, source=source)
             services.append(Service("function", command, port, settings.function_url))
         else:
             print(f"devstack: using the deployed function at {settings.function_url}")
     if "dagster" in which:
+        # After DemoSettings.from_env(): a DAGSTER_PORT in .env counts too.
+        dagster_port = dagster_port or int(os.environ.get("DAGSTER_PORT") or DEFAULT_DAGSTER_PORT)
         url = f"http://{LOOPBACK}:{dagster_port}"
         services.append(Service("dagster", dagster_command(dagster_port), dagster_port, url))
     return services, env
@@ -117,7 +122,7 @@ def preflight(services: Sequence[Service]) -> list[str]:
     return problems
 
 
-def run_stack(which: Sequence[str], dagster_port: int, open_browser: bool) -> int:
+def run_stack(which: Sequence[str], dagster_port: int | None, open_browser: bool) -> int:
     ensure_env_file()
     try:
         services, env = plan(which, dagster_port)
@@ -136,7 +141,7 @@ def run_stack(which: Sequence[str], dagster_port: int, open_browser: bool) -> in
     commands: dict[str, Sequence[str]] = {s.name: s.command for s in services}
     ready = [sys.executable, "-m", "devstack", "ready"]
     ready += [f"--{s.name}={s.url}" for s in services]
-    ready += [f"--bucket={full_env.get('PIPES_BUCKET', 'dagster-pipes-local')}"]
+    ready += [f"--bucket={env['PIPES_BUCKET']}"]
     commands["ready"] = [*ready, *(["--open-browser"] if open_browser else [])]
     return run_processes(commands, full_env, cwd=str(REPO_ROOT))
 
@@ -144,16 +149,12 @@ def run_stack(which: Sequence[str], dagster_port: int, open_browser: bool) -> in
 def ready_checks(args: argparse.Namespace) -> list[Check]:
     checks = []
     if args.emulator:
-        port = host_port(args.emulator, 9023)[1]
-        checks.append(
-            Check("emulator", port, args.emulator, emulator_probe(args.emulator, args.bucket))
-        )
+        checks.append(Check("emulator", args.emulator, emulator_probe(args.emulator, args.bucket)))
     if args.function:
-        port = host_port(args.function, 8080)[1]
-        checks.append(Check("function", port, args.function, port_probe(port)))
+        port = url_port(args.function, DEFAULT_FUNCTION_PORT)
+        checks.append(Check("function", args.function, port_probe(port)))
     if args.dagster:
-        port = host_port(args.dagster, DEFAULT_DAGSTER_PORT)[1]
-        checks.append(Check("dagster", port, args.dagster, dagster_probe(args.dagster)))
+        checks.append(Check("dagster", args.dagster, dagster_probe(args.dagster)))
     return checks
 
 
@@ -183,11 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("emulator", "the GCS emulator alone (just emulator)"),
     ]:
         cmd = sub.add_parser(name, help=help_text)
-        cmd.add_argument(
-            "--dagster-port",
-            type=int,
-            default=int(os.environ.get("DAGSTER_PORT", DEFAULT_DAGSTER_PORT)),
-        )
+        cmd.add_argument("--dagster-port", type=int, help="default: DAGSTER_PORT or 3000")
         cmd.add_argument("--no-browser", action="store_true")
     ready = sub.add_parser("ready", help=argparse.SUPPRESS)
     for name in ("emulator", "function", "dagster", "bucket"):

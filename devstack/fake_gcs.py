@@ -1,6 +1,7 @@
 """An in-memory stand-in for the slice of google-cloud-storage the Pipes reader/writer use.
 
-For unit tests only; every capability is also tested against the real emulator process.
+For unit tests only. It enforces ``if_generation_match=0`` (as GCS does), which the local
+emulator does not; the rest of each capability is also tested against the emulator process.
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ class FakeClient:
 
     objects: dict[str, dict[str, str]] = field(default_factory=dict)
     fault: Fault | None = None
-    calls: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def bucket(self, name: str) -> FakeBucket:
         return FakeBucket(self, name)
 
     def get_bucket(self, name: str) -> FakeBucket:
+        """Only for the stock ``dagster_pipes.PipesGCSMessageWriter`` (ours never call it)."""
         self._bucket_objects(name)
         return self.bucket(name)
 
@@ -58,7 +59,7 @@ class FakeClient:
 
     def list_blobs(self, bucket: FakeBucket | str, prefix: str = "") -> Iterator[FakeBlob]:
         name = bucket if isinstance(bucket, str) else bucket.name
-        self._record("list", prefix)
+        self._fault("list", prefix)
         for key in sorted(self._bucket_objects(name)):
             if key.startswith(prefix):
                 yield FakeBlob(self.bucket(name), key)
@@ -68,9 +69,7 @@ class FakeClient:
             raise gexc.NotFound(f"The specified bucket does not exist: {name}")
         return self.objects[name]
 
-    def _record(self, operation: str, key: str) -> None:
-        with self.lock:
-            self.calls.append((operation, key))
+    def _fault(self, operation: str, key: str) -> None:
         if self.fault is not None:
             self.fault(operation, key)
 
@@ -93,7 +92,7 @@ class FakeBlob:
         self, data: str, *, if_generation_match: int | None = None, **_: Any
     ) -> None:
         client = self.bucket.client
-        client._record("upload", self.name)
+        client._fault("upload", self.name)
         with client.lock:
             objects = client._bucket_objects(self.bucket.name)
             if if_generation_match == 0 and self.name in objects:
@@ -102,7 +101,7 @@ class FakeBlob:
 
     def download_as_text(self, **_: Any) -> str:
         client = self.bucket.client
-        client._record("download", self.name)
+        client._fault("download", self.name)
         with client.lock:
             objects = client._bucket_objects(self.bucket.name)
             if self.name not in objects:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 LOOPBACK = "127.0.0.1"
@@ -25,10 +26,16 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, host: str = LOOPBACK, timeout: float = 60.0) -> bool:
-    """True once something accepts connections on ``host:port``, False after ``timeout``."""
+def wait_for_port(
+    port: int,
+    host: str = LOOPBACK,
+    timeout: float = 60.0,
+    alive: Callable[[], bool] = lambda: True,
+) -> bool:
+    """True once something accepts connections on ``host:port``; False after ``timeout`` or
+    as soon as ``alive()`` says the process that should listen there has gone."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and alive():
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return True
@@ -37,7 +44,6 @@ def wait_for_port(port: int, host: str = LOOPBACK, timeout: float = 60.0) -> boo
     return False
 
 
-def host_port(url: str, default_port: int) -> tuple[str, int]:
-    """``(host, port)`` of an ``http://host:port`` URL (or a bare ``host:port``)."""
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    return parts.hostname or LOOPBACK, parts.port or default_port
+def url_port(url: str, default_port: int) -> int:
+    """The port of an ``http://host:port`` URL (or a bare ``host:port``)."""
+    return urlsplit(url if "://" in url else f"http://{url}").port or default_port

@@ -15,10 +15,9 @@ Probe = Callable[[], str | None]  # None when ready, else why not
 
 @dataclass(frozen=True)
 class Check:
-    """One service to wait for: its name, port, URL shown in the banner and its probe."""
+    """One service to wait for: its name, URL shown in the banner and its probe."""
 
     name: str
-    port: int
     url: str
     probe: Probe
 

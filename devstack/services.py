@@ -62,7 +62,8 @@ def running(
         start_new_session=True,
     )
     try:
-        if not wait_for_port(port, timeout=timeout) or process.poll() is not None:
+        listening = wait_for_port(port, timeout=timeout, alive=lambda: process.poll() is None)
+        if not listening or process.poll() is not None:
             output = log_path.read_text(errors="replace")[-3000:] if log_path else ""
             raise ServiceFailed(f"{name} did not start listening on {LOOPBACK}:{port}\n{output}")
         yield process

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from dotenv import dotenv_values
 
-from devstack.net import host_port
+from devstack.net import url_port
 from devstack.services import REPO_ROOT
 
 DEVCONTAINER = REPO_ROOT / ".devcontainer"
@@ -74,8 +74,8 @@ def test_the_stack_ports_are_forwarded(config: dict[str, Any]) -> None:
     defaults = dotenv_values(REPO_ROOT / ".env.example")
     ports = {
         int(defaults["DAGSTER_PORT"] or 0),
-        host_port(defaults["CLOUD_FUNCTION_URL"] or "", 0)[1],
-        host_port(defaults["STORAGE_EMULATOR_HOST"] or "", 0)[1],
+        url_port(defaults["CLOUD_FUNCTION_URL"] or "", 0),
+        url_port(defaults["STORAGE_EMULATOR_HOST"] or "", 0),
     }
     assert 3000 in ports
     assert ports <= set(config["forwardPorts"])

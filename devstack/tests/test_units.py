@@ -103,7 +103,7 @@ def test_the_emulator_is_ready_when_it_serves_the_pipes_bucket(emulator_url: str
 def test_a_service_that_never_comes_up_is_named_with_the_reason() -> None:
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"
-    checks = [Check("emulator", port, url, emulator_probe(url, "pipes"))]
+    checks = [Check("emulator", url, emulator_probe(url, "pipes"))]
     problems = wait_ready(checks, timeout=0.5, interval=0.1)
     assert len(problems) == 1
     assert problems[0].startswith("the emulator is not up after 0.5s (GET ")
@@ -113,10 +113,27 @@ def test_a_service_that_never_comes_up_is_named_with_the_reason() -> None:
 
 def test_the_banner_lists_every_url() -> None:
     checks = [
-        Check("emulator", 1, "http://127.0.0.1:9023", lambda: None),
-        Check("dagster", 2, "http://127.0.0.1:3000", lambda: None),
+        Check("emulator", "http://127.0.0.1:9023", lambda: None),
+        Check("dagster", "http://127.0.0.1:3000", lambda: None),
     ]
     assert wait_ready(checks, timeout=1) == []
     assert "  emulator  http://127.0.0.1:9023\n  dagster   http://127.0.0.1:3000\n" in banner(
         checks
     )
+
+
+def test_the_dagster_port_is_read_after_env_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from devstack.__main__ import plan
+    from gcf_demo.settings import DemoSettings
+
+    monkeypatch.delenv("DAGSTER_PORT", raising=False)
+
+    def from_env_file() -> DemoSettings:  # what a `.env` with DAGSTER_PORT=3456 does
+        monkeypatch.setenv("DAGSTER_PORT", "3456")
+        return DemoSettings("http://127.0.0.1:8080", "pipes", "/tmp/lake")
+
+    monkeypatch.setattr(DemoSettings, "from_env", staticmethod(from_env_file))
+    (service,), _ = plan(["dagster"])
+    assert (service.port, service.url) == (3456, f"http://{LOOPBACK}:3456")
+    (service,), _ = plan(["dagster"], dagster_port=4567)  # --dagster-port wins
+    assert service.port == 4567

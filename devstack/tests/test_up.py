@@ -8,7 +8,7 @@ import socket
 import time
 from pathlib import Path
 
-from devstack.net import LOOPBACK, host_port, port_is_free
+from devstack.net import LOOPBACK, port_is_free, url_port
 from devstack.tests.conftest import Devstack
 
 BROKEN_FUNCTION = "import no_such_module_xyz\n\n\ndef main(request):\n    return 'ok'\n"
@@ -57,8 +57,8 @@ def test_a_deployed_function_with_the_emulator_set_is_refused(devstack: Devstack
 
 def test_ctrl_c_stops_every_process_of_the_stack(devstack: Devstack) -> None:
     ports = [
-        host_port(devstack.env["CLOUD_FUNCTION_URL"], 0)[1],
-        host_port(devstack.env["STORAGE_EMULATOR_HOST"], 0)[1],
+        url_port(devstack.env["CLOUD_FUNCTION_URL"], 0),
+        url_port(devstack.env["STORAGE_EMULATOR_HOST"], 0),
         int(devstack.env["DAGSTER_PORT"]),
     ]
     process = devstack.start("up", "--no-browser")
