@@ -6,7 +6,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 uv := "uv"
 run := uv + " run --no-sync"
 
-import? 'infra/tasks.just'
+import 'infra/tasks.just'
 
 # list the tasks
 default:
@@ -42,8 +42,11 @@ requirements:
 lint: sync
     {{ run }} pre-commit run --all-files --show-diff-on-failure
 
-# run every check: lint and the whole test suite (unit + real local stack)
-test: sync lint infra-check
+# run every check: lint, infra checks and the whole test suite (unit + real local stack)
+test: sync
+    @# The Terraform hooks run as infra-check next (once, with its skip notices visible).
+    SKIP=checkov,terraform-fmt just lint
+    just infra-check
     {{ run }} pytest
 
 # browser test: materialize the demo asset in the Dagster UI (Debian's chromium, headless)
