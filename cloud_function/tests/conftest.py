@@ -1,5 +1,6 @@
-"""Helpers to build Pipes-bearing request bodies for the function's unit tests."""
+"""Helpers of the function's unit tests: Pipes-bearing request bodies and written messages."""
 
+import json
 from typing import Any
 
 from dagster_pipes import (
@@ -8,23 +9,32 @@ from dagster_pipes import (
     encode_param,
 )
 
+from devstack.fake_gcs import FakeClient
+from gcf_pipes.writer import chunk_key
+
 PIPES_BUCKET = "pipes"
 
 
 def pipes_body(
-    event: dict[str, Any] | None = None, *, key_prefix: str = "t/1", asset: str = "people"
+    event: dict[str, Any] | None = None,
+    *,
+    key_prefix: str = "t/1",
+    asset: str = "people",
+    partition: str | None = None,
+    invocation_id: str | None = None,
 ) -> dict[str, Any]:
+    """A request body as the Dagster client sends it (event + Pipes bootstrap params)."""
     context = {
         "asset_keys": [asset],
         "code_version_by_asset_key": {asset: None},
         "provenance_by_asset_key": {asset: None},
-        "partition_key": None,
-        "partition_key_range": None,
+        "partition_key": partition,
+        "partition_key_range": {"start": partition, "end": partition} if partition else None,
         "partition_time_window": None,
         "run_id": "run-1",
         "job_name": "job",
         "retry_number": 0,
-        "extras": {},
+        "extras": {"invocation_id": invocation_id} if invocation_id else {},
     }
     return {
         **(event or {}),
@@ -33,3 +43,15 @@ def pipes_body(
             {"bucket": PIPES_BUCKET, "key_prefix": key_prefix}
         ),
     }
+
+
+def messages(gcs: FakeClient, prefix: str = "t/1") -> list[dict[str, Any]]:
+    """Every message written under ``prefix``, chunk 1, 2, ... in order (no gaps allowed)."""
+    objects = gcs.objects[PIPES_BUCKET]
+    found, index = [], 1
+    while (key := chunk_key(prefix, index)) in objects:
+        found.extend(json.loads(line) for line in objects[key].splitlines())
+        index += 1
+    stray = [key for key in objects if key.startswith(f"{prefix}/")][index - 1 :]
+    assert not stray, f"chunks after a gap under {prefix}: {sorted(objects)}"
+    return found

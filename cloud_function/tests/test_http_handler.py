@@ -12,7 +12,7 @@ from dagster_pipes import PipesContext
 from devstack.fake_gcs import FakeClient
 from gcf_pipes import RequestError, WriterSettings, handle_pipes_request, install_logging_bridge
 
-from .conftest import PIPES_BUCKET, pipes_body
+from .conftest import PIPES_BUCKET, messages, pipes_body
 
 app = flask.Flask(__name__)
 FAST = WriterSettings(flush_interval=0.01, upload_attempts=2)
@@ -31,16 +31,6 @@ def call(client: FakeClient, job: Any, **request: Any) -> tuple[int, dict[str, A
             flask.request, job, storage_client=client, writer_settings=FAST
         )  # type: ignore[arg-type]
     return status, json.loads(response.get_data())
-
-
-def messages(client: FakeClient, prefix: str = "t/1") -> list[dict[str, Any]]:
-    objects = client.objects[PIPES_BUCKET]
-    return [
-        json.loads(line)
-        for key in sorted(objects)
-        if key.startswith(prefix)
-        for line in objects[key].splitlines()
-    ]
 
 
 def ok_job(pipes: PipesContext, event: Mapping[str, Any]) -> dict[str, Any]:

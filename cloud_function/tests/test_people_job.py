@@ -8,11 +8,6 @@ import deltalake  # noqa: F401 - before polars
 import flask
 import polars as pl
 import pytest
-from dagster_pipes import (
-    DAGSTER_PIPES_CONTEXT_ENV_VAR,
-    DAGSTER_PIPES_MESSAGES_ENV_VAR,
-    encode_param,
-)
 
 from devstack.fake_gcs import FakeClient
 from gcf_pipes import WriterSettings, handle_pipes_request
@@ -20,44 +15,21 @@ from people_lake.checks import CHECK_NAMES, EMAILS_CHECK, ROW_COUNT_CHECK
 from people_lake.job import write_people
 from people_lake.settings import ALLOWED_DATA_LAKE_ROOTS_VAR, DATA_LAKE_URI_VAR
 
-BUCKET = "pipes"
+from .conftest import PIPES_BUCKET, messages, pipes_body
+
 app = flask.Flask(__name__)
 FAST = WriterSettings(flush_interval=0.01, upload_attempts=2)
 
 
-def body(
-    event: dict[str, Any] | None = None,
-    *,
-    asset: str = "people",
-    partition: str | None = None,
-    invocation_id: str | None = "inv-1",
-    key_prefix: str = "t/1",
-) -> dict[str, Any]:
-    """A request body as the Dagster client sends it (event + Pipes bootstrap params)."""
-    key_range = {"start": partition, "end": partition} if partition else None
-    context = {
-        "asset_keys": [asset],
-        "code_version_by_asset_key": {asset: None},
-        "provenance_by_asset_key": {asset: None},
-        "partition_key": partition,
-        "partition_key_range": key_range,
-        "partition_time_window": None,
-        "run_id": "run-1",
-        "job_name": "job",
-        "retry_number": 0,
-        "extras": {"invocation_id": invocation_id} if invocation_id else {},
-    }
-    return {
-        **(event or {}),
-        DAGSTER_PIPES_CONTEXT_ENV_VAR: encode_param({"data": context}),
-        DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param({"bucket": BUCKET, "key_prefix": key_prefix}),
-    }
+def body(event: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """A request body of invocation ``inv-1`` unless ``invocation_id`` says otherwise."""
+    return pipes_body(event, **{"invocation_id": "inv-1", **kwargs})
 
 
 @pytest.fixture
 def gcs() -> FakeClient:
     fake = FakeClient()
-    fake.create_bucket(BUCKET)
+    fake.create_bucket(PIPES_BUCKET)
     return fake
 
 
@@ -78,15 +50,6 @@ def call(gcs: FakeClient, payload: Any) -> tuple[int, dict[str, Any]]:
             flask.request, write_people, storage_client=gcs, writer_settings=FAST
         )  # type: ignore[arg-type]
     return status, json.loads(response.get_data())
-
-
-def messages(gcs: FakeClient, prefix: str = "t/1") -> list[dict[str, Any]]:
-    objects = gcs.objects[BUCKET]
-    keys = sorted(
-        (k for k in objects if k.startswith(prefix + "/")),
-        key=lambda k: int(k[len(prefix) + 1 : -5]),
-    )
-    return [json.loads(line) for key in keys for line in objects[key].splitlines()]
 
 
 def of(gcs: FakeClient, method: str, prefix: str = "t/1") -> list[dict[str, Any]]:

@@ -1,4 +1,8 @@
-"""A Pipes function that logs, then takes ``sleep_s`` seconds (for timeout/termination tests)."""
+"""A Pipes function that logs, then takes ``sleep_s`` seconds (for timeout/termination tests).
+
+Each request is also printed to the server's own output (``CALL_LINE``), so a test can count
+the calls the server really received.
+"""
 
 import time
 from collections.abc import Mapping
@@ -11,6 +15,8 @@ from google.cloud import storage
 
 from gcf_pipes import handle_pipes_request
 
+CALL_LINE = "slow.py: request for invocation"
+
 
 def _slow_job(pipes: PipesContext, event: Mapping[str, Any]) -> dict[str, Any]:
     pipes.log.info("slow function started")
@@ -21,4 +27,5 @@ def _slow_job(pipes: PipesContext, event: Mapping[str, Any]) -> dict[str, Any]:
 
 @functions_framework.http
 def main(request: flask.Request) -> tuple[flask.Response, int]:
+    print(CALL_LINE, request.headers.get("X-Dagster-Invocation-Id"), flush=True)
     return handle_pipes_request(request, _slow_job, storage_client=storage.Client())

@@ -78,18 +78,17 @@ class PeopleRun:
 def materialize_people(
     stack: LocalStack,
     *,
-    num_rows: int = 25,
-    seed: int | None = None,
+    asset: dg.AssetsDefinition = cloud_function_pipes_asset,
     function_url: str | None = None,
     data_lake_uri: str | None = None,
     client: PipesCloudFunctionClient | None = None,
-    instance: dg.DagsterInstance | None = None,
-    assets: list[Any] | None = None,
     partition_key: str | None = None,
+    **config: Any,
 ) -> PeopleRun:
-    instance = instance or dg.DagsterInstance.ephemeral()
+    """Materialize ``asset`` against the stack; ``config`` is its op config (num_rows: 25)."""
+    instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
-        assets or [cloud_function_pipes_asset],
+        [asset],
         resources={
             "pipes_function_client": client or pipes_client(stack),
             "people_function": PeopleFunction(
@@ -97,9 +96,7 @@ def materialize_people(
                 data_lake_uri=data_lake_uri or stack.data_lake_uri,
             ),
         },
-        run_config={
-            "ops": {"cloud_function_pipes_asset": {"config": {"num_rows": num_rows, "seed": seed}}}
-        },
+        run_config={"ops": {asset.op.name: {"config": {"num_rows": 25, **config}}}},
         instance=instance,
         partition_key=partition_key,
         raise_on_error=False,

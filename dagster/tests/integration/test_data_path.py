@@ -28,7 +28,7 @@ from gcf_demo.defs.assets import (
 from gcf_demo.defs.resources import PeopleFunction
 from gcf_pipes.http import MAX_BODY_BYTES
 
-from .conftest import PeopleRun, fresh_lake, pipes_client
+from .conftest import PeopleRun, fresh_lake, materialize_people
 
 pytestmark = pytest.mark.integration
 
@@ -42,22 +42,15 @@ def materialize(
     client: PipesCloudFunctionClient | None = None,
     **config: Any,
 ) -> PeopleRun:
-    """Materialize ``asset`` (its op config from ``config``) against ``lake``."""
-    instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(
-        [asset],
-        resources={
-            "pipes_function_client": client or pipes_client(stack),
-            "people_function": PeopleFunction(
-                function_url=stack.function_url, data_lake_uri=str(lake)
-            ),
-        },
-        run_config={"ops": {asset.op.name: {"config": {"num_rows": 20, **config}}}},
-        instance=instance,
+    """Materialize ``asset`` (its op config from ``config``, 20 rows by default) into ``lake``."""
+    return materialize_people(
+        stack,
+        asset=asset,
+        data_lake_uri=str(lake),
+        client=client,
         partition_key=partition_key,
-        raise_on_error=False,
+        **{"num_rows": 20, **config},
     )
-    return PeopleRun(result, instance)
 
 
 def only_materialization(run: PeopleRun, asset: dg.AssetsDefinition) -> dg.AssetMaterialization:
@@ -320,14 +313,16 @@ def post(
 def test_malformed_requests_are_http_400_json_naming_the_field(
     stack: LocalStack, kwargs: dict[str, Any], field: str
 ) -> None:
-    lake = fresh_lake(stack)
-    event = {"dl_bucket": str(lake), **kwargs.pop("event", {})}
-    answer = post(stack, event, f"bad/{field}", **kwargs)
+    lake, root = fresh_lake(stack), Path(stack.data_lake_uri)
+    extra = dict(kwargs)  # (not the parametrize dict shared by every run of this case)
+    event = {"dl_bucket": str(lake), **extra.pop("event", {})}
+    before = sorted(root.parent.rglob("*"))  # a raw body names no lake: the default root
+    answer = post(stack, event, f"bad/{field}", **extra)
 
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert error["field"] == field and error["message"]
-    assert list(lake.iterdir()) == [] and not (lake.parent.parent / "escape").exists()
+    assert list(lake.iterdir()) == [] and sorted(root.parent.rglob("*")) == before
 
 
 def test_an_oversized_request_body_is_http_413_and_writes_nothing(stack: LocalStack) -> None:

@@ -17,6 +17,7 @@ import dagster as dg
 import deltalake  # noqa: F401 - before polars
 import polars as pl
 import pytest
+from dagster._core.errors import DagsterPipesExecutionError
 from dagster_pipes import PipesGCSMessageWriter
 from google.cloud import storage
 
@@ -27,26 +28,36 @@ from dagster_pipes_gcf import (
     PollingPolicy,
 )
 from devstack.net import free_port
-from devstack.services import BIN, REPO_ROOT, running
+from devstack.services import REPO_ROOT, function_command, running
 from devstack.stack import LocalStack
 
 from .conftest import PeopleRun, fresh_lake, materialize_people, pipes_client, table_dir
 
 pytestmark = pytest.mark.integration
 TEST_FUNCTIONS = REPO_ROOT / "cloud_function" / "tests" / "functions"
+SLOW_CALL_LINE = "slow.py: request for invocation"  # printed by functions/slow.py per request
 
 
 @contextmanager
 def serve(stack: LocalStack, source: str, tmp_path: Path) -> Iterator[str]:
     """Serve a test function (``cloud_function/tests/functions``) against the stack's emulator."""
     port = free_port()
-    command = [
-        str(BIN / "functions-framework"), "--source", str(TEST_FUNCTIONS / source),
-        "--target", "main", "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
+    command = function_command(port, source=TEST_FUNCTIONS / source)
     env = {"STORAGE_EMULATOR_HOST": stack.emulator_url, "DATA_LAKE_URI": stack.data_lake_uri}
-    with running(source, command, port, env=env, log_path=tmp_path / f"{source}.log"):
+    with running(source, command, port, env=env, log_path=server_log(tmp_path, source)):
         yield f"http://127.0.0.1:{port}"
+
+
+def server_log(tmp_path: Path, source: str) -> Path:
+    """Where :func:`serve` keeps the output of the function server for ``source``."""
+    return tmp_path / f"{source}.log"
+
+
+def wait_for_line(path: Path, text: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{text!r} not in {path}:\n{path.read_text()[-3000:]}"
+        time.sleep(0.1)
 
 
 def run_event(
@@ -140,6 +151,8 @@ def test_a_slow_function_times_out_with_a_clear_error_and_is_not_retried(
     assert not run.success
     assert "did not answer within 1.5s" in run.failure_message()
     assert any("slow function started" in line for line in run.logs)
+    calls = server_log(tmp_path, "slow.py").read_text().count(SLOW_CALL_LINE)
+    assert calls == 1, f"a read timeout must not be retried: the server got {calls} requests"
     assert elapsed < 15, f"read timeouts must not be retried (took {elapsed:.1f}s)"
 
 
@@ -190,6 +203,28 @@ def test_reads_chunks_the_stock_gcs_writer_puts_in_the_emulator(stack: LocalStac
     assert [m["method"] for m in received] == ["opened", "log", "closed"]
 
 
+def test_a_gap_in_the_chunks_in_the_emulator_fails_naming_the_missing_chunk(
+    stack: LocalStack,
+) -> None:
+    reader = PipesCloudStorageMessageReader(
+        bucket=stack.pipes_bucket, polling=PollingPolicy(min_interval=0.02, drain_timeout=1)
+    )
+    received: list[str] = []
+
+    class Recorder:
+        def handle_message(self, message: dict[str, Any]) -> None:
+            received.append(message["method"])
+
+    bucket = storage.Client().bucket(stack.pipes_bucket)
+    with pytest.raises(DagsterPipesExecutionError) as failure:
+        with reader.read_messages(Recorder()) as params:  # type: ignore[arg-type]
+            for index, method in [(1, "opened"), (3, "closed")]:  # chunk 2 never written
+                line = json.dumps({"__dagster_pipes_version": "0.1", "method": method})
+                bucket.blob(f"{params['key_prefix']}/{index}.json").upload_from_string(line)
+    assert "chunk 2 is missing while chunk(s) [3] exist" in str(failure.value)
+    assert received == ["opened"]
+
+
 TERMINATION_SCRIPT = textwrap.dedent(
     """
     import json, sys, time
@@ -214,9 +249,7 @@ TERMINATION_SCRIPT = textwrap.dedent(
 )
 
 
-def test_terminating_the_run_stops_waiting_and_drops_the_connection(
-    stack: LocalStack, tmp_path: Path
-) -> None:
+def test_terminating_the_run_stops_waiting_promptly(stack: LocalStack, tmp_path: Path) -> None:
     script = tmp_path / "terminate.py"
     script.write_text(TERMINATION_SCRIPT)
     with serve(stack, "slow.py", tmp_path) as url:
@@ -226,7 +259,8 @@ def test_terminating_the_run_stops_waiting_and_drops_the_connection(
                  "DAGSTER_HOME": str(tmp_path)},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
-        time.sleep(6)  # well inside the function's 60 s
+        wait_for_line(server_log(tmp_path, "slow.py"), SLOW_CALL_LINE)
+        time.sleep(2)  # the client now waits for the answer, its log line read (function: 60 s)
         assert process.poll() is None, process.communicate()[0][-3000:]
         sent = time.monotonic()
         process.send_signal(signal.SIGINT)
@@ -234,5 +268,4 @@ def test_terminating_the_run_stops_waiting_and_drops_the_connection(
         stopped_after = time.monotonic() - sent
     assert stopped_after < 10, f"took {stopped_after:.1f}s to stop:\n{output[-3000:]}"
     assert "slow function started" in output, output[-3000:]
-    assert "slow function finished" not in output
     assert json.loads(output.strip().splitlines()[-1])["elapsed"] < 20

@@ -52,17 +52,20 @@ def reader_for(client: FakeClient, policy: PollingPolicy = FAST) -> PipesCloudSt
 
 
 def test_one_poll_reads_every_available_chunk(client: FakeClient) -> None:
+    # The chunks are there before the session starts; polls are 60 s apart, so within the
+    # first seconds only the poll at start can have read them.
     reader = reader_for(client, PollingPolicy(min_interval=60, max_interval=60))
+    reader.new_key_prefix = lambda: "fixed"  # type: ignore[method-assign]
+    for i in range(1, 6):
+        put_chunk(client, "fixed", i, message("log", message=f"m{i}"))
     handler = RecordingHandler()
-    with reader.read_messages(handler) as params:  # type: ignore[arg-type]
-        prefix = params["key_prefix"]
-        for i in range(1, 6):
-            put_chunk(client, prefix, i, message("log", message=f"m{i}"))
-        stream = reader.last_stream
-        assert stream is not None
-        assert stream.read_available() == 5
-        put_chunk(client, prefix, 6, message("closed"))
-    assert handler.logs == [f"m{i}" for i in range(1, 6)]
+    with reader.read_messages(handler):  # type: ignore[arg-type]
+        deadline = time.monotonic() + 5
+        while len(handler.logs) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert handler.logs == [f"m{i}" for i in range(1, 6)], "one poll left chunks unread"
+        put_chunk(client, "fixed", 6, message("closed"))
+    assert handler.messages[-1]["method"] == "closed"
 
 
 def test_messages_written_after_the_call_returned_are_drained_until_closed(
