@@ -80,7 +80,7 @@ def _measure_in_fresh_process() -> dict[str, float]:
         done = subprocess.run(
             [sys.executable, "-m", "bench.data_generation", str(Path(tmp) / "people")],
             cwd=Path(__file__).resolve().parents[1],
-            capture_output=True,
+            stdout=subprocess.PIPE,  # the result; a failure's traceback goes to our stderr
             text=True,
             check=True,
             timeout=300,

@@ -21,10 +21,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import dagster as dg
 import requests
@@ -39,8 +40,7 @@ from google.cloud import storage
 from bench.report import Row
 from bench.stock_reader import StockGCSMessageReader
 from dagster_pipes_gcf import PipesCloudFunctionClient, PipesCloudStorageMessageReader
-from devstack.net import LOOPBACK, free_port
-from devstack.services import BIN, emulator_command, running
+from devstack.stack import local_stack
 
 STREAMER = Path(__file__).parent / "functions" / "streamer.py"
 BUCKET = "bench-pipes"
@@ -158,42 +158,13 @@ def bare_post(url: str) -> float:
 @contextmanager
 def bench_stack() -> Iterator[str]:
     """GCS emulator + the streamer function (8 threads); yields the function URL."""
-    with ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
-        emulator_port, function_port = free_port(), free_port()
-        emulator = f"http://{LOOPBACK}:{emulator_port}"
-        stack.enter_context(
-            running(
-                "emulator",
-                emulator_command(emulator_port, BUCKET),
-                emulator_port,
-                log_path=work / "emulator.log",
-            )
-        )
-        command = [
-            str(BIN / "functions-framework"),
-            "--source",
-            str(STREAMER),
-            "--target",
-            "main",
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(function_port),
-        ]
-        env = {"STORAGE_EMULATOR_HOST": emulator, "THREADS": "8"}
-        stack.enter_context(
-            running("streamer", command, function_port, env=env, log_path=work / "fn.log")
-        )
-        previous = os.environ.get("STORAGE_EMULATOR_HOST")
-        os.environ["STORAGE_EMULATOR_HOST"] = emulator  # the Dagster side reads the same emulator
-        try:
-            yield f"http://{LOOPBACK}:{function_port}"
-        finally:
-            if previous is None:
-                os.environ.pop("STORAGE_EMULATOR_HOST", None)
-            else:
-                os.environ["STORAGE_EMULATOR_HOST"] = previous
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-") as work,
+        local_stack(Path(work), pipes_bucket=BUCKET, function_source=STREAMER) as stack,
+        # The Dagster side (this process) reads the same emulator.
+        mock.patch.dict(os.environ, {"STORAGE_EMULATOR_HOST": stack.emulator_url}),
+    ):
+        yield stack.function_url
 
 
 Impl = tuple[str, Callable[[], PipesMessageReader]]

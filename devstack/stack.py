@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.net import LOOPBACK, free_port
-from devstack.services import emulator_command, function_command, running
+from devstack.services import FUNCTION_SOURCE, emulator_command, function_command, running
 
 
 @dataclass(frozen=True)
@@ -32,8 +31,10 @@ def local_stack(
     *,
     pipes_bucket: str = "dagster-pipes-test",
     function_env: Mapping[str, str] | None = None,
+    function_source: Path = FUNCTION_SOURCE,
 ) -> Iterator[LocalStack]:
-    """Run the GCS emulator and the function (functions-framework) until the block exits."""
+    """Run the GCS emulator and a function (by default the people function, served by
+    functions-framework with 8 request threads) until the block exits."""
     work_dir.mkdir(parents=True, exist_ok=True)
     emulator_port, function_port = free_port(), free_port()
     emulator_url = f"http://{LOOPBACK}:{emulator_port}"
@@ -57,9 +58,9 @@ def local_stack(
         stack.enter_context(
             running(
                 "function",
-                function_command(function_port),
+                function_command(function_port, source=function_source),
                 function_port,
-                env={**os.environ, **env},
+                env=env,
                 log_path=work_dir / "function.log",
             )
         )
