@@ -255,7 +255,6 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         self.log_coalescing = log_coalescing
         self.impersonate_service_account = impersonate_service_account
         self._client = client
-        self.last_stream: ChunkStream | None = None
 
     @property
     def client(self) -> storage.Client:
@@ -281,7 +280,6 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
             policy=self.polling,
             coalescing=self.log_coalescing,
         )
-        self.last_stream = stream
         poller = _Poller(stream)
         poller.start()
         try:
