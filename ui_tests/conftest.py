@@ -1,14 +1,13 @@
 """Fixtures of the browser test: the whole local stack on free ports, and headless Chromium.
 
-The stack is the one behind ``just dd`` (GCS emulator, the function, ``dagster dev``), each
-started with :func:`devstack.services.running` on a free port, with a throwaway DAGSTER_HOME.
+The stack is the one behind ``just dd`` (GCS emulator, the function, ``dagster dev``), on free
+ports (:func:`devstack.stack.local_stack` plus ``dagster dev``), with a throwaway DAGSTER_HOME.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +15,8 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from devstack.net import LOOPBACK, free_port
-from devstack.services import (
-    REPO_ROOT,
-    dagster_command,
-    emulator_command,
-    function_command,
-    running,
-)
+from devstack.services import REPO_ROOT, dagster_command, running
+from devstack.stack import local_stack
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -52,34 +46,30 @@ class UiStack:
 
 @pytest.fixture(scope="session")
 def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
+    """devstack's local stack (emulator + function) plus ``dagster dev`` on a free port."""
     work = tmp_path_factory.mktemp("ui-stack")
-    lake, home = work / "lake", work / "dagster_home"
-    lake.mkdir()
+    home = work / "dagster_home"
     home.mkdir()
     # No first-run "join the community" modal over the page, no telemetry from CI.
     (home / "dagster.yaml").write_text("nux:\n  enabled: false\ntelemetry:\n  enabled: false\n")
-    emulator_port, function_port, dagster_port = free_port(), free_port(), free_port()
-    function_url = f"http://{LOOPBACK}:{function_port}"
-    env = {
-        "STORAGE_EMULATOR_HOST": f"http://{LOOPBACK}:{emulator_port}",
-        "CLOUD_FUNCTION_URL": function_url,
-        "PIPES_BUCKET": PIPES_BUCKET,
-        "DATA_LAKE_URI": str(lake),
-        "DAGSTER_HOME": str(home),
-        "THREADS": "4",
-    }
-    services = [
-        ("emulator", emulator_command(emulator_port, PIPES_BUCKET), emulator_port, 60.0),
-        ("function", function_command(function_port), function_port, 60.0),
-        ("dagster", dagster_command(dagster_port), dagster_port, 120.0),
-    ]
-    with ExitStack() as stack:
-        for name, command, port, timeout in services:
-            log_path = work / f"{name}.log"
-            stack.enter_context(
-                running(name, command, port, env=env, log_path=log_path, timeout=timeout)
+    with local_stack(work, pipes_bucket=PIPES_BUCKET, function_env={"THREADS": "4"}) as stack:
+        dagster_port = free_port()
+        env = {
+            "STORAGE_EMULATOR_HOST": stack.emulator_url,
+            "CLOUD_FUNCTION_URL": stack.function_url,
+            "PIPES_BUCKET": PIPES_BUCKET,
+            "DATA_LAKE_URI": stack.data_lake_uri,
+            "DAGSTER_HOME": str(home),
+        }
+        command = dagster_command(dagster_port)
+        log_path = work / "dagster.log"
+        with running("dagster", command, dagster_port, env=env, log_path=log_path, timeout=120):
+            yield UiStack(
+                f"http://{LOOPBACK}:{dagster_port}",
+                stack.function_url,
+                stack.data_lake_uri,
+                work,
             )
-        yield UiStack(f"http://{LOOPBACK}:{dagster_port}", function_url, str(lake), work)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import deltalake  # noqa: F401 - before polars
+import polars as pl
 from playwright.sync_api import Locator, Page, expect
 
 from ui_tests.conftest import ARTIFACTS, UiStack
@@ -12,6 +14,7 @@ ASSET = "cloud_function_pipes_asset"
 RUN_TIMEOUT_MS = 120_000
 RUN_SCREENSHOT = ARTIFACTS / "ui-run.png"
 ASSET_SCREENSHOT = ARTIFACTS / "ui-asset.png"
+ROWS = 1000  # the asset's default num_rows; the session's lake starts empty
 # Scroll the element's nearest scrollable ancestor so that the element is at its top.
 SCROLL_TO_TOP = """(element) => {
   let box = element.parentElement;
@@ -89,19 +92,19 @@ def test_materialize_in_the_ui(ui_stack: UiStack, page: Page) -> None:
     # The function's own log lines, shipped back through Pipes, in the run's event log.
     show_events(page, "people function")
     expect(
-        page.get_by_text(re.compile(rf"people function \S+: writing 1000 rows to {table}$"))
+        page.get_by_text(re.compile(rf"people function \S+: writing {ROWS} rows to {table}$"))
     ).to_be_visible()
     show_events(page, f"Delta table {table}")
     delta_line = page.get_by_text(re.compile(rf"^Delta table {table} is at version \d+$"))
     expect(delta_line).to_be_visible()
-    version = delta_line.inner_text().rsplit(" ", 1)[1]  # 0 on a fresh lake
+    version = delta_line.inner_text().rsplit(" ", 1)[1]
 
     # The materialization event carries the metadata the function reported.
     show_events(page, "type:ASSET_MATERIALIZATION")
     expect(page.get_by_text(f"Materialized value {ASSET}.")).to_be_visible()
     expected = {
         "table_uri": js_regex(table),
-        "dagster/row_count": r"[1-9]\d*",  # rows in the table: 1000 on a fresh lake
+        "dagster/row_count": str(ROWS),
         "delta_version": version,
         "function_url": js_regex(ui_stack.function_url),
     }
@@ -114,8 +117,12 @@ def test_materialize_in_the_ui(ui_stack: UiStack, page: Page) -> None:
     # The asset page shows the latest materialization and its metadata.
     page.goto(f"{ui_stack.dagster_url}/assets/{ASSET}")
     expect(page.get_by_text("Latest materialization").locator("..")).to_contain_text("ago")
-    expect(page.get_by_text("Row count").locator("..")).to_contain_text(re.compile(r"\d"))
+    expect(page.get_by_text("Row count").locator("..")).to_contain_text(f"{ROWS:,}")
     expect(metadata_row(page, "table_uri")).to_contain_text(table)
     expect(metadata_row(page, "delta_version")).to_contain_text(version)
     page.screenshot(path=ASSET_SCREENSHOT)
     print(f"screenshot of the asset page: {ASSET_SCREENSHOT} (run {run_path})")
+
+    # And the table itself: the rows the UI reported are in the Delta table on disk.
+    assert pl.read_delta(table).height == ROWS
+    assert pl.read_delta(table, version=int(version)).height == ROWS
