@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -74,8 +75,16 @@ def kept_settings(env_file: Path) -> dict[str, str]:
     }
 
 
+def dotenv_value(value: str) -> str:
+    """``value`` as python-dotenv reads it back: plain when safe, else double-quoted."""
+    if re.fullmatch(r"[\w./:@,+-]*", value):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
 def render(env: Mapping[str, str]) -> str:
-    return HEADER + "".join(f"{key}={value}\n" for key, value in env.items())
+    return HEADER + "".join(f"{key}={dotenv_value(value)}\n" for key, value in env.items())
 
 
 def write_env(outputs: Mapping[str, Any], env_file: Path) -> dict[str, str]:

@@ -61,6 +61,17 @@ def test_keeps_unowned_settings_and_drops_the_emulator(tmp_path: Path) -> None:
     assert dotenv_values(env_file) == {**EXPECTED, "DAGSTER_PORT": "3100"}
 
 
+def test_kept_settings_survive_quotes_comments_and_line_breaks(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        '# my settings\nNOTE="a # b"\nMULTI="x\\ny"\nQUOTED="say \\"hi\\" \\\\ bye"\nEMPTY=\n'
+    )
+    kept = {"NOTE": "a # b", "MULTI": "x\ny", "QUOTED": 'say "hi" \\ bye', "EMPTY": ""}
+    assert dotenv_values(env_file) == kept  # what the user wrote
+    cloud_env.write_env(SAMPLE, env_file)
+    assert dotenv_values(env_file) == {**EXPECTED, **kept}
+
+
 @pytest.mark.parametrize("broken", ["pipes_bucket_name", "function_url"])
 def test_a_missing_output_is_an_error_and_leaves_env_alone(tmp_path: Path, broken: str) -> None:
     env_file = tmp_path / ".env"
