@@ -59,7 +59,8 @@ resource "google_service_account_iam_member" "orchestrator_impersonators" {
   for_each = toset(var.orchestrator_impersonators)
 
   service_account_id = google_service_account.orchestrator.name
-  # Lets these principals mint the orchestrator's ID tokens (GOOGLE_IMPERSONATE_SERVICE_ACCOUNT).
+  # Lets these principals act as the orchestrator (GOOGLE_IMPERSONATE_SERVICE_ACCOUNT): its ID
+  # tokens to invoke the function and its access tokens to read the Pipes bucket.
   role   = "roles/iam.serviceAccountTokenCreator"
   member = each.value
 }

@@ -1,5 +1,5 @@
 terraform {
-  # startswith()/endswith() and lifecycle preconditions need 1.3+; 1.5 is the oldest tested line.
+  # lifecycle preconditions need 1.2+; 1.5 is the oldest line this configuration targets.
   required_version = ">= 1.5.0, < 2.0.0"
 
   required_providers {
