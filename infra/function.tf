@@ -6,9 +6,14 @@ locals {
   function_env = {
     DATA_LAKE_URI           = local.data_lake_uri
     ALLOWED_DATA_LAKE_ROOTS = local.data_lake_uri
+    # The only bucket the function writes Pipes messages to: the one Dagster reads.
+    PIPES_BUCKET = google_storage_bucket.pipes.name
     # functions-framework's gunicorn runs this many request threads; equal to the per-instance
     # concurrency so every request Cloud Run routes to an instance gets a thread.
     THREADS = tostring(var.function_concurrency)
+    # Project of the trace names in the function's structured log lines (Cloud Logging groups
+    # a call's lines by them).
+    GOOGLE_CLOUD_PROJECT = var.project_id
   }
 
   # Kept out of the upload: tests and caches; pyproject.toml so the buildpack installs
@@ -118,9 +123,9 @@ resource "google_cloudfunctions2_function" "people" {
     }
   }
 
+  # After the build account's grants have propagated (iam.tf), not just been made.
   depends_on = [
     google_project_service.required,
-    google_project_iam_member.build_run_builder,
-    google_artifact_registry_repository_iam_member.build_writer,
+    time_sleep.build_grants_propagation,
   ]
 }

@@ -22,7 +22,7 @@ resource "google_service_account" "build" {
   depends_on   = [google_project_service.required]
 }
 
-# --- runtime: write Pipes messages, read and write the data lake ---------------------------
+# --- runtime: write Pipes messages, read cancellation markers, read and write the data lake ---
 
 resource "google_storage_bucket_iam_member" "runtime_pipes_writer" {
   bucket = google_storage_bucket.pipes.name
@@ -31,14 +31,29 @@ resource "google_storage_bucket_iam_member" "runtime_pipes_writer" {
   member = "serviceAccount:${google_service_account.runtime.email}"
 }
 
-resource "google_storage_bucket_iam_member" "runtime_data_lake_admin" {
+resource "google_storage_bucket_iam_member" "runtime_cancel_reader" {
+  bucket = google_storage_bucket.pipes.name
+  # The function polls `<key_prefix>/cancel` to learn that Dagster terminated the run; it may
+  # read nothing else in the Pipes bucket (not even list it).
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.runtime.email}"
+
+  condition {
+    title       = "cancel-markers-only"
+    description = "Only objects named */cancel: the orchestrator's cancellation markers."
+    expression  = local.cancel_marker_condition
+  }
+}
+
+resource "google_storage_bucket_iam_member" "runtime_data_lake_user" {
   bucket = google_storage_bucket.data_lake.name
-  # Delta writes list, read, create and delete objects (commits, checkpoints).
-  role   = "roles/storage.objectAdmin"
+  # Delta writes list, read and create objects (data files, commits, checkpoints); objectUser
+  # covers that without objectAdmin's control over object ACLs and the bucket's IAM.
+  role   = "roles/storage.objectUser"
   member = "serviceAccount:${google_service_account.runtime.email}"
 }
 
-# --- orchestrator: invoke the function, read Pipes messages ---------------------------------
+# --- orchestrator: invoke the function, read Pipes messages, request cancellation ----------
 
 resource "google_cloud_run_service_iam_member" "orchestrator_invoker" {
   project  = google_cloudfunctions2_function.people.project
@@ -53,6 +68,20 @@ resource "google_storage_bucket_iam_member" "orchestrator_pipes_reader" {
   bucket = google_storage_bucket.pipes.name
   role   = "roles/storage.objectViewer"
   member = "serviceAccount:${google_service_account.orchestrator.email}"
+}
+
+resource "google_storage_bucket_iam_member" "orchestrator_cancel_writer" {
+  bucket = google_storage_bucket.pipes.name
+  # Terminating a run writes the marker `<key_prefix>/cancel` (once, if_generation_match=0);
+  # the orchestrator may create no other object, so it cannot forge Pipes messages.
+  role   = "roles/storage.objectCreator"
+  member = "serviceAccount:${google_service_account.orchestrator.email}"
+
+  condition {
+    title       = "cancel-markers-only"
+    description = "Only objects named */cancel: cancellation markers for running invocations."
+    expression  = local.cancel_marker_condition
+  }
 }
 
 resource "google_service_account_iam_member" "orchestrator_impersonators" {
@@ -79,4 +108,16 @@ resource "google_artifact_registry_repository_iam_member" "build_writer" {
   repository = google_artifact_registry_repository.function_images.name
   role       = "roles/artifactregistry.writer"
   member     = "serviceAccount:${google_service_account.build.email}"
+}
+
+# Cloud Build checks the build account's roles when the build starts; a grant made seconds
+# earlier may not have propagated yet, so a first apply would fail the build. The google
+# provider's own cloudfunctions2 builder example waits 60 s the same way.
+resource "time_sleep" "build_grants_propagation" {
+  create_duration = "60s"
+
+  depends_on = [
+    google_project_iam_member.build_run_builder,
+    google_artifact_registry_repository_iam_member.build_writer,
+  ]
 }

@@ -15,15 +15,22 @@ locals {
   # What the orchestrator sends as `dl_bucket` and what the function accepts as a lake root.
   data_lake_uri = "gs://${google_storage_bucket.data_lake.name}"
 
+  # IAM condition of the cancellation grants (iam.tf): objects named `<key_prefix>/cancel` in
+  # the Pipes bucket, and nothing else.
+  cancel_marker_condition = "resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.pipes.name}/objects/\") && resource.name.endsWith(\"/cancel\")"
+
+  # Every API the resources here call, so a first apply works on an empty project
+  # (infra/tests checks each resource type against this list).
   required_apis = toset([
-    "artifactregistry.googleapis.com", # function images
-    "cloudbuild.googleapis.com",       # builds the function from source
-    "cloudfunctions.googleapis.com",
-    "iam.googleapis.com",            # service accounts
-    "iamcredentials.googleapis.com", # ID tokens when impersonating the orchestrator
-    "logging.googleapis.com",
-    "run.googleapis.com", # 2nd-gen functions run as Cloud Run services
-    "storage.googleapis.com",
+    "artifactregistry.googleapis.com",     # function images
+    "cloudbuild.googleapis.com",           # builds the function from source
+    "cloudfunctions.googleapis.com",       # the function
+    "cloudresourcemanager.googleapis.com", # project-level IAM (the build account's role)
+    "iam.googleapis.com",                  # service accounts and who may impersonate them
+    "iamcredentials.googleapis.com",       # ID tokens when impersonating the orchestrator
+    "logging.googleapis.com",              # build and function logs
+    "run.googleapis.com",                  # 2nd-gen functions run as Cloud Run services
+    "storage.googleapis.com",              # buckets, the source upload, bucket IAM
   ])
 }
 

@@ -28,17 +28,46 @@ INVOCATION = REPO_ROOT / "dagster" / "src" / "dagster_pipes_gcf" / "invocation.p
 PUBLIC_PRINCIPALS = ("allUsers", "allAuthenticatedUsers")
 BASIC_ROLES = ("roles/owner", "roles/editor", "roles/viewer")
 DEFAULT_COMPUTE_SA = "-compute@developer.gserviceaccount.com"
-REQUIRED_APIS = frozenset(
+STORAGE_API = "storage.googleapis.com"
+# The APIs each resource type calls when Terraform creates it (an empty project has none of
+# them on). A resource type missing here fails check_required_apis: add it with its APIs.
+RESOURCE_APIS: dict[str, frozenset[str]] = {
+    "google_project_service": frozenset(),  # Service Usage: on in every project
+    "google_project_iam_member": frozenset({"cloudresourcemanager.googleapis.com"}),
+    "google_service_account": frozenset({"iam.googleapis.com"}),
+    "google_service_account_iam_member": frozenset({"iam.googleapis.com"}),
+    "google_storage_bucket": frozenset({STORAGE_API}),
+    "google_storage_bucket_object": frozenset({STORAGE_API}),
+    "google_storage_bucket_iam_member": frozenset({STORAGE_API}),
+    "google_artifact_registry_repository": frozenset({"artifactregistry.googleapis.com"}),
+    "google_artifact_registry_repository_iam_member": frozenset(
+        {"artifactregistry.googleapis.com"}
+    ),
+    "google_cloudfunctions2_function": frozenset(
+        {
+            "cloudfunctions.googleapis.com",
+            "cloudbuild.googleapis.com",  # builds the source
+            "artifactregistry.googleapis.com",  # stores the image
+            "run.googleapis.com",  # runs it
+            "logging.googleapis.com",  # build and request logs
+            STORAGE_API,  # reads the source
+        }
+    ),
+    "google_cloud_run_service_iam_member": frozenset({"run.googleapis.com"}),
+    "time_sleep": frozenset(),
+}
+# What the deployment needs at run time rather than at apply time.
+RUNTIME_APIS = frozenset(
     {
-        "cloudfunctions.googleapis.com",
-        "run.googleapis.com",
-        "cloudbuild.googleapis.com",
-        "artifactregistry.googleapis.com",
-        "storage.googleapis.com",
-        "iam.googleapis.com",
-        "iamcredentials.googleapis.com",
+        "iamcredentials.googleapis.com",  # the orchestrator's impersonated ID tokens
+        STORAGE_API,  # Pipes messages and the data lake
     }
 )
+# The resource that enables the APIs; every API-calling resource must come after it.
+API_ENABLER = ("google_project_service", "required")
+# Grants must propagate before Cloud Build runs as the build account (the google provider's
+# cloudfunctions2 builder example waits 60 s).
+MIN_PROPAGATION_WAIT_S = 60
 
 Problems = list[str]
 Body = dict[str, Any]
@@ -133,7 +162,7 @@ def expression(value: Any) -> str:
     return text[2:-1] if text.startswith("${") and text.endswith("}") else text
 
 
-_RESOURCE_REF = re.compile(r"(?<![\w.])((?:google|archive)_[a-z0-9_]+)\.([A-Za-z_][\w-]*)")
+_RESOURCE_REF = re.compile(r"(?<![\w.])((?:google|archive|time)_[a-z0-9_]+)\.([A-Za-z_][\w-]*)")
 _DATA_REF = re.compile(r"\bdata\.([a-z][a-z0-9_]*)\.([A-Za-z_][\w-]*)")
 _VAR_REF = re.compile(r"\bvar\.([A-Za-z_][\w-]*)")
 _LOCAL_REF = re.compile(r"\blocal\.([A-Za-z_][\w-]*)")
@@ -226,8 +255,17 @@ def _grantee(tf: Terraform, body: Body) -> str | None:
     return next(iter(refs)) if len(refs) == 1 else None
 
 
-def grants_of(tf: Terraform, account: str) -> set[tuple[str, str, str]]:
-    """``(iam resource type, target, role)`` granted to service account ``account``."""
+Grant = tuple[str, str, str, str]  # (IAM resource type, target, role, condition or "")
+
+
+def condition_of(tf: Terraform, body: Body) -> str:
+    """The CEL expression of an IAM member's condition (locals resolved), or ``""``."""
+    value = resolve_local(tf, block(body, "condition").get("expression", ""))
+    return " ".join(str(value).replace('\\"', '"').split())
+
+
+def grants_of(tf: Terraform, account: str) -> set[Grant]:
+    """Everything granted to service account ``account``."""
     grants = set()
     for type_, _, body in tf.all_resources():
         if type_.endswith("_iam_member") and _grantee(tf, body) == account:
@@ -239,8 +277,16 @@ def grants_of(tf: Terraform, account: str) -> set[tuple[str, str, str]]:
                 ),
                 "",
             )
-            grants.add((type_, expression(target), str(body.get("role"))))
+            grants.add((type_, expression(target), str(body.get("role")), condition_of(tf, body)))
     return grants
+
+
+def cancel_marker_condition(bucket: str) -> str:
+    """Objects named ``*/cancel`` in ``bucket`` (a Terraform expression for its name)."""
+    return (
+        f'resource.name.startsWith("projects/_/buckets/${{{bucket}}}/objects/") '
+        '&& resource.name.endsWith("/cancel")'
+    )
 
 
 def runtime_account(tf: Terraform) -> str | None:
@@ -312,7 +358,7 @@ def check_provider_pins(tf: Terraform) -> Problems:
     settings = tf.settings[0] if tf.settings else {}
     problems = [] if settings.get("required_version") else ["terraform.required_version is unset"]
     providers = block(settings, "required_providers")
-    for name in ("google", "archive"):
+    for name in ("google", "archive", "time"):
         spec = providers.get(name, {})
         if spec.get("source") != f"hashicorp/{name}" or not re.match(
             r"^~>\s*\d+\.\d+", str(spec.get("version", ""))
@@ -340,6 +386,16 @@ def check_function_env(tf: Terraform, expected: Sequence[str]) -> Problems:
     )
     if "THREADS" in expected and expression(env.get("THREADS")) != f"tostring({concurrency})":
         problems.append(f"THREADS must be tostring({concurrency}) (the per-instance concurrency)")
+    pipes = output_bucket(tf, ENV_FROM_OUTPUTS["PIPES_BUCKET"])
+    bucket = expression(env.get("PIPES_BUCKET"))
+    if "PIPES_BUCKET" in expected and bucket != f"google_storage_bucket.{pipes}.name":
+        problems.append(
+            f"PIPES_BUCKET must be google_storage_bucket.{pipes}.name (the bucket Dagster "
+            f"reads), got {bucket}"
+        )
+    project = expression(env.get("GOOGLE_CLOUD_PROJECT"))
+    if "GOOGLE_CLOUD_PROJECT" in expected and project != "var.project_id":
+        problems.append(f"GOOGLE_CLOUD_PROJECT must be var.project_id, got {project}")
     return problems
 
 
@@ -461,7 +517,11 @@ def check_function_identity(tf: Terraform) -> Problems:
 def check_iam_grants(
     tf: Terraform, env_from_outputs: Mapping[str, str] = ENV_FROM_OUTPUTS
 ) -> Problems:
-    """Runtime: write Pipes, admin the lake. Orchestrator: invoke the function, read Pipes."""
+    """Each account has exactly its grants, the cancellation ones limited to ``*/cancel``.
+
+    Runtime: create Pipes chunks, read cancel markers, use the lake's objects (not admin them).
+    Orchestrator: invoke the function, read Pipes chunks, create cancel markers.
+    """
     function_name, _ = the_function(tf)
     pipes = f"google_storage_bucket.{output_bucket(tf, env_from_outputs['PIPES_BUCKET'])}.name"
     lake = expression(
@@ -469,19 +529,23 @@ def check_iam_grants(
     )
     lake = re.sub(r"^gs://\$\{(.*)\}$", r"\1", lake)
     service = f"google_cloudfunctions2_function.{function_name}.service_config[0].service"
-    expected = {
+    bucket_member = "google_storage_bucket_iam_member"
+    cancel_only = cancel_marker_condition(pipes)
+    expected: dict[str, tuple[str | None, set[Grant]]] = {
         "runtime": (
             runtime_account(tf),
             {
-                ("google_storage_bucket_iam_member", pipes, "roles/storage.objectCreator"),
-                ("google_storage_bucket_iam_member", lake, "roles/storage.objectAdmin"),
+                (bucket_member, pipes, "roles/storage.objectCreator", ""),
+                (bucket_member, pipes, "roles/storage.objectViewer", cancel_only),
+                (bucket_member, lake, "roles/storage.objectUser", ""),
             },
         ),
         "orchestrator": (
             orchestrator_account(tf, env_from_outputs),
             {
-                ("google_cloud_run_service_iam_member", service, "roles/run.invoker"),
-                ("google_storage_bucket_iam_member", pipes, "roles/storage.objectViewer"),
+                ("google_cloud_run_service_iam_member", service, "roles/run.invoker", ""),
+                (bucket_member, pipes, "roles/storage.objectViewer", ""),
+                (bucket_member, pipes, "roles/storage.objectCreator", cancel_only),
             },
         ),
     }
@@ -491,14 +555,16 @@ def check_iam_grants(
             problems.append(f"cannot tell which service account is the {who}")
             continue
         have = grants_of(tf, account)
+        problems += [f"{who} ({account}) lacks {_describe(grant)}" for grant in sorted(want - have)]
         problems += [
-            f"{who} ({account}) lacks {role} on {target}" for _, target, role in sorted(want - have)
-        ]
-        problems += [
-            f"{who} ({account}) has unexpected {role} on {target}"
-            for _, target, role in sorted(have - want)
+            f"{who} ({account}) has unexpected {_describe(grant)}" for grant in sorted(have - want)
         ]
     return problems
+
+
+def _describe(grant: Grant) -> str:
+    _, target, role, condition = grant
+    return f"{role} on {target}" + (f" if {condition}" if condition else "")
 
 
 def check_timeout_matches_client(tf: Terraform, client_timeout_s: float) -> Problems:
@@ -532,14 +598,131 @@ def check_function_source(tf: Terraform) -> Problems:
     return problems
 
 
-def check_required_apis(tf: Terraform) -> Problems:
-    """Terraform enables every API the deployment uses."""
-    enabled = {
+def enabled_apis(tf: Terraform) -> set[str]:
+    return {
         api
         for text in strings(tf.locals.get("required_apis"))
         for api in re.findall(r"[a-z0-9.-]+\.googleapis\.com", text)
     }
-    return [f"API {api} is not enabled" for api in sorted(REQUIRED_APIS - enabled)]
+
+
+def check_required_apis(tf: Terraform) -> Problems:
+    """Terraform enables every API its resources (and the deployment at run time) call."""
+    enabled = enabled_apis(tf)
+    problems = [
+        f"resource type {type_}: unknown APIs (add it to RESOURCE_APIS in infra/tests)"
+        for type_ in sorted(set(tf.resources) - set(RESOURCE_APIS))
+    ]
+    needed: dict[str, set[str]] = {api: set() for api in RUNTIME_APIS}
+    for type_ in tf.resources:
+        for api in RESOURCE_APIS.get(type_, frozenset()):
+            needed.setdefault(api, set()).add(type_)
+    problems += [
+        f"API {api} is not enabled (needed by {', '.join(sorted(users)) or 'the deployment'})"
+        for api, users in sorted(needed.items())
+        if api not in enabled
+    ]
+    return problems
+
+
+def _texts_with_locals(tf: Terraform, value: Any) -> list[str]:
+    """Every string in ``value`` and in the locals it refers to, transitively."""
+    texts: list[str] = []
+    seen: set[str] = set()
+    todo = [value]
+    while todo:
+        found = list(strings(todo.pop()))
+        texts += found
+        for name in {m[1] for text in found for m in _LOCAL_REF.finditer(text)} - seen:
+            seen.add(name)
+            todo.append(tf.locals.get(name))
+    return texts
+
+
+def dependencies(tf: Terraform) -> dict[tuple[str, str], set[tuple[str, str]]]:
+    """Resource -> the resources it refers to (directly or through locals) or depends on."""
+    declared = {(type_, name) for type_, name, _ in tf.all_resources()}
+    return {
+        (type_, name): {
+            (m[1], m[2])
+            for text in _texts_with_locals(tf, body)
+            for m in _RESOURCE_REF.finditer(text)
+        }
+        & declared
+        for type_, name, body in tf.all_resources()
+    }
+
+
+def _reaches(
+    graph: Mapping[tuple[str, str], set[tuple[str, str]]],
+    start: tuple[str, str],
+    goal: tuple[str, str],
+) -> bool:
+    seen: set[tuple[str, str]] = set()
+    todo = [start]
+    while todo:
+        node = todo.pop()
+        if node == goal:
+            return True
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph.get(node, ()))
+    return False
+
+
+def check_apis_enabled_first(tf: Terraform) -> Problems:
+    """Every resource that calls an API is created after the APIs are enabled."""
+    graph = dependencies(tf)
+    return [
+        f"{type_}.{name} may be created before {'.'.join(API_ENABLER)} enables its API"
+        for type_, name in sorted(graph)
+        if RESOURCE_APIS.get(type_) and not _reaches(graph, (type_, name), API_ENABLER)
+    ]
+
+
+def _duration_s(text: str) -> float:
+    """Seconds of a Go duration such as ``60s``, ``1m30s`` (0 when unreadable)."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return 0.0
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def check_build_grants_propagate(tf: Terraform) -> Problems:
+    """The function is created only after every grant to its build account has propagated."""
+    name, function = the_function(tf)
+    build = resource_refs(
+        block(function, "build_config").get("service_account"), "google_service_account"
+    )
+    grants = {
+        (type_, grant)
+        for type_, grant, body in tf.all_resources()
+        if type_.endswith("_iam_member") and _grantee(tf, body) in build
+    }
+    waits = {
+        wait: body
+        for wait, body in tf.resources.get("time_sleep", {}).items()
+        if ("time_sleep", wait) in dependencies(tf)[("google_cloudfunctions2_function", name)]
+    }
+    if not waits:
+        return [f"function {name} must depend on a time_sleep after the build account's grants"]
+    problems = []
+    for wait, body in waits.items():
+        waited = {
+            (m[1], m[2])
+            for text in strings(body.get("depends_on"))
+            for m in _RESOURCE_REF.finditer(text)
+        }
+        problems += [
+            f"time_sleep.{wait} does not wait for {type_}.{grant}"
+            for type_, grant in sorted(grants - waited)
+        ]
+        if _duration_s(str(body.get("create_duration", ""))) < MIN_PROPAGATION_WAIT_S:
+            problems.append(
+                f"time_sleep.{wait}: create_duration must be at least {MIN_PROPAGATION_WAIT_S}s"
+            )
+    return problems
 
 
 def check_checkov_skips_have_reasons(tf: Terraform) -> Problems:

@@ -81,6 +81,22 @@ def test_function_source_is_zipped_from_the_function_folder(tf: c.Terraform) -> 
 
 def test_required_apis_are_enabled(tf: c.Terraform) -> None:
     assert c.check_required_apis(tf) == []
+    assert "cloudresourcemanager.googleapis.com" in c.enabled_apis(tf)
+
+
+def test_resources_wait_for_their_apis(tf: c.Terraform) -> None:
+    assert c.check_apis_enabled_first(tf) == []
+
+
+def test_the_function_is_built_after_the_build_grants_propagate(tf: c.Terraform) -> None:
+    assert c.check_build_grants_propagate(tf) == []
+
+
+def test_cancellation_grants_are_limited_to_cancel_markers(tf: c.Terraform) -> None:
+    marker_only = c.cancel_marker_condition("google_storage_bucket.pipes.name")
+    for account in ("runtime", "orchestrator"):
+        conditioned = [grant for grant in c.grants_of(tf, account) if grant[3]]
+        assert [grant[3] for grant in conditioned] == [marker_only], account
 
 
 def test_checkov_skips_sit_in_resources_with_reasons(tf: c.Terraform) -> None:
