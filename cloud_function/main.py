@@ -11,8 +11,11 @@ from google.cloud import storage
 
 from gcf_pipes import handle_pipes_request, install_logging_bridge
 from people_lake.job import write_people
+from people_lake.settings import FunctionSettings
 
 install_logging_bridge()
+# Read once at start: a bad PIPES_BUCKET stops the instance instead of failing each request.
+PIPES_BUCKET = FunctionSettings.from_env().pipes_bucket
 
 
 @functools.cache
@@ -24,4 +27,6 @@ def storage_client() -> storage.Client:
 @functions_framework.http
 def main(request: flask.Request) -> tuple[flask.Response, int]:
     """Run one Pipes-orchestrated people job per request."""
-    return handle_pipes_request(request, write_people, storage_client=storage_client())
+    return handle_pipes_request(
+        request, write_people, storage_client=storage_client(), pipes_bucket=PIPES_BUCKET
+    )

@@ -4,6 +4,7 @@ Each message is ``"<tag> <index> <unix time>"`` so the reader side can check ord
 isolation and latency. It reports a materialization so the run succeeds like a real one.
 """
 
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -32,4 +33,6 @@ def stream_logs(pipes: PipesContext, event: Mapping[str, Any]) -> dict[str, Any]
 def main(request: flask.Request) -> tuple[flask.Response, int]:
     if not _client:
         _client.append(storage.Client())
-    return handle_pipes_request(request, stream_logs, storage_client=_client[0])
+    return handle_pipes_request(
+        request, stream_logs, storage_client=_client[0], pipes_bucket=os.environ["PIPES_BUCKET"]
+    )

@@ -1,8 +1,10 @@
 """Dagster Pipes plumbing for an HTTP Cloud Function (no business logic here)."""
 
-from gcf_pipes.context import install_logging_bridge, open_request_pipes, split_pipes_params
+from gcf_pipes.bootstrap import PipesBootstrap, parse_bootstrap
+from gcf_pipes.context import install_logging_bridge, open_request_pipes
 from gcf_pipes.errors import PipesMessageDeliveryError, RequestError
 from gcf_pipes.http import handle_pipes_request
+from gcf_pipes.redact import Redactor
 from gcf_pipes.writer import (
     PipesCloudStorageMessageWriter,
     PipesCloudStorageMessageWriterChannel,
@@ -11,14 +13,16 @@ from gcf_pipes.writer import (
 )
 
 __all__ = [
+    "PipesBootstrap",
     "PipesCloudStorageMessageWriter",
     "PipesCloudStorageMessageWriterChannel",
     "PipesMessageDeliveryError",
+    "Redactor",
     "RequestError",
     "WriterSettings",
     "chunk_key",
     "handle_pipes_request",
     "install_logging_bridge",
     "open_request_pipes",
-    "split_pipes_params",
+    "parse_bootstrap",
 ]

@@ -9,22 +9,26 @@ instance serves many requests, concurrently when ``THREADS`` > 1, so each reques
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
 
 from dagster_pipes import (
-    DAGSTER_PIPES_CONTEXT_ENV_VAR,
-    DAGSTER_PIPES_MESSAGES_ENV_VAR,
     PipesContext,
-    PipesDefaultContextLoader,
-    PipesMappingParamsLoader,
+    PipesContextData,
+    PipesContextLoader,
+    PipesException,
+    PipesParams,
+    PipesParamsLoader,
 )
 
+from gcf_pipes.bootstrap import PipesBootstrap
+from gcf_pipes.redact import Redactor
 from gcf_pipes.writer import PipesCloudStorageMessageWriter
 
-PIPES_PARAM_KEYS = (DAGSTER_PIPES_CONTEXT_ENV_VAR, DAGSTER_PIPES_MESSAGES_ENV_VAR)
+# Causes and contexts reported with an exception (the chain is never this long in practice).
+_MAX_CHAINED_EXCEPTIONS = 8
 
 # Loggers whose records never go to Dagster: transport chatter (and the writer's own HTTP calls).
 _NOT_FORWARDED = ("urllib3", "google", "gunicorn", "werkzeug", "dagster-pipes")
@@ -57,30 +61,73 @@ def install_logging_bridge(logger: logging.Logger | None = None) -> None:
         target.setLevel(logging.INFO)
 
 
-def split_pipes_params(body: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Separate the Pipes bootstrap params from the user's event in a request body."""
-    params = {key: body[key] for key in PIPES_PARAM_KEYS if key in body}
-    event = {key: value for key, value in body.items() if key not in PIPES_PARAM_KEYS}
-    return params, event
+class PipesBootstrapParamsLoader(PipesParamsLoader):
+    """Hands ``PipesContext`` the checked bootstrap params, never the raw request values."""
+
+    def __init__(self, bootstrap: PipesBootstrap):
+        self._bootstrap = bootstrap
+
+    def is_dagster_pipes_process(self) -> bool:
+        return True
+
+    def load_context_params(self) -> PipesParams:
+        return {"data": self._bootstrap.context_data}
+
+    def load_messages_params(self) -> PipesParams:
+        return self._bootstrap.messages_params
+
+
+class PipesCheckedContextLoader(PipesContextLoader):
+    """Yields context data that was loaded and checked already; it opens nothing."""
+
+    def __init__(self, data: PipesContextData):
+        self._data = data
+
+    @contextmanager
+    def load_context(self, params: PipesParams) -> Iterator[PipesContextData]:
+        yield self._data
+
+
+def pipes_exception(exc: BaseException, redactor: Redactor, depth: int = 0) -> PipesException:
+    """The ``closed`` message's exception (as ``PipesContext`` builds it), redacted."""
+
+    def chained(inner: BaseException | None) -> PipesException | None:
+        if inner is None or depth >= _MAX_CHAINED_EXCEPTIONS:
+            return None
+        return pipes_exception(inner, redactor, depth + 1)
+
+    return {
+        "name": type(exc).__name__,
+        "message": redactor.text("".join(traceback.format_exception_only(exc))),
+        "stack": [redactor.text(line) for line in traceback.format_tb(exc.__traceback__)],
+        "cause": chained(exc.__cause__),
+        "context": chained(exc.__context__),
+    }
 
 
 @contextmanager
 def open_request_pipes(
-    pipes_params: Mapping[str, Any], writer: PipesCloudStorageMessageWriter
+    bootstrap: PipesBootstrap,
+    writer: PipesCloudStorageMessageWriter,
+    redactor: Redactor | None = None,
 ) -> Iterator[PipesContext]:
     """Open a Pipes context for one request; closing it flushes every message to GCS.
 
-    The context is closed with the exception (if any) raised inside the block, so Dagster
-    receives the remote error in the ``closed`` message.
+    The context is closed with the exception (if any) raised inside the block, environment
+    values redacted, so Dagster receives the remote error in the ``closed`` message.
     """
     context = PipesContext(
-        params_loader=PipesMappingParamsLoader(pipes_params),
-        context_loader=PipesDefaultContextLoader(),
+        params_loader=PipesBootstrapParamsLoader(bootstrap),
+        context_loader=PipesCheckedContextLoader(bootstrap.context_data),
         message_writer=writer,
     )
     token = _current_context.set(context)
     try:
-        with context:
+        try:
             yield context
+        except BaseException as exc:
+            context.close(pipes_exception(exc, redactor or Redactor.from_env()))
+            raise
+        context.close()
     finally:
         _current_context.reset(token)

@@ -1,8 +1,10 @@
 """HTTP wrapper that turns a business-logic job into a Pipes-speaking Cloud Function.
 
-Every outcome is a JSON response that names its cause: 400 for a malformed request, the
-job's own status for a :class:`RequestError`, 500 (with the remote type, message and
-traceback) for a crash, and 502 when Pipes messages could not be delivered to GCS.
+Every outcome is a JSON response that names its cause: 400/403/413 for a request refused
+before anything runs (see :mod:`gcf_pipes.bootstrap`), the job's own status for a
+:class:`RequestError`, 500 (with the remote type, message and traceback) for a crash, and
+502 when Pipes messages could not be delivered to GCS. Environment values are redacted from
+every error body, and a refusal (4xx) never carries a traceback.
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import flask
-from dagster_pipes import PipesContext, decode_param
+from dagster_pipes import PipesContext
 from google.cloud import storage
-from werkzeug.exceptions import RequestEntityTooLarge
 
-from gcf_pipes.context import PIPES_PARAM_KEYS, open_request_pipes, split_pipes_params
+from gcf_pipes.bootstrap import parse_bootstrap
+from gcf_pipes.context import open_request_pipes
 from gcf_pipes.errors import RequestError
+from gcf_pipes.redact import Redactor
 from gcf_pipes.writer import PipesCloudStorageMessageWriter, WriterSettings
 
 # The Pipes context and the event are small; anything bigger is a mistake or an attack.
 MAX_BODY_BYTES = 1024 * 1024
+_READ_BLOCK = 64 * 1024
 
 Job = Callable[[PipesContext, Mapping[str, Any]], Mapping[str, Any] | None]
 Response = tuple[flask.Response, int]
@@ -37,34 +41,47 @@ def error_body(kind: str, message: str, **details: Any) -> dict[str, Any]:
     return {"status": "error", "error": {"type": kind, "message": message, **details}}
 
 
-def parse_pipes_body(request: flask.Request, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
-    """The request's JSON object, with decodable Pipes bootstrap params, or a RequestError."""
-    size = request.content_length
-    if size is not None and size > max_bytes:
-        raise RequestError(
-            f"request body is {size} bytes; the limit is {max_bytes}", field="body", status=413
-        )
-    request.max_content_length = max_bytes  # also bounds bodies sent without Content-Length
+def _too_large(max_bytes: int) -> RequestError:
+    return RequestError(
+        f"request body exceeds the limit of {max_bytes} bytes", field="body", status=413
+    )
+
+
+def read_body(request: flask.Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    """The raw body, read no further than ``max_bytes`` + 1: 413 above, with or without a
+    Content-Length (a chunked body is cut off as soon as it passes the limit)."""
+    declared = request.content_length
+    if declared is not None and declared > max_bytes:
+        raise _too_large(max_bytes)
+    data = bytearray()
+    while len(data) <= max_bytes:
+        block = request.stream.read(min(_READ_BLOCK, max_bytes + 1 - len(data)))
+        if not block:
+            return bytes(data)
+        data += block
+    raise _too_large(max_bytes)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
-        body = request.get_json(force=True, silent=True)
-    except RequestEntityTooLarge as exc:
-        raise RequestError(
-            f"request body exceeds {max_bytes} bytes", field="body", status=413
-        ) from exc
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        body = None
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object", field="body")
-    missing = [key for key in PIPES_PARAM_KEYS if key not in body]
-    if missing:
-        raise RequestError(
-            f"missing Dagster Pipes bootstrap parameter(s): {', '.join(missing)}",
-            field=missing[0],
-        )
-    for key in PIPES_PARAM_KEYS:
-        try:
-            decode_param(body[key])
-        except Exception as exc:
-            raise RequestError(f"cannot decode {key}: {exc}", field=key) from exc
     return body
+
+
+def _refusal(exc: RequestError, redactor: Redactor) -> dict[str, Any]:
+    return error_body("RequestError", redactor.text(exc.message), field=exc.field)
+
+
+def _crash(exc: Exception, redactor: Redactor) -> dict[str, Any]:
+    return error_body(
+        type(exc).__name__,
+        redactor.text(str(exc)),
+        traceback=redactor.text("".join(traceback.format_exception(exc))),
+    )
 
 
 def handle_pipes_request(
@@ -72,28 +89,39 @@ def handle_pipes_request(
     job: Job,
     *,
     storage_client: storage.Client,
+    pipes_bucket: str | None,
     writer_settings: WriterSettings | None = None,
 ) -> Response:
-    """Run ``job`` inside a fresh Pipes context for this request and report the outcome."""
-    started = time.monotonic()
-    try:
-        pipes_params, event = split_pipes_params(parse_pipes_body(request))
-    except RequestError as exc:
-        return json_response(exc.status, error_body("RequestError", exc.message, field=exc.field))
+    """Run ``job`` inside a fresh Pipes context for this request and report the outcome.
 
-    writer = PipesCloudStorageMessageWriter(storage_client, writer_settings)
+    ``pipes_bucket`` is the only bucket Pipes messages are written to (the function's own
+    configuration; a request naming another one is refused with 403). Nothing in the body is
+    trusted: it is bounded, decoded within limits and checked before any context opens.
+    """
+    started = time.monotonic()
+    redactor = Redactor.from_env()
+    if not pipes_bucket:
+        body = error_body("ConfigurationError", "the function has no Pipes bucket configured")
+        return json_response(500, body)
+    try:
+        bootstrap, event = parse_bootstrap(
+            parse_json_object(read_body(request)), pipes_bucket=pipes_bucket
+        )
+    except RequestError as exc:
+        return json_response(exc.status, _refusal(exc, redactor))
+
+    writer = PipesCloudStorageMessageWriter(
+        storage_client, writer_settings, only_bucket=pipes_bucket
+    )
     status, body = 200, dict[str, Any]()
     try:
-        with open_request_pipes(pipes_params, writer) as pipes:
+        with open_request_pipes(bootstrap, writer, redactor) as pipes:
             summary = job(pipes, event) or {}
         body = {"status": "ok", "result": dict(summary)}
     except RequestError as exc:
-        status, body = exc.status, error_body("RequestError", exc.message, field=exc.field)
+        status, body = exc.status, _refusal(exc, redactor)
     except Exception as exc:  # noqa: BLE001 - every crash becomes a 500 naming its cause
-        status = 500
-        body = error_body(
-            type(exc).__name__, str(exc), traceback="".join(traceback.format_exception(exc))
-        )
+        status, body = 500, _crash(exc, redactor)
 
     channel = writer.channel
     if channel is not None and channel.delivery_error is not None:
@@ -101,7 +129,7 @@ def handle_pipes_request(
             502,
             error_body(
                 "PipesMessageDeliveryError",
-                str(channel.delivery_error),
+                redactor.text(str(channel.delivery_error)),
                 job_outcome=body,
             ),
         )

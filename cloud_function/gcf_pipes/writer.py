@@ -167,12 +167,20 @@ class PipesCloudStorageMessageWriter(PipesMessageWriter[PipesCloudStorageMessage
     """Writes Pipes messages to the bucket and key prefix chosen by the Dagster-side reader.
 
     Create one writer per request: ``channel`` exposes the open channel so the caller can
-    check ``channel.delivery_error`` once the Pipes context is closed.
+    check ``channel.delivery_error`` once the Pipes context is closed. With ``only_bucket``
+    it refuses (403) params naming any other bucket.
     """
 
-    def __init__(self, client: storage.Client, settings: WriterSettings | None = None):
+    def __init__(
+        self,
+        client: storage.Client,
+        settings: WriterSettings | None = None,
+        *,
+        only_bucket: str | None = None,
+    ):
         self._client = client
         self._settings = settings or WriterSettings()
+        self._only_bucket = only_bucket
         self.channel: PipesCloudStorageMessageWriterChannel | None = None
 
     @contextmanager
@@ -183,6 +191,12 @@ class PipesCloudStorageMessageWriter(PipesMessageWriter[PipesCloudStorageMessage
             raise RequestError(
                 "Pipes message params need a non-empty string 'bucket'",
                 field="DAGSTER_PIPES_MESSAGES",
+            )
+        if self._only_bucket is not None and bucket != self._only_bucket:
+            raise RequestError(
+                "Pipes message param 'bucket' is not this function's Pipes bucket",
+                field="DAGSTER_PIPES_MESSAGES.bucket",
+                status=403,
             )
         if key_prefix is not None and not isinstance(key_prefix, str):
             raise RequestError(

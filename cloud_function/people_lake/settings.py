@@ -6,14 +6,26 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gcf_pipes.gcs_names import is_bucket_name
+
 # Names of the environment variables the function reads (Terraform sets each one).
 DATA_LAKE_URI_VAR = "DATA_LAKE_URI"
 # Comma-separated data-lake roots the function may write under; unset: DATA_LAKE_URI only.
 ALLOWED_DATA_LAKE_ROOTS_VAR = "ALLOWED_DATA_LAKE_ROOTS"
+# The only bucket the function writes Pipes messages to (requests naming another get 403).
+PIPES_BUCKET_VAR = "PIPES_BUCKET"
 # Read by functions-framework's gunicorn: request threads per instance (= Cloud Run concurrency).
 THREADS_VAR = "THREADS"
+# The function's project (Terraform: var.project_id), for trace names in structured log lines.
+GOOGLE_CLOUD_PROJECT_VAR = "GOOGLE_CLOUD_PROJECT"
 
-FUNCTION_ENV_VARS = (DATA_LAKE_URI_VAR, ALLOWED_DATA_LAKE_ROOTS_VAR, THREADS_VAR)
+FUNCTION_ENV_VARS = (
+    DATA_LAKE_URI_VAR,
+    ALLOWED_DATA_LAKE_ROOTS_VAR,
+    PIPES_BUCKET_VAR,
+    THREADS_VAR,
+    GOOGLE_CLOUD_PROJECT_VAR,
+)
 # Local development only (never set by Terraform): delta-rs then sends gs:// requests there.
 STORAGE_EMULATOR_HOST_VAR = "STORAGE_EMULATOR_HOST"
 
@@ -28,11 +40,17 @@ class FunctionSettings:
         allowed_roots: the only data-lake roots (and their sub-paths) the function writes
             to; empty means every write is refused.
         storage_emulator_host: GCS emulator for ``gs://`` tables (local development).
+        pipes_bucket: the bucket Pipes messages go to; unset, every request is refused.
     """
 
     data_lake_uri: str | None
     allowed_roots: tuple[str, ...] = ()
     storage_emulator_host: str | None = None
+    pipes_bucket: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.pipes_bucket is not None and not is_bucket_name(self.pipes_bucket):
+            raise ValueError(f"{PIPES_BUCKET_VAR} is not a valid Cloud Storage bucket name")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FunctionSettings:
@@ -44,4 +62,5 @@ class FunctionSettings:
             data_lake_uri=lake,
             allowed_roots=allowed,
             storage_emulator_host=env.get(STORAGE_EMULATOR_HOST_VAR, "").strip() or None,
+            pipes_bucket=env.get(PIPES_BUCKET_VAR, "").strip() or None,
         )

@@ -28,7 +28,11 @@ def client() -> FakeClient:
 def call(client: FakeClient, job: Any, **request: Any) -> tuple[int, dict[str, Any]]:
     with app.test_request_context("/", method="POST", **request):
         response, status = handle_pipes_request(
-            flask.request, job, storage_client=client, writer_settings=FAST
+            flask.request,
+            job,
+            storage_client=client,
+            pipes_bucket=PIPES_BUCKET,
+            writer_settings=FAST,
         )  # type: ignore[arg-type]
     return status, json.loads(response.get_data())
 

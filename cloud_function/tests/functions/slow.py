@@ -4,6 +4,7 @@ Each request is also printed to the server's own output (``CALL_LINE``), so a te
 the calls the server really received.
 """
 
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -28,4 +29,6 @@ def _slow_job(pipes: PipesContext, event: Mapping[str, Any]) -> dict[str, Any]:
 @functions_framework.http
 def main(request: flask.Request) -> tuple[flask.Response, int]:
     print(CALL_LINE, request.headers.get("X-Dagster-Invocation-Id"), flush=True)
-    return handle_pipes_request(request, _slow_job, storage_client=storage.Client())
+    return handle_pipes_request(
+        request, _slow_job, storage_client=storage.Client(), pipes_bucket=os.environ["PIPES_BUCKET"]
+    )
