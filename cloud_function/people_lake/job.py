@@ -57,8 +57,8 @@ def plan_invocation(
     day = parse_partition_day(pipes)
     invocation_id = parse_invocation_id(pipes)
     lake = parse_lake_uri(request.data_lake_uri)
-    ensure_allowed(lake, settings.allowed_roots)
     location = table_location(lake, to_asset_key_path(pipes.asset_key))
+    ensure_allowed(location, settings.allowed_roots)  # the canonical table path, links resolved
     return Plan(request, table_ref(location, settings.storage_emulator_host), day, invocation_id)
 
 

@@ -1,31 +1,39 @@
 """Where tables live: data-lake URIs (local or ``gs://``), the allow-list, table paths.
 
 A local directory and a ``gs://`` bucket are handled the same way: both are parsed into a
-:class:`LakeLocation` (normalised path segments), checked against the allowed roots by whole
-segments, and given their delta-rs storage options by :func:`storage_options_for` only.
+canonical :class:`LakeLocation` (path segments; locally with symlinks resolved), the *table*
+location is checked against the allowed roots by whole segments, and delta-rs gets its
+storage options from :func:`storage_options_for` only. The same check guards reads and writes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gcf_pipes import RequestError
+from gcf_pipes.gcs_names import is_bucket_name
 
 GCS_SCHEME = "gs://"
 FILE_SCHEME = "file://"
+MAX_LAKE_URI_CHARS = 1024
 
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+# Refused anywhere in a lake URI: percent-escapes (delta-rs decodes them, so "%2e%2e" would
+# become ".." after every check), backslashes, URL delimiters and control characters.
+_UNSAFE_CHARS = re.compile(r"[%\\?#\x00-\x1f\x7f]")
+_DOT_SEGMENTS = frozenset({".", ".."})
 # One table-path segment from an asset key: no separators, no dot-only or hidden names.
 _KEY_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True)
 class LakeLocation:
-    """A normalised location: ``gs://<bucket>/<segments>`` or an absolute local path."""
+    """A canonical location: ``gs://<bucket>/<segments>`` or an absolute local path with
+    every symlink along it resolved."""
 
     remote: bool
     segments: tuple[str, ...]  # bucket first when remote; path components when local
@@ -42,58 +50,105 @@ class LakeLocation:
         return self.remote == root.remote and self.segments[:depth] == root.segments
 
     def joinpath(self, *segments: str) -> LakeLocation:
-        return LakeLocation(self.remote, (*self.segments, *segments))
+        if self.remote:
+            return LakeLocation(True, (*self.segments, *segments))
+        return _local(Path(self.uri, *segments))
 
 
-def _refuse(uri: str, reason: str, field: str) -> RequestError:
-    return RequestError(f"{field} {uri!r} is not a valid data-lake location: {reason}", field=field)
+def _local(path: Path) -> LakeLocation:
+    return LakeLocation(remote=False, segments=path.resolve().parts[1:])
+
+
+def _refuse(reason: str, field: str) -> RequestError:
+    # The value is not echoed: a refusal never shows a path.
+    return RequestError(f"{field} is not a valid data-lake location: {reason}", field=field)
 
 
 def parse_lake_uri(uri: str, *, field: str = "dl_bucket") -> LakeLocation:
-    """Parse ``gs://bucket[/prefix]``, ``file:///path`` or a local path (made absolute).
+    """Parse ``gs://bucket[/prefix]``, ``file:///path`` or a local path into its canonical form.
+
+    Local paths are made absolute with every existing symlink resolved.
 
     Raises:
-        RequestError: (400) another scheme, a bad bucket name, or ``.``/``..`` segments in a
-            ``gs://`` URI (local paths are resolved instead, symlinks included).
+        RequestError: (400) another scheme, a bad bucket name, ``.``/``..`` segments, or a
+            ``%``, ``\\``, ``?``, ``#`` or control character anywhere.
     """
     text = uri.strip()
+    if len(text) > MAX_LAKE_URI_CHARS:
+        raise _refuse(f"longer than {MAX_LAKE_URI_CHARS} characters", field)
+    if _UNSAFE_CHARS.search(text):
+        raise _refuse(
+            "percent-escapes, backslashes, '?', '#' and control characters are not accepted",
+            field,
+        )
     if text.startswith(GCS_SCHEME):
         bucket, _, prefix = text.removeprefix(GCS_SCHEME).partition("/")
-        if not _BUCKET.fullmatch(bucket):
-            raise _refuse(uri, f"{bucket!r} is not a bucket name", field)
+        if not is_bucket_name(bucket):
+            raise _refuse("not a valid Cloud Storage bucket name", field)
         segments = [part for part in prefix.split("/") if part]
-        if any(part in {".", ".."} for part in segments):
-            raise _refuse(uri, "'.' and '..' are not allowed in gs:// paths", field)
+        if _DOT_SEGMENTS.intersection(segments):
+            raise _refuse("'.' and '..' segments are not accepted", field)
         return LakeLocation(remote=True, segments=(bucket, *segments))
     if "://" in text and not text.startswith(FILE_SCHEME):
-        raise _refuse(uri, "only gs:// URIs and local paths are supported", field)
-    if not text.removeprefix(FILE_SCHEME):
-        raise _refuse(uri, "the path is empty", field)
-    path = Path(text.removeprefix(FILE_SCHEME)).expanduser().resolve()
-    return LakeLocation(remote=False, segments=path.parts[1:])
+        raise _refuse("only gs:// URIs and local paths are supported", field)
+    path = text.removeprefix(FILE_SCHEME)
+    if not path:
+        raise _refuse("the path is empty", field)
+    if _DOT_SEGMENTS.intersection(path.split("/")):
+        raise _refuse("'.' and '..' segments are not accepted", field)
+    return _local(Path(path))
+
+
+def _symlink_below(directory: Path) -> bool:
+    """Whether the tree under ``directory`` holds a symlink (links are never followed)."""
+    pending = [directory]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if entry.is_symlink():
+                return True
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+    return False
 
 
 def ensure_allowed(location: LakeLocation, allowed_roots: Iterable[str]) -> None:
-    """Refuse (HTTP 403) a location outside every allowed data-lake root."""
+    """Refuse (HTTP 403) a table location outside every allowed data-lake root.
+
+    ``location`` is canonical (symlinks along a local path resolved), so the check holds for
+    what is really read and written. Below a local table nothing may be a symlink: delta-rs
+    would follow one out of the lake (a ``_delta_log`` or partition directory elsewhere).
+    Locally a link created between this check and the write is not caught; GCS has no links.
+    """
     roots = [parse_lake_uri(root, field="ALLOWED_DATA_LAKE_ROOTS") for root in allowed_roots]
     if not any(location.is_within(root) for root in roots):
-        allowed = ", ".join(root.uri for root in roots) or "none configured"
         raise RequestError(
-            f"writing to {location.uri} is not allowed (allowed data-lake roots: {allowed})",
+            "dl_bucket: not allowed: the table location is outside the function's allowed "
+            "data-lake roots",
+            field="dl_bucket",
+            status=403,
+        )
+    if not location.remote and _symlink_below(Path(location.uri)):
+        raise RequestError(
+            "dl_bucket: not allowed: the table directory contains a symbolic link, which "
+            "could lead out of the allowed data-lake roots",
             field="dl_bucket",
             status=403,
         )
 
 
 def table_location(lake: LakeLocation, asset_key_path: Sequence[str]) -> LakeLocation:
-    """``<lake>/<asset key path>``; every key segment must be a plain name (no ``..``, ``/``)."""
+    """``<lake>/<asset key path>``, canonical; every key part must be a plain name."""
     if not asset_key_path:
         raise RequestError("the asset key is empty", field="asset_key")
     for part in asset_key_path:
         if not _KEY_SEGMENT.fullmatch(part):
             raise RequestError(
-                f"asset key part {part!r} is not a valid table path segment "
-                "(letters, digits, '_', '-', '.'; not starting with '.' or '-')",
+                "an asset key part is not a valid table path segment "
+                "(letters, digits, '_', '-', '.'; not starting with '.' or '-'; at most 128)",
                 field="asset_key",
             )
     return lake.joinpath(*asset_key_path)
