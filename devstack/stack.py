@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.net import LOOPBACK, free_port
-from devstack.services import FUNCTION_SOURCE, emulator_command, function_command, running
+from devstack.readiness import Check, emulator_probe, wait_ready
+from devstack.services import (
+    FUNCTION_SOURCE,
+    ServiceFailed,
+    emulator_command,
+    function_command,
+    running,
+)
 
 
 @dataclass(frozen=True)
@@ -33,8 +40,9 @@ def local_stack(
     function_env: Mapping[str, str] | None = None,
     function_source: Path = FUNCTION_SOURCE,
 ) -> Iterator[LocalStack]:
-    """Run the GCS emulator and a function (by default the people function, served by
-    functions-framework with 8 request threads) until the block exits."""
+    """Run the GCS emulator (fake-gcs-server, the Pipes bucket created) and a function (by
+    default the people function, served by functions-framework with 8 request threads) until
+    the block exits."""
     work_dir.mkdir(parents=True, exist_ok=True)
     emulator_port, function_port = free_port(), free_port()
     emulator_url = f"http://{LOOPBACK}:{emulator_port}"
@@ -42,6 +50,7 @@ def local_stack(
     lake.mkdir(exist_ok=True)
     env = {
         "STORAGE_EMULATOR_HOST": emulator_url,
+        "PIPES_BUCKET": pipes_bucket,
         "DATA_LAKE_URI": str(lake),
         "THREADS": "8",
         **(function_env or {}),
@@ -50,11 +59,12 @@ def local_stack(
         stack.enter_context(
             running(
                 "GCS emulator",
-                emulator_command(emulator_port, pipes_bucket),
+                emulator_command(emulator_port, pipes_bucket, work_dir / "emulator-data"),
                 emulator_port,
                 log_path=work_dir / "emulator.log",
             )
         )
+        _wait_for_bucket(emulator_url, pipes_bucket)
         stack.enter_context(
             running(
                 "function",
@@ -71,3 +81,11 @@ def local_stack(
             data_lake_uri=str(lake),
             log_dir=work_dir,
         )
+
+
+def _wait_for_bucket(emulator_url: str, bucket: str) -> None:
+    problems = wait_ready(
+        [Check("GCS emulator", emulator_url, emulator_probe(emulator_url, bucket))], 30
+    )
+    if problems:
+        raise ServiceFailed("; ".join(problems))
