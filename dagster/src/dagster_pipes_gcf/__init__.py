@@ -1,7 +1,10 @@
 """Dagster Pipes integration for Google Cloud Functions (client, GCS reader, invocation, auth)."""
 
-from dagster_pipes_gcf.auth import IdTokenAuth, audience_for, needs_id_token
-from dagster_pipes_gcf.client import PipesCloudFunctionClient
+from dagster_pipes_gcf.auth import AudienceRequired, IdTokenAuth, audience_for, needs_id_token
+from dagster_pipes_gcf.client import (
+    PipesCloudFunctionClient,
+    PipesCloudFunctionCompletedInvocation,
+)
 from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
 from dagster_pipes_gcf.invocation import (
     CloudFunctionError,
@@ -11,18 +14,22 @@ from dagster_pipes_gcf.invocation import (
 )
 from dagster_pipes_gcf.message_reader import (
     LogCoalescing,
+    PipesAttemptStreams,
     PipesCloudStorageMessageReader,
     PollingPolicy,
 )
 
 __all__ = [
+    "AudienceRequired",
     "CloudFunctionError",
     "CloudFunctionInvoker",
     "FunctionResponse",
     "IdTokenAuth",
     "InvocationPolicy",
     "LogCoalescing",
+    "PipesAttemptStreams",
     "PipesCloudFunctionClient",
+    "PipesCloudFunctionCompletedInvocation",
     "PipesCloudFunctionEventContextInjector",
     "PipesCloudStorageMessageReader",
     "PollingPolicy",

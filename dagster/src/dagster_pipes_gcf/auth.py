@@ -1,4 +1,4 @@
-"""Google ID tokens for calling a private Cloud Function (audience = the function URL)."""
+"""Google ID tokens for calling a private Cloud Function, with the audience Google checks."""
 
 from __future__ import annotations
 
@@ -26,10 +26,44 @@ def needs_id_token(url: str) -> bool:
     return parts.scheme == "https" and (parts.hostname or "") not in LOCAL_HOSTS
 
 
-def audience_for(url: str) -> str:
-    """The token audience: the function's base URL (scheme and host, no path or query)."""
+class AudienceRequired(ValueError):
+    """The ID-token audience cannot be derived from the function URL; set it explicitly."""
+
+
+def audience_for(url: str, audience: str | None = None) -> str:
+    """The ID-token audience Google checks for a call to ``url``.
+
+    - ``audience`` when given (custom domains, custom audiences): always wins.
+    - ``https://REGION-PROJECT.cloudfunctions.net/NAME``: that URL, path included (no query
+      or fragment); only the function name counts, as in the URL the console shows.
+    - ``https://….run.app/…``: the service origin (scheme and host).
+    - a local URL (no token is sent): its origin.
+
+    Raises:
+        AudienceRequired: any other host, e.g. a custom domain in front of the function.
+    """
+    if audience:
+        return audience
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    host = parts.hostname or ""  # lowercased; Google's audiences never carry port 443
+    port = "" if parts.port in (None, 443) else f":{parts.port}"
+    origin = f"{parts.scheme}://{host}{port}"
+    if host.endswith(".cloudfunctions.net"):
+        name = parts.path.strip("/").split("/")[0]
+        if not name:
+            raise AudienceRequired(
+                f"{url} names no function: a cloudfunctions.net URL is "
+                "https://REGION-PROJECT.cloudfunctions.net/FUNCTION_NAME"
+            )
+        return f"{origin}/{name}"
+    if host.endswith(".run.app") or not needs_id_token(url):
+        return origin
+    raise AudienceRequired(
+        f"cannot tell the ID-token audience for {origin}: it is neither a *.run.app nor a "
+        "*.cloudfunctions.net URL (a custom domain?). Set the audience explicitly "
+        "(IdTokenAuth(audience=...); CLOUD_FUNCTION_AUDIENCE in the demo) to the function's "
+        "run.app URL or to a custom audience configured on the service."
+    )
 
 
 class TokenCredentials(Protocol):
@@ -97,6 +131,9 @@ class IdTokenAuth:
     account from the caller's own credentials. One credential per audience is cached and
     refreshed ``refresh_margin`` before its token expires.
 
+    The audience is derived from each function URL (:func:`audience_for`); ``audience`` sets
+    it for every call instead, as a custom domain needs.
+
     The keyword-only arguments exist for tests: where credentials, transport requests and the
     current time come from.
     """
@@ -105,6 +142,7 @@ class IdTokenAuth:
         self,
         impersonate_service_account: str | None = None,
         *,
+        audience: str | None = None,
         refresh_margin: timedelta = DEFAULT_REFRESH_MARGIN,
         default_factory: DefaultCredentialsFactory = default_id_token_credentials,
         impersonated_factory: ImpersonatedCredentialsFactory = impersonated_id_token_credentials,
@@ -112,6 +150,7 @@ class IdTokenAuth:
         clock: Callable[[], datetime] = _utcnow,
     ):
         self.impersonate_service_account = impersonate_service_account
+        self.audience = audience
         self.refresh_margin = refresh_margin
         self._default_factory = default_factory
         self._impersonated_factory = impersonated_factory
@@ -123,7 +162,7 @@ class IdTokenAuth:
     def headers_for(self, url: str) -> dict[str, str]:
         if not needs_id_token(url):
             return {}
-        return {"Authorization": f"Bearer {self.token_for(audience_for(url))}"}
+        return {"Authorization": f"Bearer {self.token_for(audience_for(url, self.audience))}"}
 
     def token_for(self, audience: str) -> str:
         with self._lock:

@@ -19,6 +19,7 @@ LOCAL_DEFAULTS = {
     "PIPES_BUCKET": "dagster-pipes-local",
     "DATA_LAKE_URI": ".data/lake",
     "GOOGLE_IMPERSONATE_SERVICE_ACCOUNT": "",
+    "CLOUD_FUNCTION_AUDIENCE": "",
 }
 
 
@@ -38,6 +39,7 @@ class DemoSettings:
     pipes_bucket: str
     data_lake_uri: str
     impersonate_service_account: str | None = None
+    function_audience: str | None = None  # ID-token audience; derived from the URL if unset
 
     @classmethod
     def from_env(cls, env_file: Path | None = REPO_ROOT / ".env") -> DemoSettings:
@@ -52,4 +54,5 @@ class DemoSettings:
             pipes_bucket=get("PIPES_BUCKET"),
             data_lake_uri=_resolve_lake(get("DATA_LAKE_URI")),
             impersonate_service_account=get("GOOGLE_IMPERSONATE_SERVICE_ACCOUNT") or None,
+            function_audience=get("CLOUD_FUNCTION_AUDIENCE") or None,
         )

@@ -19,7 +19,7 @@ from google.auth import impersonated_credentials
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
-from dagster_pipes_gcf import IdTokenAuth, audience_for, needs_id_token
+from dagster_pipes_gcf import AudienceRequired, IdTokenAuth, audience_for, needs_id_token
 from dagster_pipes_gcf.auth import impersonated_id_token_credentials
 
 FUNCTION_URL = "https://dagster-pipes-gcp-abc123-ez.a.run.app/run?x=1"
@@ -89,9 +89,12 @@ def factories(clock: Clock) -> Factories:
     return Factories(clock)
 
 
-def auth_with(factories: Factories, impersonate: str | None = None) -> IdTokenAuth:
+def auth_with(
+    factories: Factories, impersonate: str | None = None, audience: str | None = None
+) -> IdTokenAuth:
     return IdTokenAuth(
         impersonate,
+        audience=audience,
         default_factory=factories.default,
         impersonated_factory=factories.impersonated,
         request_factory=lambda: "request",
@@ -115,9 +118,70 @@ def test_only_deployed_https_urls_need_a_token(url: str, expected: bool) -> None
     assert needs_id_token(url) is expected
 
 
-def test_audience_is_the_base_url() -> None:
-    assert audience_for(FUNCTION_URL) == AUDIENCE
-    assert audience_for("https://host.example:8443/a/b") == "https://host.example:8443"
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        # run.app (both the hash and the deterministic form): the service origin.
+        (FUNCTION_URL, AUDIENCE),
+        ("https://people-123456789012.europe-west1.run.app/", "https://people-123456789012.europe-west1.run.app"),
+        ("https://People-abc-ew.a.run.app:443/x#frag", "https://people-abc-ew.a.run.app"),
+        # cloudfunctions.net: the full URL Google checks, function name included.
+        ("https://europe-west4-my-proj.cloudfunctions.net/people", "https://europe-west4-my-proj.cloudfunctions.net/people"),
+        ("https://europe-west4-my-proj.cloudfunctions.net/people/?a=1#f", "https://europe-west4-my-proj.cloudfunctions.net/people"),
+        ("https://europe-west4-my-proj.cloudfunctions.net/people/sub/path", "https://europe-west4-my-proj.cloudfunctions.net/people"),
+        ("https://EUROPE-WEST4-my-proj.CloudFunctions.net/people", "https://europe-west4-my-proj.cloudfunctions.net/people"),
+        # local: no token is sent; the origin.
+        ("http://127.0.0.1:8080/run", "http://127.0.0.1:8080"),
+    ],
+)  # fmt: skip
+def test_the_audience_follows_the_url_form(url: str, expected: str) -> None:
+    assert audience_for(url) == expected
+
+
+def test_an_explicit_audience_wins_for_every_url_form() -> None:
+    for url in [FUNCTION_URL, "https://r-p.cloudfunctions.net/f", "https://people.example.com"]:
+        assert audience_for(url, "https://custom-audience") == "https://custom-audience"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://people.example.com/run",  # a custom domain
+        "https://host.example:8443/a/b",
+        "https://run.app.example.com",  # not a run.app host
+        "https://europe-west4-my-proj.cloudfunctions.net/",  # no function name
+    ],
+)
+def test_an_audience_that_cannot_be_derived_fails_naming_the_setting(url: str) -> None:
+    with pytest.raises(AudienceRequired) as raised:
+        audience_for(url)
+    message = str(raised.value)
+    assert "CLOUD_FUNCTION_AUDIENCE" in message or "FUNCTION_NAME" in message
+
+
+def test_a_custom_domain_fails_before_any_credentials_are_made(factories: Factories) -> None:
+    with pytest.raises(AudienceRequired, match="audience=") as raised:
+        auth_with(factories).headers_for("https://people.example.com/run")
+    assert "CLOUD_FUNCTION_AUDIENCE" in str(raised.value)
+    assert factories.made == []
+
+
+def test_a_custom_domain_with_an_explicit_audience_gets_a_token_for_it(
+    factories: Factories,
+) -> None:
+    auth = auth_with(factories, audience="https://people-abc-ew.a.run.app")
+    headers = auth.headers_for("https://people.example.com/run")
+    assert headers == {"Authorization": "Bearer token-1"}
+    assert factories.default_calls == ["https://people-abc-ew.a.run.app"]
+
+
+def test_a_cloudfunctions_net_url_gets_a_token_for_the_full_url(factories: Factories) -> None:
+    auth_with(factories, impersonate=SA).headers_for(
+        "https://europe-west4-my-proj.cloudfunctions.net/people?x=1"
+    )
+    assert factories.impersonated_calls == [
+        (SA, "https://europe-west4-my-proj.cloudfunctions.net/people")
+    ]
 
 
 def test_a_local_url_gets_no_header_and_no_credentials(factories: Factories) -> None:

@@ -7,6 +7,7 @@ import dagster as dg
 from dagster_pipes_gcf import (
     CloudFunctionInvoker,
     IdTokenAuth,
+    InvocationPolicy,
     PipesCloudFunctionClient,
     PipesCloudStorageMessageReader,
 )
@@ -30,7 +31,9 @@ def build_resources(settings: DemoSettings) -> dict[str, Any]:
                 bucket=settings.pipes_bucket, impersonate_service_account=orchestrator
             ),
             invoker=CloudFunctionInvoker(
-                auth=IdTokenAuth(impersonate_service_account=orchestrator)
+                auth=IdTokenAuth(
+                    impersonate_service_account=orchestrator, audience=settings.function_audience
+                )
             ),
         ),
         "people_function": PeopleFunction(
