@@ -2,46 +2,137 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dagster import (
     AssetExecutionContext,
+    DagsterInstance,
+    DagsterRun,
+    MaterializeResult,
     OpExecutionContext,
     PipesClient,
     PipesClientCompletedInvocation,
     PipesContextInjector,
+    PipesExecutionResult,
     PipesMessageReader,
+    PipesSession,
     open_pipes_session,
 )
 from dagster._core.definitions.resource_annotation import TreatAsResourceParam
-from dagster_pipes import PipesExtras
+from dagster._core.storage.tags import RESUME_RETRY_TAG
+from dagster_pipes import DAGSTER_PIPES_MESSAGES_ENV_VAR, PipesExtras, encode_param
 
 from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
-from dagster_pipes_gcf.invocation import CloudFunctionInvoker
+from dagster_pipes_gcf.invocation import CloudFunctionInvoker, FunctionResponse
+from dagster_pipes_gcf.message_reader import PipesAttemptStreams, PipesCloudStorageMessageReader
 
 INVOCATION_ID_EXTRA = "invocation_id"
 INVOCATION_ID_HEADER = "X-Dagster-Invocation-Id"
 
+Context = AssetExecutionContext | OpExecutionContext
 
-def invocation_id_for(context: AssetExecutionContext | OpExecutionContext) -> str:
-    """Stable id of "this run, these assets, this partition": equal for every retry of it.
 
-    The function uses it to recognise a repeated invocation (e.g. as a Delta transaction id).
+def idempotency_run_id(run: DagsterRun, instance: DagsterInstance | None = None) -> str:
+    """The run whose work ``run`` continues: itself, unless it re-executes from failure.
+
+    A from-failure re-execution (tag ``dagster/is_resume_retry``) continues its parent, and
+    so on up the chain; ``instance`` is asked for the parents. A full re-execution is new work.
     """
-    assets = ",".join(sorted(key.to_user_string() for key in context.selected_asset_keys))
-    partition = context.partition_key if context.has_partition_key else ""
-    name = f"dagster://{context.run.run_id}/{context.op_execution_context.op.name}/{assets}/{partition}"
+    while run.tags.get(RESUME_RETRY_TAG) == "true" and run.parent_run_id:
+        parent = instance.get_run_by_id(run.parent_run_id) if instance else None
+        if parent is None:
+            return run.root_run_id or run.parent_run_id
+        run = parent
+    return run.run_id
+
+
+def derive_invocation_id(
+    *,
+    run_id: str,
+    step_key: str,
+    asset_keys: Sequence[str],
+    partition: str,
+    ordinal: int,
+) -> str:
+    """A UUID (matches ``[A-Za-z0-9][A-Za-z0-9._:-]{0,127}``) naming one call of one step."""
+    assets = ",".join(sorted(asset_keys))
+    name = f"dagster://{run_id}/{step_key}/{assets}/{partition}/{ordinal}"
     return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+
+
+def partition_of(context: Context) -> str:
+    """The partition key, ``start..end`` for a range, or "" when unpartitioned."""
+    if not context.has_partition_key_range:
+        return ""
+    keys = context.partition_key_range
+    return keys.start if keys.start == keys.end else f"{keys.start}..{keys.end}"
+
+
+class InvocationIds:
+    """Invocation ids per ``run()`` call: the n-th call of a step attempt gets ordinal n.
+
+    Thread-safe. The ordinal restarts with each step retry, so a retried step's calls get the
+    ids of the first try's calls in the same order.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[tuple[str, str, int], int] = {}
+
+    def next_for(self, context: Context) -> str:
+        step_key = context.get_step_execution_context().step.key
+        with self._lock:
+            key = (context.run_id, step_key, context.retry_number)
+            ordinal = self._calls[key] = self._calls.get(key, 0) + 1
+        return derive_invocation_id(
+            run_id=idempotency_run_id(context.run, context.instance),
+            step_key=step_key,
+            asset_keys=[key.to_user_string() for key in context.selected_asset_keys],
+            partition=partition_of(context),
+            ordinal=ordinal,
+        )
+
+
+class PipesCloudFunctionCompletedInvocation(PipesClientCompletedInvocation):
+    """A finished call whose metadata (function URL, invocation id, timings) goes on the
+    materializations only, not on the asset check results the function reported."""
+
+    def __init__(self, session: PipesSession, metadata: Mapping[str, Any]):
+        super().__init__(session, metadata=metadata)
+        self._pipes_session = session
+
+    def get_results(
+        self, *, implicit_materializations: bool = True
+    ) -> Sequence[PipesExecutionResult]:
+        results = self._pipes_session.get_results(
+            implicit_materializations=implicit_materializations
+        )
+        return [
+            result._replace(metadata={**(result.metadata or {}), **self.metadata})
+            if isinstance(result, MaterializeResult)
+            else result
+            for result in results
+        ]
 
 
 class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
     """Pipes client that invokes an HTTP Cloud Function and streams its messages back.
 
     The Pipes bootstrap parameters are merged into the JSON request body next to the
-    caller's ``event``; the function writes messages to GCS where ``message_reader`` (usually
-    a :class:`PipesCloudStorageMessageReader`) picks them up while the call runs.
+    caller's ``event``; the function writes messages to GCS where ``message_reader`` picks
+    them up while the call runs. Each HTTP attempt gets its own message prefix
+    (``<reader prefix>/<session>/<attempt>``) and only the attempt that answered contributes
+    results.
+
+    Invocation id (header ``X-Dagster-Invocation-Id``, Pipes extra ``invocation_id``): one id
+    per ``run()`` call, the same for every HTTP retry of that call and for Dagster's step
+    retries, derived from the run, step key, selected asset keys, partition (or range) and
+    the call's ordinal within the step (1st, 2nd, ... ``run()`` call). A from-failure
+    re-execution uses the run it resumes (its parent chain), so work that run committed is
+    recognised and not done again; a full re-execution is new work with new ids.
 
     Args:
         message_reader: where the function's messages are read from.
@@ -59,6 +150,7 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
         self.message_reader = message_reader
         self.context_injector = context_injector or PipesCloudFunctionEventContextInjector()
         self.invoker = invoker or CloudFunctionInvoker()
+        self.invocation_ids = InvocationIds()
 
     @classmethod
     def _is_dagster_maintained(cls) -> bool:
@@ -67,44 +159,75 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
     def run(  # type: ignore[override]
         self,
         *,
-        context: AssetExecutionContext | OpExecutionContext,
+        context: Context,
         function_url: str,
         event: Mapping[str, Any] | None = None,
         extras: PipesExtras | None = None,
         timeout: float | None = None,
-    ) -> PipesClientCompletedInvocation:
+    ) -> PipesCloudFunctionCompletedInvocation:
         """Invoke the function at ``function_url`` with ``event`` and wait for it to finish.
 
         Raises:
-            CloudFunctionError: the call failed (non-2xx, unreachable, timed out); the
-                message names the HTTP status and the remote error.
+            CloudFunctionError: the call failed (non-2xx, unreachable, timed out, or an
+                ambiguous outcome the policy does not retry); the message names the cause.
             DagsterPipesExecutionError: the function's messages ended without ``closed``.
         """
-        invocation_id = invocation_id_for(context)
+        invocation_id = self.invocation_ids.next_for(context)
         with open_pipes_session(
             context=context,
             context_injector=self.context_injector,
             message_reader=self.message_reader,
             extras={**(extras or {}), INVOCATION_ID_EXTRA: invocation_id},
         ) as session:
-            payload = {**(event or {}), **session.get_bootstrap_env_vars()}
+            attempts = self._attempt_streams(session)
+            bootstrap = session.get_bootstrap_env_vars()
+
+            def payload_for(attempt: int, abandoned_because: str | None) -> dict[str, Any]:
+                if attempts is None:
+                    return {**(event or {}), **bootstrap}
+                messages = attempts.begin_attempt(attempt, abandoned_because)
+                return {
+                    **(event or {}),
+                    **bootstrap,
+                    DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param(messages),
+                }
+
             context.log.info(f"[pipes] invoking Cloud Function {function_url} ({invocation_id})")
             response = self.invoker.invoke(
                 function_url,
-                payload,
+                payload_for,
                 headers={INVOCATION_ID_HEADER: invocation_id},
                 timeout=timeout,
             )
+            if attempts is not None:
+                attempts.answered()
             context.log.info(
                 f"[pipes] Cloud Function answered HTTP {response.status} in "
                 f"{response.elapsed_s:.2f}s ({response.attempts} attempt(s))"
             )
-        metadata: dict[str, Any] = {
-            "function_url": function_url,
-            "function_call_s": round(response.elapsed_s, 3),
-            "invocation_id": invocation_id,
-        }
-        handler_s = response.body.get("duration_s")
-        if isinstance(handler_s, int | float):  # reported by gcf_pipes' handler
-            metadata["function_handler_s"] = handler_s
-        return PipesClientCompletedInvocation(session, metadata=metadata)
+        return PipesCloudFunctionCompletedInvocation(
+            session, metadata=call_metadata(function_url, invocation_id, response)
+        )
+
+    def _attempt_streams(self, session: PipesSession) -> PipesAttemptStreams | None:
+        """Per-attempt message streams; None for other readers, whose retries share one
+        message location (fine for retries that never reached the function)."""
+        if isinstance(self.message_reader, PipesCloudStorageMessageReader):
+            return self.message_reader.attempts(session.message_reader_params)
+        return None
+
+
+def call_metadata(
+    function_url: str, invocation_id: str, response: FunctionResponse
+) -> dict[str, Any]:
+    """What the client knows about the call, for the materialization."""
+    metadata: dict[str, Any] = {
+        "function_url": function_url,
+        "function_call_s": round(response.elapsed_s, 3),
+        "invocation_id": invocation_id,
+        "http_attempts": response.attempts,
+    }
+    handler_s = response.body.get("duration_s")
+    if isinstance(handler_s, int | float):  # reported by gcf_pipes' handler
+        metadata["function_handler_s"] = handler_s
+    return metadata

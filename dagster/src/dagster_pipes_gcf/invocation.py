@@ -1,10 +1,17 @@
-"""Calling the Cloud Function over HTTP: auth, timeouts, retries and error reporting."""
+"""Calling the Cloud Function over HTTP: auth, timeouts, retries and error reporting.
+
+Retries distinguish what provably never reached the function's handler (connection refused,
+connect timeout, 429, a platform 503) from ambiguous outcomes where the handler may have run
+(a platform 500/502/504, a connection reset after the request was sent). Only the first kind
+is retried by default; the second only with ``InvocationPolicy(retry_ambiguous=True)``.
+"""
 
 from __future__ import annotations
 
+import enum
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,13 +21,22 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
+    stop_before_delay,
     wait_exponential_jitter,
 )
+from urllib3.exceptions import NewConnectionError
 
 from dagster_pipes_gcf.auth import IdTokenAuth
 
-# Statuses worth another attempt when they come from the platform (not from our handler).
-RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Extra time the default deadline allows beyond one attempt's timeout, for retries.
+DEFAULT_RETRY_ALLOWANCE_S = 60.0
+
+
+class Outcome(enum.Enum):
+    """How sure we are that a failed attempt did not run the handler."""
+
+    NOT_REACHED = "never reached the function"
+    AMBIGUOUS = "may have reached the function"
 
 
 @dataclass(frozen=True)
@@ -29,11 +45,19 @@ class InvocationPolicy:
 
     Attributes:
         timeout: seconds to wait for the function's response; match the function's own
-            limit (Terraform's ``function_timeout_seconds``).
+            limit (Terraform's ``function_timeout_seconds``). Never retried when it expires:
+            the function may still be working.
         connect_timeout: seconds to establish the connection.
-        attempts: total attempts for connection errors, 429 and platform 5xx responses.
+        attempts: total attempts for outcomes that are retried.
         initial_backoff: first backoff in seconds (exponential, with jitter).
         max_backoff: upper bound of one backoff.
+        retry_ambiguous: also retry outcomes where the handler may have run (platform
+            500/502/504, connection reset or closed after the request was sent). Safe only for
+            functions that are idempotent on the invocation id (header
+            ``X-Dagster-Invocation-Id``, Pipes extra ``invocation_id``): a retry of work that
+            was done must do nothing. Off by default.
+        deadline: seconds that bound all attempts and backoffs together; ``None`` means
+            the attempt timeout plus 60 s.
     """
 
     timeout: float = 540.0
@@ -41,6 +65,24 @@ class InvocationPolicy:
     attempts: int = 4
     initial_backoff: float = 1.0
     max_backoff: float = 30.0
+    retry_ambiguous: bool = False
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "connect_timeout", "initial_backoff", "max_backoff"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"InvocationPolicy.{name} must be > 0")
+        if self.attempts < 1:
+            raise ValueError("InvocationPolicy.attempts must be >= 1")
+        if self.deadline is not None and not self.deadline > 0:
+            raise ValueError("InvocationPolicy.deadline must be > 0 (or None)")
+
+    def deadline_for(self, timeout: float) -> float:
+        """The overall deadline in seconds for a call whose attempts time out after ``timeout``."""
+        return self.deadline if self.deadline is not None else timeout + DEFAULT_RETRY_ALLOWANCE_S
+
+    def allows(self, outcome: Outcome) -> bool:
+        return outcome is Outcome.NOT_REACHED or self.retry_ambiguous
 
 
 @dataclass(frozen=True)
@@ -57,10 +99,26 @@ class CloudFunctionError(Failure):
     """The function call failed; the description names the cause (remote error included)."""
 
 
-class _RetryableResponse(Exception):
-    def __init__(self, response: requests.Response):
-        super().__init__(f"HTTP {response.status_code}")
+# Builds the request body of attempt ``n`` (1-based), told why the previous attempt was
+# abandoned (None for the first): each attempt gets its own Pipes message prefix.
+PayloadForAttempt = Callable[[int, str | None], Mapping[str, Any]]
+
+
+class _FailedAttempt(Exception):
+    """An attempt that may be retried, depending on its outcome and the policy."""
+
+    def __init__(
+        self,
+        outcome: Outcome,
+        reason: str,
+        response: requests.Response | None = None,
+        error: requests.RequestException | None = None,
+    ):
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
         self.response = response
+        self.error = error
 
 
 def _json_body(response: requests.Response) -> Mapping[str, Any] | None:
@@ -77,15 +135,55 @@ def _is_handler_error(response: requests.Response) -> bool:
     return bool(body and body.get("status") == "error" and isinstance(body.get("error"), dict))
 
 
-def _should_retry(exc: BaseException) -> bool:
-    if isinstance(exc, _RetryableResponse):
-        return True
-    # A read timeout means the function may still be working: never retried.
-    return isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.ReadTimeout)
+def classify_response(response: requests.Response) -> Outcome | None:
+    """How a non-2xx response may be retried; None: final (a 2xx, 4xx or the handler's own)."""
+    if response.ok or _is_handler_error(response):
+        return None
+    if response.status_code in (429, 503):  # the platform refused it before any instance ran it
+        return Outcome.NOT_REACHED
+    if response.status_code in (500, 502, 504):  # the platform lost an answer: did it run?
+        return Outcome.AMBIGUOUS
+    return None
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """True when ``kind`` is anywhere in the chain of wrapped errors (requests -> urllib3)."""
+    seen: set[int] = set()
+    pending: list[Any] = [exc]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return True
+        pending.extend([*current.args, getattr(current, "reason", None)])
+        pending.extend([current.__cause__, current.__context__])
+    return False
+
+
+def classify_exception(exc: requests.RequestException) -> Outcome | None:
+    """How a transport error may be retried; None: not retried (e.g. a read timeout)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return Outcome.NOT_REACHED
+    if isinstance(exc, requests.ReadTimeout):
+        return None  # the function may still be working
+    if isinstance(exc, requests.ConnectionError):
+        # Refused / unresolvable: no connection, so no request. Anything else (reset,
+        # aborted, closed without response) happened after the request was sent.
+        return Outcome.NOT_REACHED if _caused_by(exc, NewConnectionError) else Outcome.AMBIGUOUS
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return Outcome.AMBIGUOUS  # the response was cut off: the handler did answer something
+    return None
 
 
 def describe_error_response(url: str, response: requests.Response) -> CloudFunctionError:
     """Turn a non-2xx response into a Failure that names the status and the remote error."""
+    description, metadata = _response_details(url, response)
+    return CloudFunctionError(description=description, metadata=metadata)
+
+
+def _response_details(url: str, response: requests.Response) -> tuple[str, dict[str, Any]]:
     body = _json_body(response)
     error = body.get("error") if body else None
     metadata: dict[str, Any] = {
@@ -106,7 +204,35 @@ def describe_error_response(url: str, response: requests.Response) -> CloudFunct
         text = response.text[:2000]
         description = f"Cloud Function returned HTTP {response.status_code}: {text}"
         metadata["response"] = MetadataValue.text(text)
+    return description, metadata
+
+
+def _ambiguity_failure(url: str, failed: _FailedAttempt, attempts: int) -> CloudFunctionError:
+    description = (
+        f"ambiguous outcome calling the Cloud Function at {url} (attempt {attempts}): "
+        f"{failed.reason}. The function may have run, so the call was not retried. If the "
+        "function is idempotent on the invocation id (X-Dagster-Invocation-Id), allow such "
+        "retries with InvocationPolicy(retry_ambiguous=True)."
+    )
+    metadata: dict[str, Any] = {"function_url": MetadataValue.url(url)}
+    if failed.response is not None:
+        details, metadata = _response_details(url, failed.response)
+        description += f"\n\n{details}"
     return CloudFunctionError(description=description, metadata=metadata)
+
+
+class _Clock:
+    """The overall deadline of one call."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def remaining(self) -> float:
+        return max(0.0, self.seconds - self.elapsed())
 
 
 class CloudFunctionInvoker:
@@ -125,38 +251,54 @@ class CloudFunctionInvoker:
     def invoke(
         self,
         url: str,
-        payload: Mapping[str, Any],
+        payload: Mapping[str, Any] | PayloadForAttempt,
         *,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> FunctionResponse:
-        """Call the function; return its 2xx response or raise :class:`CloudFunctionError`."""
+        """Call the function; return its 2xx response or raise :class:`CloudFunctionError`.
+
+        ``payload`` is the JSON body, or a callable building the body of each attempt.
+        """
         policy = self.policy
-        data = json.dumps(payload)
-        started = time.monotonic()
+        attempt_timeout = timeout or policy.timeout
+        clock = _Clock(policy.deadline_for(attempt_timeout))
+        body_for: PayloadForAttempt = payload if callable(payload) else (lambda *_: payload)
         retrying = Retrying(
-            stop=stop_after_attempt(policy.attempts),
-            wait=wait_exponential_jitter(multiplier=policy.initial_backoff, max=policy.max_backoff),
-            retry=retry_if_exception(_should_retry),
+            stop=stop_after_attempt(policy.attempts) | stop_before_delay(clock.seconds),
+            wait=wait_exponential_jitter(
+                multiplier=policy.initial_backoff,
+                max=policy.max_backoff,
+                jitter=policy.initial_backoff,
+            ),
+            retry=retry_if_exception(
+                lambda exc: isinstance(exc, _FailedAttempt) and policy.allows(exc.outcome)
+            ),
             reraise=True,
         )
-        attempts = 0
+        attempts, abandoned = 0, None
         try:
             for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    response = self._post(url, data, headers, timeout or policy.timeout)
-        except _RetryableResponse as exc:
-            raise describe_error_response(url, exc.response) from None
+                    data = json.dumps(body_for(attempts, abandoned))
+                    read_timeout = max(0.1, min(attempt_timeout, clock.remaining()))
+                    try:
+                        response = self._post(url, data, headers, read_timeout)
+                    except _FailedAttempt as failed:
+                        abandoned = failed.reason
+                        raise
+        except _FailedAttempt as failed:
+            raise self._failure(url, failed, attempts, clock) from failed.error
         except requests.Timeout as exc:
             raise CloudFunctionError(
                 description=f"Cloud Function at {url} did not answer within "
-                f"{timeout or policy.timeout:g}s ({type(exc).__name__}: {exc})"
+                f"{read_timeout:g}s ({type(exc).__name__}: {exc})"
             ) from exc
         except requests.RequestException as exc:
             raise CloudFunctionError(
-                description=f"could not reach the Cloud Function at {url} after {attempts} "
-                f"attempt(s): {type(exc).__name__}: {exc}"
+                description=f"calling the Cloud Function at {url} failed: "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
         except BaseException:
             # Run terminated mid-call: drop the connection now instead of leaving it open.
@@ -167,23 +309,66 @@ class CloudFunctionInvoker:
         return FunctionResponse(
             status=response.status_code,
             body=_json_body(response) or {},
-            elapsed_s=time.monotonic() - started,
+            elapsed_s=clock.elapsed(),
             attempts=attempts,
+        )
+
+    def _failure(
+        self, url: str, failed: _FailedAttempt, attempts: int, clock: _Clock
+    ) -> CloudFunctionError:
+        if not self.policy.allows(failed.outcome):
+            return _ambiguity_failure(url, failed, attempts)
+        gave_up = f"gave up after {attempts} attempt(s) in {clock.elapsed():.1f}s"
+        if clock.remaining() <= 0 or attempts < self.policy.attempts:
+            gave_up += f" (deadline {clock.seconds:g}s)"
+        if failed.response is not None:
+            error = describe_error_response(url, failed.response)
+            return CloudFunctionError(
+                description=f"{error.description}\n({gave_up})", metadata=error.metadata
+            )
+        return CloudFunctionError(
+            description=f"could not reach the Cloud Function at {url} after {attempts} "
+            f"attempt(s): {failed.reason} ({gave_up})"
         )
 
     def _post(
         self, url: str, data: str, headers: Mapping[str, str] | None, timeout: float
     ) -> requests.Response:
-        response = self.session.post(
-            url,
-            data=data,
-            headers={
-                "Content-Type": "application/json",
-                **self.auth.headers_for(url),
-                **(headers or {}),
-            },
-            timeout=(self.policy.connect_timeout, timeout),
-        )
-        if response.status_code in RETRYABLE_STATUSES and not _is_handler_error(response):
-            raise _RetryableResponse(response)
+        try:
+            response = self.session.post(
+                url,
+                data=data,
+                headers={
+                    "Content-Type": "application/json",
+                    # A fresh connection per attempt: a pooled keep-alive connection that the
+                    # server closed while idle fails only once the request is written, which
+                    # would look like an ambiguous "reset after sending" instead of a clean
+                    # connect error. Calls are long, so a new handshake costs nothing.
+                    "Connection": "close",
+                    **self.auth.headers_for(url),
+                    **(headers or {}),
+                },
+                timeout=(self.policy.connect_timeout, timeout),
+            )
+        except requests.RequestException as exc:
+            outcome = classify_exception(exc)
+            if outcome is None:
+                raise
+            raise _FailedAttempt(outcome, _describe_exception(exc), error=exc) from exc
+        outcome = classify_response(response)
+        if outcome is not None:
+            raise _FailedAttempt(outcome, _describe_status(response), response=response)
         return response
+
+
+def _describe_exception(exc: requests.RequestException) -> str:
+    if isinstance(exc, requests.ConnectTimeout):
+        return f"connect timeout ({exc})"
+    if _caused_by(exc, NewConnectionError):
+        return f"connection refused or host unreachable ({exc})"
+    return f"connection lost after the request was sent ({type(exc).__name__}: {exc})"
+
+
+def _describe_status(response: requests.Response) -> str:
+    origin = "the platform" if _json_body(response) is None else "the server"
+    return f"HTTP {response.status_code} from {origin}"

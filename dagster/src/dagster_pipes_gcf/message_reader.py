@@ -1,21 +1,26 @@
 """Pipes message reader for chunks written to GCS by the function's message writer.
 
-The writer uploads JSON-lines chunks ``<key_prefix>/1.json``, ``2.json``, ... in order. This
-reader streams them into Dagster while the function runs and, once the call has returned,
-reads to the end: up to the ``closed`` message, within a bounded wait. Unlike the stock
-``PipesBlobStoreMessageReader`` it reads every available chunk per poll, adapts its polling
-rate, keeps its position per session, and fails the step when ``closed`` is missing or a
-chunk index is skipped instead of reporting success.
+The writer uploads JSON-lines chunks ``<key_prefix>/1.json``, ``2.json``, ... in order. Each
+HTTP attempt of one call writes under its own prefix ``<reader prefix>/<session>/<attempt>``
+(see :class:`PipesAttemptStreams`), so a retried call never meets the chunks of an earlier
+attempt. This reader streams the live attempt into Dagster while the function runs and, once
+the call has returned, reads the attempt that answered to the end: up to the ``closed``
+message, within a bounded wait. Unlike the stock ``PipesBlobStoreMessageReader`` it reads
+every available chunk per poll, adapts its polling rate, keeps its position per message,
+reports background errors in the run, and fails the step when ``closed`` is missing or a chunk
+index is skipped instead of reporting success.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,9 +31,17 @@ from dagster_pipes import PipesParams
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 from requests import exceptions as rexc
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_when_event_set,
+    wait_exponential_jitter,
+)
 
 from dagster_pipes_gcf.auth import impersonated_storage_credentials
+
+logger = logging.getLogger(__name__)
 
 TRANSIENT_GCS_ERRORS: tuple[type[BaseException], ...] = (
     gexc.TooManyRequests,
@@ -39,6 +52,13 @@ TRANSIENT_GCS_ERRORS: tuple[type[BaseException], ...] = (
     rexc.ConnectionError,
     rexc.Timeout,
 )
+# Messages that carry results: delivered only from the attempt that answered the call.
+# Logs stream live from whichever attempt is running.
+RESULT_METHODS = frozenset(
+    {"report_asset_materialization", "report_asset_check", "report_custom_message", "closed"}
+)
+# How long stopping the background poller may block the step (a terminated run must end fast).
+STOP_JOIN_TIMEOUT_S = 1.0
 _CHUNK_NAME = re.compile(r"/?(\d+)\.json$")
 
 
@@ -52,6 +72,8 @@ class PollingPolicy:
         backoff: factor applied to the interval after each empty poll.
         drain_timeout: seconds to wait for the ``closed`` message after the call returned.
         download_attempts: attempts per chunk download on transient GCS errors.
+        request_timeout: seconds one GCS request may take (a slow bucket cannot hold the
+            reader, or a terminated run, for longer).
     """
 
     min_interval: float = 0.05
@@ -59,6 +81,7 @@ class PollingPolicy:
     backoff: float = 1.5
     drain_timeout: float = 30.0
     download_attempts: int = 5
+    request_timeout: float = 10.0
 
     def next_interval(self, interval: float, found: int) -> float:
         """Back to ``min_interval`` when chunks arrived, else back off up to ``max_interval``."""
@@ -109,19 +132,36 @@ def coalesce_logs(messages: list[Any], rule: LogCoalescing | None) -> list[Any]:
     return out
 
 
+def _sleep_until(stop: threading.Event) -> Callable[[float], None]:
+    """A sleep that a stop request cuts short (for retry backoffs)."""
+
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)
+
+    return sleep
+
+
+class PipesHandlerError(DagsterPipesExecutionError):
+    """Dagster's message handler raised on a message (which is not delivered again)."""
+
+
 @dataclass
 class ChunkStream:
-    """Reading state of one Pipes session: the next chunk index and what has been seen."""
+    """The chunks of one attempt, read message by message: a message is handed over once.
+
+    The parsed messages of the chunk being read are kept with an offset, so an exception
+    while handling message k neither re-reads the chunk nor re-delivers messages 1..k.
+    """
 
     bucket: storage.Bucket
     key_prefix: str
-    handler: PipesMessageHandler
     policy: PollingPolicy
     coalescing: LogCoalescing | None = None
     next_index: int = 1
     messages_read: int = 0
     closed_seen: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _messages: list[Any] | None = None
+    _offset: int = 0
 
     @property
     def location(self) -> str:
@@ -130,30 +170,58 @@ class ChunkStream:
     def key(self, index: int) -> str:
         return f"{self.key_prefix}/{index}.json"
 
-    def read_available(self) -> int:
-        """Hand every chunk that is there now to the handler; return how many were read."""
-        read = 0
-        with self._lock:
-            while not self.closed_seen:
-                text = self._download(self.next_index)
-                if text is None:
-                    break
-                self._handle_chunk(self.next_index, text)
-                self.next_index += 1
-                read += 1
-        return read
+    def next_message(self, stop: threading.Event) -> Any | None:
+        """The next message, or None when the next chunk is not there (yet) or after ``closed``."""
+        while not self.closed_seen and self._messages is None:
+            text = self._download(self.next_index, stop)
+            if text is None:
+                return None
+            self._messages, self._offset = self._parse(self.next_index, text), 0
+            self._finish_chunk_if_read()
+        if self.closed_seen and self._messages is None:
+            return None
+        assert self._messages is not None
+        message = self._messages[self._offset]
+        self._offset += 1
+        if message.get("method") == "closed":
+            self.closed_seen = True
+        self._finish_chunk_if_read()
+        return message
 
-    def _download(self, index: int) -> str | None:
+    def _finish_chunk_if_read(self) -> None:
+        if self._messages is not None and self._offset >= len(self._messages):
+            self._messages = None
+            self.next_index += 1
+
+    def _parse(self, index: int, text: str) -> list[Any]:
+        messages: list[Any] = []
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                messages.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DagsterPipesExecutionError(
+                    f"malformed Pipes message in {self.key(index)} line {line_number}: {exc}"
+                ) from exc
+        self.messages_read += len(messages)
+        return coalesce_logs(messages, self.coalescing)
+
+    def _download(self, index: int, stop: threading.Event) -> str | None:
         retrying = Retrying(
-            stop=stop_after_attempt(self.policy.download_attempts),
-            wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
+            stop=stop_after_attempt(self.policy.download_attempts) | stop_when_event_set(stop),
+            wait=wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1),
+            sleep=_sleep_until(stop),
             retry=retry_if_exception_type(TRANSIENT_GCS_ERRORS),
             reraise=True,
         )
         try:
             for attempt in retrying:
                 with attempt:
-                    return str(self.bucket.blob(self.key(index)).download_as_text(retry=None))
+                    blob = self.bucket.blob(self.key(index))
+                    return str(
+                        blob.download_as_text(retry=None, timeout=self.policy.request_timeout)
+                    )
         except gexc.NotFound as exc:
             if "bucket" in str(exc).lower() and "does not exist" in str(exc).lower():
                 raise DagsterPipesExecutionError(
@@ -172,38 +240,182 @@ class ChunkStream:
             ) from exc
         return None  # pragma: no cover - Retrying either returns or raises
 
-    def _handle_chunk(self, index: int, text: str) -> None:
-        messages: list[Any] = []
-        for line_number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                messages.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DagsterPipesExecutionError(
-                    f"malformed Pipes message in {self.key(index)} line {line_number}: {exc}"
-                ) from exc
-        self.messages_read += len(messages)
-        for message in coalesce_logs(messages, self.coalescing):
-            self.handler.handle_message(message)
-            if message.get("method") == "closed":
-                self.closed_seen = True
-
     def present_chunk_indexes(self) -> list[int]:
         """Indexes of the chunks stored under the prefix (for diagnosing a gap)."""
         try:
             blobs = self.bucket.client.list_blobs(self.bucket, prefix=f"{self.key_prefix}/")
             names = [blob.name for blob in blobs]
-        except gexc.GoogleAPICallError:
+        except (gexc.GoogleAPICallError, rexc.RequestException):
             return []
         return sorted(int(m.group(1)) for name in names if (m := _CHUNK_NAME.search(name)))
 
 
-class _Poller:
-    """Background thread that streams chunks while the function runs."""
+@dataclass
+class _Attempt:
+    number: int
+    stream: ChunkStream
+    answered: bool = False
+    abandoned: bool = False
+    deferred: deque[Any] = field(default_factory=deque)
 
-    def __init__(self, stream: ChunkStream):
-        self._stream = stream
+
+class PipesAttemptStreams:
+    """The attempt-scoped message streams of one Pipes session.
+
+    Attempt ``n`` writes under ``<session prefix>/<n>``. A client calls :meth:`begin_attempt`
+    before each HTTP attempt (it returns the ``DAGSTER_PIPES_MESSAGES`` params to send) and
+    :meth:`answered` when an attempt answered. Log messages stream live from the running
+    attempt; result messages (materializations, checks, custom messages, ``closed``) are held
+    back and delivered only once their attempt answered. Starting attempt ``n + 1`` abandons
+    attempt ``n``: it is no longer read, its held-back results are dropped, and a line in the
+    run says so, so lines it streamed are visibly attributed. A client that never calls these
+    methods gets attempt 1, taken as the answering one when the call returns.
+    """
+
+    def __init__(
+        self,
+        *,
+        bucket: storage.Bucket,
+        session_prefix: str,
+        handler: PipesMessageHandler,
+        policy: PollingPolicy,
+        coalescing: LogCoalescing | None,
+    ):
+        self.bucket = bucket
+        self.session_prefix = session_prefix
+        self.handler = handler
+        self.policy = policy
+        self.coalescing = coalescing
+        self._attempts = [self._new_attempt(1)]
+        self._opened_delivered = False
+        self._state = threading.Lock()  # attempt switches vs. delivery of one message
+        self._reading = threading.Lock()  # one reader at a time: poller or drain
+        self.background_error: BaseException | None = None
+        self.handler_error: PipesHandlerError | None = None
+
+    def _new_attempt(self, number: int) -> _Attempt:
+        stream = ChunkStream(
+            bucket=self.bucket,
+            key_prefix=f"{self.session_prefix}/{number}",
+            policy=self.policy,
+            coalescing=self.coalescing,
+        )
+        return _Attempt(number, stream)
+
+    @property
+    def live(self) -> _Attempt:
+        return self._attempts[-1]
+
+    @property
+    def stream(self) -> ChunkStream:
+        """The chunk stream of the live attempt."""
+        return self.live.stream
+
+    def params(self) -> PipesParams:
+        """``DAGSTER_PIPES_MESSAGES`` params of the live attempt."""
+        return {"bucket": self.bucket.name, "key_prefix": self.live.stream.key_prefix}
+
+    def begin_attempt(self, number: int, abandoned_because: str | None = None) -> PipesParams:
+        """Make attempt ``number`` the live one and return the params it must be sent.
+
+        Attempt 1 is live from the start; attempt ``n + 1`` abandons attempt ``n``.
+        """
+        with self._state:
+            live = self.live
+            if number == live.number:
+                return self.params()
+            if number != live.number + 1 or live.answered:
+                raise DagsterPipesExecutionError(
+                    f"attempt {number} cannot follow attempt {live.number}"
+                    + (" (it answered)" if live.answered else "")
+                )
+            live.abandoned = True
+            live.deferred.clear()
+            self._attempts.append(self._new_attempt(number))
+        self._note(
+            logging.WARNING,
+            f"[pipes] attempt {live.number} abandoned ({abandoned_because or 'retried'}); "
+            f"following attempt {number} under {self.stream.location}",
+        )
+        return self.params()
+
+    def answered(self) -> None:
+        """The live attempt answered the call: its results are the call's results."""
+        with self._state:
+            self.live.answered = True
+
+    def read_available(self, stop: threading.Event) -> int:
+        """Deliver what the live attempt has now; return how many messages were delivered."""
+        delivered = 0
+        with self._reading:
+            attempt = self.live
+            while not stop.is_set() and not attempt.abandoned:
+                if attempt.answered and attempt.deferred:
+                    message = attempt.deferred.popleft()
+                else:
+                    message = attempt.stream.next_message(stop)
+                    if message is None:
+                        break
+                delivered += self._deliver(attempt, message)
+        return delivered
+
+    def _deliver(self, attempt: _Attempt, message: Any) -> int:
+        method = message.get("method")
+        with self._state:
+            if attempt.abandoned:
+                return 0
+            if method in RESULT_METHODS and not attempt.answered:
+                attempt.deferred.append(message)
+                return 0
+            if method == "opened":
+                if self._opened_delivered:  # a retry opens again; Dagster needs it once
+                    return 0
+                self._opened_delivered = True
+            try:
+                self.handler.handle_message(message)
+            except Exception as exc:
+                raise PipesHandlerError(
+                    f"Dagster could not handle the Pipes message {method!r} of attempt "
+                    f"{attempt.number} ({attempt.stream.location}): {type(exc).__name__}: {exc}"
+                ) from exc
+        return 1
+
+    @property
+    def done(self) -> bool:
+        """The answering attempt's ``closed`` was read and every held-back result delivered."""
+        live = self.live
+        return live.answered and live.stream.closed_seen and not live.deferred
+
+    def record_background_error(self, exc: BaseException) -> None:
+        """Report an error of the background poller in the run (once per kind of error)."""
+        if isinstance(exc, PipesHandlerError):
+            if self.handler_error is None:
+                self.handler_error = exc
+                self._note(logging.WARNING, f"[pipes] {exc}; the step fails after the call")
+            return
+        if self.background_error is None:
+            self._note(
+                logging.WARNING,
+                f"[pipes] reading messages from {self.stream.location} failed in the "
+                f"background: {type(exc).__name__}: {exc}; retrying, and again after the call",
+            )
+        self.background_error = exc
+
+    def _note(self, level: int, text: str) -> None:
+        # PipesMessageHandler keeps the step context privately; Dagster's own threaded readers
+        # report their background errors through it the same way.
+        context = getattr(self.handler, "_context", None)
+        if context is not None:
+            context.log.log(level, text)
+        else:
+            logger.log(level, text)
+
+
+class _Poller:
+    """Background thread that streams the live attempt while the function runs."""
+
+    def __init__(self, streams: PipesAttemptStreams):
+        self._streams = streams
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pipes-gcs-reader", daemon=True)
 
@@ -211,23 +423,31 @@ class _Poller:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop and wait a bounded time: a download in flight ends on its own timeout."""
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=STOP_JOIN_TIMEOUT_S)
 
     def _run(self) -> None:
-        policy = self._stream.policy
+        policy = self._streams.policy
         interval = policy.min_interval
         while not self._stop.is_set():
             try:
-                found = self._stream.read_available()
-            except Exception:  # noqa: BLE001 - the drain after the call retries and reports it
-                return
+                found = self._streams.read_available(self._stop)
+            except Exception as exc:  # noqa: BLE001 - reported in the run, retried by the drain
+                if self._stop.is_set():
+                    return
+                self._streams.record_background_error(exc)
+                found, interval = 0, policy.max_interval
             interval = policy.next_interval(interval, found)
             self._stop.wait(interval)
 
 
 class PipesCloudStorageMessageReader(PipesMessageReader):
     """Reads Pipes messages that the Cloud Function writes to a GCS bucket.
+
+    Each session yields the params of its attempt 1; a client that retries HTTP calls gets
+    the session's :class:`PipesAttemptStreams` with :meth:`attempts` and sends each attempt
+    the params :meth:`PipesAttemptStreams.begin_attempt` returns.
 
     Args:
         bucket: name of the Pipes bucket (the orchestrator needs object read on it only).
@@ -255,6 +475,8 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         self.log_coalescing = log_coalescing
         self.impersonate_service_account = impersonate_service_account
         self._client = client
+        self._sessions: dict[str, PipesAttemptStreams] = {}
+        self._sessions_lock = threading.Lock()
 
     @property
     def client(self) -> storage.Client:
@@ -268,51 +490,85 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         return self._client
 
     def new_key_prefix(self) -> str:
+        """A new session prefix ``<prefix>/<32 hex>``; attempts write below it."""
         return f"{self.prefix}/{uuid.uuid4().hex}" if self.prefix else uuid.uuid4().hex
+
+    def attempts(self, params: PipesParams) -> PipesAttemptStreams:
+        """The attempt streams of the open session that yielded ``params``."""
+        with self._sessions_lock:
+            streams = self._sessions.get(str(params.get("key_prefix")))
+        if streams is None:
+            raise DagsterPipesExecutionError(
+                f"no open Pipes session of this reader has the params {dict(params)}"
+            )
+        return streams
 
     @contextmanager
     def read_messages(self, handler: PipesMessageHandler) -> Iterator[PipesParams]:
         # client.bucket() makes no request: reading objects needs no bucket-level permission.
-        stream = ChunkStream(
+        streams = PipesAttemptStreams(
             bucket=self.client.bucket(self.bucket),
-            key_prefix=self.new_key_prefix(),
+            session_prefix=self.new_key_prefix(),
             handler=handler,
             policy=self.polling,
             coalescing=self.log_coalescing,
         )
-        poller = _Poller(stream)
+        params = streams.params()
+        with self._registered(params, streams):
+            yield from self._stream(streams, params)
+
+    @contextmanager
+    def _registered(self, params: PipesParams, streams: PipesAttemptStreams) -> Iterator[None]:
+        key = str(params["key_prefix"])
+        with self._sessions_lock:
+            self._sessions[key] = streams
+        try:
+            yield
+        finally:
+            with self._sessions_lock:
+                self._sessions.pop(key, None)
+
+    def _stream(self, streams: PipesAttemptStreams, params: PipesParams) -> Iterator[PipesParams]:
+        poller = _Poller(streams)
         poller.start()
         try:
-            yield {"bucket": self.bucket, "key_prefix": stream.key_prefix}
+            yield params
         except Exception:
-            # The call failed: deliver what the function managed to write, keep its error.
+            # The call failed: deliver what its last attempt wrote, keep the call's error.
             poller.stop()
-            self._drain(stream, timeout=min(self.polling.drain_timeout, 5.0), strict=False)
+            streams.answered()
+            self._drain(streams, timeout=min(self.polling.drain_timeout, 5.0), strict=False)
             raise
         except BaseException:
             poller.stop()  # run terminated (KeyboardInterrupt, Dagster interrupt): stop waiting
             raise
         poller.stop()
-        # A poller error (e.g. a long GCS outage) is retried by the drain, which reports it.
-        self._drain(stream, timeout=self.polling.drain_timeout, strict=True)
+        streams.answered()  # a client that does not drive attempts: attempt 1 answered
+        self._drain(streams, timeout=self.polling.drain_timeout, strict=True)
+        if streams.handler_error is not None:
+            raise streams.handler_error
 
-    def _drain(self, stream: ChunkStream, *, timeout: float, strict: bool) -> None:
+    def _drain(self, streams: PipesAttemptStreams, *, timeout: float, strict: bool) -> None:
         """Read until ``closed`` or ``timeout``; if ``strict``, a missing end is an error."""
         deadline = time.monotonic() + timeout
         interval = self.polling.min_interval
+        never = threading.Event()
         while True:
             try:
-                found = stream.read_available()
+                found = streams.read_available(never)
+            except PipesHandlerError as exc:
+                streams.record_background_error(exc)  # raised once everything is delivered
+                continue
             except Exception:
                 if strict:
                     raise
                 return  # best effort: the error that ended the call is the one to report
-            if stream.closed_seen or time.monotonic() >= deadline:
+            if streams.done or time.monotonic() >= deadline:
                 break
             interval = self.polling.next_interval(interval, found)
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-        if strict and not stream.closed_seen:
-            raise DagsterPipesExecutionError(self._incomplete_message(stream, timeout))
+        if strict and not streams.done:
+            raise DagsterPipesExecutionError(self._incomplete_message(streams.stream, timeout))
 
     @staticmethod
     def _incomplete_message(stream: ChunkStream, timeout: float) -> str:

@@ -2,11 +2,14 @@
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import requests
+from urllib3.exceptions import NewConnectionError, ProtocolError
 
 from dagster_pipes_gcf import (
     CloudFunctionError,
@@ -14,8 +17,14 @@ from dagster_pipes_gcf import (
     IdTokenAuth,
     InvocationPolicy,
 )
+from dagster_pipes_gcf.invocation import Outcome, classify_exception
+from devstack.net import free_port
 
 FAST = InvocationPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05, timeout=5)
+AMBIGUOUS_OK = InvocationPolicy(
+    attempts=3, initial_backoff=0.01, max_backoff=0.05, timeout=5, retry_ambiguous=True
+)
+DROP = object()  # scripted "answer": close the connection without a response
 HANDLER_ERROR = {
     "status": "error",
     "error": {"type": "ValueError", "message": "bad", "traceback": "TB"},
@@ -37,6 +46,9 @@ class ScriptedServer:
                     {"headers": dict(self.headers), "body": json.loads(self.rfile.read(length))}
                 )
                 status, body = server.script.pop(0) if len(server.script) > 1 else server.script[0]
+                if body is DROP:
+                    self.close_connection = True
+                    return
                 data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(data)))
@@ -73,11 +85,108 @@ def test_success_returns_the_json_body_and_sends_headers(invoker: CloudFunctionI
     assert "Authorization" not in request["headers"]  # local URL: no ID token
 
 
-@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
-def test_platform_errors_are_retried(invoker: CloudFunctionInvoker, status: int) -> None:
+@pytest.mark.parametrize("status", [429, 503])
+def test_platform_refusals_are_retried_by_default(
+    invoker: CloudFunctionInvoker, status: int
+) -> None:
     with ScriptedServer([(status, "<html>busy</html>"), (200, {"status": "ok"})]) as server:
         response = invoker.invoke(server.url, {})
     assert response.attempts == 2 and len(server.requests) == 2
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_ambiguous_platform_errors_fail_naming_the_ambiguity_without_the_opt_in(
+    invoker: CloudFunctionInvoker, status: int
+) -> None:
+    with (
+        ScriptedServer([(status, "<html>oops</html>"), (200, {"status": "ok"})]) as server,
+        pytest.raises(CloudFunctionError) as error,
+    ):
+        invoker.invoke(server.url, {})
+    assert len(server.requests) == 1, "the function may have run: not retried by default"
+    description = str(error.value.description)
+    assert "ambiguous outcome" in description and f"HTTP {status}" in description
+    assert "retry_ambiguous=True" in description and "<html>oops</html>" in description
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_ambiguous_platform_errors_are_retried_with_the_opt_in(status: int) -> None:
+    invoker = CloudFunctionInvoker(policy=AMBIGUOUS_OK)
+    with ScriptedServer([(status, "<html>oops</html>"), (200, {"status": "ok"})]) as server:
+        response = invoker.invoke(server.url, {})
+    assert response.attempts == 2 and len(server.requests) == 2
+
+
+def test_a_connection_dropped_after_sending_is_ambiguous(invoker: CloudFunctionInvoker) -> None:
+    with (
+        ScriptedServer([(200, DROP), (200, {"status": "ok"})]) as server,
+        pytest.raises(CloudFunctionError) as error,
+    ):
+        invoker.invoke(server.url, {})
+    assert len(server.requests) == 1
+    description = str(error.value.description)
+    assert "ambiguous outcome" in description and "connection lost after the request" in description
+    assert "retry_ambiguous=True" in description
+
+
+def test_a_connection_dropped_after_sending_is_retried_with_the_opt_in() -> None:
+    invoker = CloudFunctionInvoker(policy=AMBIGUOUS_OK)
+    with ScriptedServer([(200, DROP), (200, {"status": "ok"})]) as server:
+        response = invoker.invoke(server.url, {})
+    assert response.attempts == 2 and len(server.requests) == 2
+
+
+def test_a_refused_connection_is_retried_by_default(invoker: CloudFunctionInvoker) -> None:
+    with pytest.raises(CloudFunctionError) as error:
+        invoker.invoke(f"http://127.0.0.1:{free_port()}", {})
+    description = str(error.value.description)
+    assert "could not reach the Cloud Function" in description
+    assert "after 3 attempt(s)" in description
+
+
+def test_classification_of_transport_errors() -> None:
+    refused = requests.ConnectionError(NewConnectionError(None, "refused"))  # type: ignore[arg-type]
+    reset = requests.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError()))
+    assert classify_exception(requests.ConnectTimeout()) is Outcome.NOT_REACHED
+    assert classify_exception(refused) is Outcome.NOT_REACHED
+    assert classify_exception(reset) is Outcome.AMBIGUOUS
+    assert classify_exception(requests.exceptions.ChunkedEncodingError()) is Outcome.AMBIGUOUS
+    assert classify_exception(requests.ReadTimeout()) is None
+
+
+def test_each_attempt_gets_its_own_payload_told_why_the_previous_one_was_abandoned(
+    invoker: CloudFunctionInvoker,
+) -> None:
+    calls: list[tuple[int, str | None]] = []
+
+    def payload_for(attempt: int, abandoned_because: str | None) -> dict[str, Any]:
+        calls.append((attempt, abandoned_because))
+        return {"attempt": attempt}
+
+    with ScriptedServer([(503, "busy"), (200, {"status": "ok"})]) as server:
+        invoker.invoke(server.url, payload_for)
+    assert calls == [(1, None), (2, "HTTP 503 from the platform")]
+    assert [request["body"] for request in server.requests] == [{"attempt": 1}, {"attempt": 2}]
+    assert all(r["headers"]["Connection"] == "close" for r in server.requests)
+
+
+def test_the_deadline_bounds_all_attempts_and_backoffs() -> None:
+    policy = InvocationPolicy(attempts=100, initial_backoff=0.2, max_backoff=0.2, deadline=1.0)
+    invoker = CloudFunctionInvoker(policy=policy)
+    started = time.monotonic()
+    with ScriptedServer([(503, "busy")]) as server, pytest.raises(CloudFunctionError) as error:
+        invoker.invoke(server.url, {})
+    assert time.monotonic() - started < 2.5
+    assert 2 <= len(server.requests) < 10
+    assert "deadline 1s" in str(error.value.description)
+
+
+@pytest.mark.parametrize(
+    "field", [{"attempts": 0}, {"timeout": 0}, {"deadline": -1}, {"initial_backoff": 0}]
+)
+def test_the_policy_validates_itself(field: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(field))):
+        InvocationPolicy(**field)  # type: ignore[arg-type]
 
 
 def test_retries_stop_after_the_configured_attempts(invoker: CloudFunctionInvoker) -> None:

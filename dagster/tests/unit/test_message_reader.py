@@ -1,8 +1,10 @@
 """Unit tests of the GCS message reader against an in-memory bucket."""
 
 import json
+import re
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ from dagster_pipes import PipesGCSMessageWriter
 from google.api_core import exceptions as gexc
 
 from dagster_pipes_gcf import LogCoalescing, PipesCloudStorageMessageReader, PollingPolicy
-from dagster_pipes_gcf.message_reader import coalesce_logs
+from dagster_pipes_gcf.message_reader import PipesHandlerError, coalesce_logs
 from devstack.fake_gcs import FakeClient, always_fail, fail_first
 
 BUCKET = "pipes"
@@ -19,10 +21,15 @@ FAST = PollingPolicy(min_interval=0.01, max_interval=0.05, drain_timeout=1.0, do
 
 
 class RecordingHandler:
-    """Stands in for Dagster's PipesMessageHandler: records what the reader hands over."""
+    """Stands in for Dagster's PipesMessageHandler: records what the reader hands over, and
+    the lines the reader writes to the run's log (through the handler's step context)."""
 
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self._context = SimpleNamespace(
+            log=SimpleNamespace(log=lambda level, text: self.notes.append(text))
+        )
 
     def handle_message(self, message: dict[str, Any]) -> None:
         self.messages.append(message)
@@ -57,14 +64,14 @@ def test_one_poll_reads_every_available_chunk(client: FakeClient) -> None:
     reader = reader_for(client, PollingPolicy(min_interval=60, max_interval=60))
     reader.new_key_prefix = lambda: "fixed"  # type: ignore[method-assign]
     for i in range(1, 6):
-        put_chunk(client, "fixed", i, message("log", message=f"m{i}"))
+        put_chunk(client, "fixed/1", i, message("log", message=f"m{i}"))  # attempt 1
     handler = RecordingHandler()
     with reader.read_messages(handler):  # type: ignore[arg-type]
         deadline = time.monotonic() + 5
         while len(handler.logs) < 5 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert handler.logs == [f"m{i}" for i in range(1, 6)], "one poll left chunks unread"
-        put_chunk(client, "fixed", 6, message("closed"))
+        put_chunk(client, "fixed/1", 6, message("closed"))
     assert handler.messages[-1]["method"] == "closed"
 
 
@@ -239,3 +246,126 @@ def test_impersonation_makes_the_reader_read_as_the_orchestrator_account(
     assert minted == [], "credentials must be minted lazily, not when definitions load"
     assert reader.client._credentials is credentials
     assert minted == ["orchestrator@p.iam.gserviceaccount.com"]
+
+
+def wait_until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_session_params_are_attempt_scoped(client: FakeClient) -> None:
+    reader = reader_for(client)
+    with reader.read_messages(RecordingHandler()) as params:  # type: ignore[arg-type]
+        assert re.fullmatch(r"dagster-pipes/[0-9a-f]{32}/1", params["key_prefix"])
+        attempts = reader.attempts(params)
+        assert attempts.begin_attempt(1) == params
+        second = attempts.begin_attempt(2, "HTTP 503 from the platform")
+        assert second == {"bucket": BUCKET, "key_prefix": params["key_prefix"][:-1] + "2"}
+        put_chunk(client, second["key_prefix"], 1, message("closed"))
+
+
+def test_only_the_answering_attempt_contributes_results(client: FakeClient) -> None:
+    reader = reader_for(client)
+    handler = RecordingHandler()
+    with reader.read_messages(handler) as params:  # type: ignore[arg-type]
+        attempts = reader.attempts(params)
+        put_chunk(client, params["key_prefix"], 1,
+                  message("opened"), message("log", message="first try working"),
+                  message("report_asset_materialization", asset_key="a", metadata={"try": 1}),
+                  message("closed"))  # fmt: skip
+        wait_until(lambda: handler.logs == ["first try working"])
+        assert [m["method"] for m in handler.messages] == ["opened", "log"], "results held back"
+        second = attempts.begin_attempt(2, "connection lost after the request was sent")
+        put_chunk(client, second["key_prefix"], 1,
+                  message("opened"), message("log", message="second try"),
+                  message("report_asset_materialization", asset_key="a", metadata={"try": 2}),
+                  message("report_asset_check", asset_key="a", check_name="c", passed=True),
+                  message("closed"))  # fmt: skip
+        wait_until(lambda: "second try" in handler.logs)
+        assert not any(m["method"] == "closed" for m in handler.messages)
+        attempts.answered()
+    methods = [m["method"] for m in handler.messages]
+    assert methods == ["opened", "log", "log", "report_asset_materialization",
+                       "report_asset_check", "closed"]  # fmt: skip
+    assert handler.messages[3]["params"]["metadata"] == {"try": 2}
+    assert handler.notes == [
+        "[pipes] attempt 1 abandoned (connection lost after the request was sent); following "
+        f"attempt 2 under gs://{BUCKET}/{second['key_prefix']}"
+    ]
+
+
+def test_a_handler_exception_never_delivers_a_message_twice_and_fails_at_the_end(
+    client: FakeClient,
+) -> None:
+    class FailingOnce(RecordingHandler):
+        failed = False
+
+        def handle_message(self, message: dict[str, Any]) -> None:
+            self.messages.append(message)
+            if message["params"].get("message") == "m2" and not self.failed:
+                self.failed = True
+                raise ValueError("handler broke")
+
+    handler = FailingOnce()
+    with pytest.raises(PipesHandlerError, match="handler broke"):
+        with reader_for(client).read_messages(handler) as params:  # type: ignore[arg-type]
+            lines = [message("log", message=f"m{i}") for i in range(1, 5)]
+            put_chunk(client, params["key_prefix"], 1, *lines)
+            put_chunk(client, params["key_prefix"], 2, message("closed"))
+            wait_until(lambda: len(handler.messages) == 4)  # `closed`: once the call answered
+            time.sleep(0.1)  # a re-read would deliver again within a few polls
+    assert handler.logs == ["m1", "m2", "m3", "m4"]
+    assert [m["method"] for m in handler.messages].count("closed") == 1
+    assert any("handler broke" in note and "fails after the call" in note for note in handler.notes)
+
+
+def test_a_background_read_error_is_reported_in_the_run(client: FakeClient) -> None:
+    handler = RecordingHandler()
+    # More failures than one poll's download attempts: the poller sees the error.
+    client.fault = fail_first("download", FAST.download_attempts, gexc.ServiceUnavailable("503"))
+    with reader_for(client).read_messages(handler) as params:  # type: ignore[arg-type]
+        wait_until(lambda: handler.notes)
+        put_chunk(client, params["key_prefix"], 1, message("log", message="ok"), message("closed"))
+    assert (
+        "failed in the background" in handler.notes[0] and "ServiceUnavailable" in handler.notes[0]
+    )
+    assert handler.logs == ["ok"], "the error was transient: everything is delivered once"
+
+
+class SlowHandler(RecordingHandler):
+    def handle_message(self, message: dict[str, Any]) -> None:
+        time.sleep(0.005)  # Dagster's SQLite event log: a few ms per log event
+        super().handle_message(message)
+
+
+def test_a_terminated_run_stops_within_two_seconds_despite_a_backlog(client: FakeClient) -> None:
+    handler = SlowHandler()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with reader_for(client).read_messages(handler) as params:  # type: ignore[arg-type]
+            for index in range(1, 201):  # 4,000 messages: ~20 s of handling
+                lines = [message("log", message=f"{index}.{i}") for i in range(20)]
+                put_chunk(client, params["key_prefix"], index, *lines)
+            wait_until(lambda: len(handler.messages) > 10)
+            interrupted = time.monotonic()
+            raise KeyboardInterrupt
+    assert time.monotonic() - interrupted < 2.0
+    delivered = len(handler.messages)
+    time.sleep(0.3)
+    assert len(handler.messages) == delivered < 4000, "the reader kept going after the stop"
+    assert time.monotonic() - started < 10
+
+
+def test_a_terminated_run_stops_within_two_seconds_on_a_slow_bucket(client: FakeClient) -> None:
+    def slow(operation: str, key: str) -> None:
+        time.sleep(5)  # a hung GCS request (within its request timeout)
+
+    client.fault = slow
+    with pytest.raises(KeyboardInterrupt):
+        with reader_for(client).read_messages(RecordingHandler()):  # type: ignore[arg-type]
+            time.sleep(0.2)  # the poller is now inside a download
+            interrupted = time.monotonic()
+            raise KeyboardInterrupt
+    assert time.monotonic() - interrupted < 2.0

@@ -31,6 +31,9 @@ def build_resources(settings: DemoSettings) -> dict[str, Any]:
                 bucket=settings.pipes_bucket, impersonate_service_account=orchestrator
             ),
             invoker=CloudFunctionInvoker(
+                # The people function is idempotent on the invocation id (one Delta commit
+                # per id), so outcomes where it may have run are safe to retry.
+                policy=InvocationPolicy(retry_ambiguous=True),
                 auth=IdTokenAuth(
                     impersonate_service_account=orchestrator, audience=settings.function_audience
                 )
