@@ -9,13 +9,15 @@ import flask
 import functions_framework
 from google.cloud import storage
 
-from gcf_pipes import handle_pipes_request, install_logging_bridge
+from gcf_pipes import handle_pipes_request, install_logging_bridge, install_structured_logging
 from people_lake.job import write_people
 from people_lake.settings import FunctionSettings
 
 install_logging_bridge()
 # Read once at start: a bad PIPES_BUCKET stops the instance instead of failing each request.
-PIPES_BUCKET = FunctionSettings.from_env().pipes_bucket
+SETTINGS = FunctionSettings.from_env()
+PIPES_BUCKET = SETTINGS.pipes_bucket
+install_structured_logging(SETTINGS.project, SETTINGS.revision)
 
 
 @functools.cache

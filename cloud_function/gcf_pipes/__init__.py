@@ -4,6 +4,7 @@ from gcf_pipes.bootstrap import PipesBootstrap, parse_bootstrap
 from gcf_pipes.context import install_logging_bridge, open_request_pipes
 from gcf_pipes.errors import PipesMessageDeliveryError, RequestError
 from gcf_pipes.http import handle_pipes_request
+from gcf_pipes.logs import install_structured_logging
 from gcf_pipes.redact import Redactor
 from gcf_pipes.writer import (
     PipesCloudStorageMessageWriter,
@@ -23,6 +24,7 @@ __all__ = [
     "chunk_key",
     "handle_pipes_request",
     "install_logging_bridge",
+    "install_structured_logging",
     "open_request_pipes",
     "parse_bootstrap",
 ]

@@ -24,6 +24,7 @@ from dagster_pipes import (
 )
 
 from gcf_pipes.bootstrap import PipesBootstrap
+from gcf_pipes.logs import request_log_handler
 from gcf_pipes.redact import Redactor
 from gcf_pipes.writer import PipesCloudStorageMessageWriter
 
@@ -121,6 +122,7 @@ def open_request_pipes(
         context_loader=PipesCheckedContextLoader(bootstrap.context_data),
         message_writer=writer,
     )
+    context.log.addHandler(request_log_handler())  # its lines reach Cloud Logging too
     token = _current_context.set(context)
     try:
         try:

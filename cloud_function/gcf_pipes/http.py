@@ -22,6 +22,7 @@ from google.cloud import storage
 from gcf_pipes.bootstrap import parse_bootstrap
 from gcf_pipes.context import open_request_pipes
 from gcf_pipes.errors import RequestError
+from gcf_pipes.logs import traced_request
 from gcf_pipes.redact import Redactor
 from gcf_pipes.writer import PipesCloudStorageMessageWriter, WriterSettings
 
@@ -84,6 +85,7 @@ def _crash(exc: Exception, redactor: Redactor) -> dict[str, Any]:
     )
 
 
+@traced_request
 def handle_pipes_request(
     request: flask.Request,
     job: Job,

@@ -26,6 +26,8 @@ FUNCTION_ENV_VARS = (
     THREADS_VAR,
     GOOGLE_CLOUD_PROJECT_VAR,
 )
+# Set by the platform (Cloud Run): the revision serving the request, reported to the caller.
+K_REVISION_VAR = "K_REVISION"
 # Local development only (never set by Terraform): delta-rs then sends gs:// requests there.
 STORAGE_EMULATOR_HOST_VAR = "STORAGE_EMULATOR_HOST"
 
@@ -41,12 +43,16 @@ class FunctionSettings:
             to; empty means every write is refused.
         storage_emulator_host: GCS emulator for ``gs://`` tables (local development).
         pipes_bucket: the bucket Pipes messages go to; unset, every request is refused.
+        project: the function's project, naming the trace of its structured log lines.
+        revision: the platform's name for the revision serving requests (unset locally).
     """
 
     data_lake_uri: str | None
     allowed_roots: tuple[str, ...] = ()
     storage_emulator_host: str | None = None
     pipes_bucket: str | None = None
+    project: str | None = None
+    revision: str | None = None
 
     def __post_init__(self) -> None:
         if self.pipes_bucket is not None and not is_bucket_name(self.pipes_bucket):
@@ -63,4 +69,6 @@ class FunctionSettings:
             allowed_roots=allowed,
             storage_emulator_host=env.get(STORAGE_EMULATOR_HOST_VAR, "").strip() or None,
             pipes_bucket=env.get(PIPES_BUCKET_VAR, "").strip() or None,
+            project=env.get(GOOGLE_CLOUD_PROJECT_VAR, "").strip() or None,
+            revision=env.get(K_REVISION_VAR, "").strip() or None,
         )

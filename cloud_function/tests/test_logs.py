@@ -1,0 +1,175 @@
+"""Structured log lines: trace and Dagster labels from untrusted headers, one JSON object a line."""
+
+import io
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import flask
+import pytest
+from dagster_pipes import PipesContext
+
+from devstack.fake_gcs import FakeClient
+from gcf_pipes import WriterSettings, handle_pipes_request
+from gcf_pipes.logs import (
+    LABELS_KEY,
+    SPAN_KEY,
+    TRACE_KEY,
+    RequestTrace,
+    StructuredLogWriter,
+    install_structured_logging,
+)
+
+from .conftest import PIPES_BUCKET, pipes_body
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+SPAN = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE}-{SPAN}-01"
+app = flask.Flask(__name__)
+
+
+def test_a_w3c_traceparent_gives_trace_span_and_sampling() -> None:
+    trace = RequestTrace.from_headers({"traceparent": TRACEPARENT})
+    assert (trace.trace_id, trace.span_id, trace.sampled) == (TRACE, SPAN, True)
+    unsampled = RequestTrace.from_headers({"traceparent": f"00-{TRACE}-{SPAN}-00"})
+    assert unsampled.trace_id == TRACE and unsampled.sampled is False
+
+
+def test_a_future_traceparent_version_is_read_by_its_known_fields() -> None:
+    trace = RequestTrace.from_headers({"traceparent": f"01-{TRACE}-{SPAN}-01-extra"})
+    assert trace.trace_id == TRACE and trace.span_id == SPAN
+
+
+def test_the_cloud_trace_header_is_the_fallback_with_a_decimal_span() -> None:
+    trace = RequestTrace.from_headers({"X-Cloud-Trace-Context": f"{TRACE.upper()}/123;o=1"})
+    assert (trace.trace_id, trace.span_id, trace.sampled) == (TRACE, f"{123:016x}", True)
+    both = RequestTrace.from_headers(
+        {"traceparent": TRACEPARENT, "X-Cloud-Trace-Context": f"{'1' * 32}/5;o=1"}
+    )
+    assert both.trace_id == TRACE, "traceparent wins"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"traceparent": ""},
+        {"traceparent": "garbage"},
+        {"traceparent": f"00-{TRACE.upper()}-{SPAN}-01"},  # W3C ids are lowercase
+        {"traceparent": f"00-{'0' * 32}-{SPAN}-01"},  # all-zero trace id
+        {"traceparent": f"00-{TRACE}-{'0' * 16}-01"},  # all-zero span id
+        {"traceparent": f"ff-{TRACE}-{SPAN}-01"},  # forbidden version
+        {"traceparent": f"00-{TRACE}-{SPAN}-01-more"},  # version 00 has four fields
+        {"traceparent": f'00-{TRACE}-{SPAN}-01\n{{"severity": "ALERT"}}'},
+        {"traceparent": f"01-{TRACE}-{SPAN}-01-" + "x" * 1000},  # too long
+        {"X-Cloud-Trace-Context": f"{TRACE}/{2**64};o=1"},  # span beyond 64 bits
+        {"X-Cloud-Trace-Context": f"{TRACE}/0;o=1"},
+        {"X-Cloud-Trace-Context": f"{TRACE[:-1]}/1"},
+        {"X-Cloud-Trace-Context": f'{TRACE}/1;o=1" injected'},
+    ],
+)
+def test_a_malformed_trace_header_is_ignored_without_failing(headers: dict[str, str]) -> None:
+    trace = RequestTrace.from_headers(headers)
+    assert trace.trace_id is None and trace.span_id is None
+    assert TRACE_KEY not in trace.fields("proj")
+
+
+def test_well_formed_dagster_headers_become_labels_and_bad_ones_are_left_out() -> None:
+    trace = RequestTrace.from_headers(
+        {
+            "X-Dagster-Run-Id": "2f1e7a0c-6a55-4e0c-9d1b-2b1f4c1d2e3f",
+            "X-Dagster-Asset-Key": "x" * 257,  # too long
+            "X-Dagster-Partition-Key": "2024-01-01\r\nX-Evil: 1",  # control characters
+            "X-Dagster-Invocation-Id": "caf\u00e9",  # not ASCII
+        }
+    )
+    assert trace.labels == {"dagster_run_id": "2f1e7a0c-6a55-4e0c-9d1b-2b1f4c1d2e3f"}
+    labelled = RequestTrace.from_headers(
+        {"X-Dagster-Asset-Key": "people/daily", "X-Dagster-Partition-Key": "2024-01-01..2024-01-31"}
+    )
+    assert labelled.labels == {
+        "dagster_asset_key": "people/daily",
+        "dagster_partition_key": "2024-01-01..2024-01-31",
+    }
+
+
+def test_the_trace_names_the_project_when_known() -> None:
+    trace = RequestTrace.from_headers({"traceparent": TRACEPARENT, "X-Dagster-Run-Id": "r1"})
+    assert trace.fields("my-proj") == {
+        TRACE_KEY: f"projects/my-proj/traces/{TRACE}",
+        SPAN_KEY: SPAN,
+        "logging.googleapis.com/trace_sampled": True,
+        LABELS_KEY: {"dagster_run_id": "r1"},
+    }
+    assert trace.fields(None)[TRACE_KEY] == TRACE
+
+
+def test_each_entry_is_one_json_line_whatever_the_message() -> None:
+    out = io.StringIO()
+    writer = StructuredLogWriter("p", stream=lambda: out)
+    trace = RequestTrace.from_headers({"traceparent": TRACEPARENT})
+    writer.write("INFO", 'two\nlines "quoted" }{', trace)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert entry["message"] == 'two\nlines "quoted" }{' and entry["severity"] == "INFO"
+    assert entry[TRACE_KEY] == f"projects/p/traces/{TRACE}"
+
+
+# --- through the HTTP wrapper ----------------------------------------------------------------
+
+
+@pytest.fixture
+def project() -> Iterator[None]:
+    install_structured_logging("my-proj", "people-00042-abc")
+    yield
+    install_structured_logging(None, None)
+
+
+def chatty_job(pipes: PipesContext, event: Mapping[str, Any]) -> dict[str, Any]:
+    pipes.log.info("working on it")
+    return {}
+
+
+def call(headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    client = FakeClient()
+    client.create_bucket(PIPES_BUCKET)
+    with app.test_request_context("/", method="POST", json=pipes_body(), headers=headers):
+        response, status = handle_pipes_request(
+            flask.request,
+            chatty_job,
+            storage_client=client,  # type: ignore[arg-type]
+            pipes_bucket=PIPES_BUCKET,
+            writer_settings=WriterSettings(flush_interval=0.01),
+        )
+    return status, json.loads(response.get_data())
+
+
+def stdout_entries(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_a_request_s_lines_carry_its_trace_and_labels(
+    project: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, body = call({"traceparent": TRACEPARENT, "X-Dagster-Run-Id": "run-1"})
+
+    assert status == 200
+    assert body["trace_id"] == TRACE and body["revision"] == "people-00042-abc"
+    entries = stdout_entries(capsys)
+    messages = [entry["message"] for entry in entries]
+    assert messages[0] == "request received" and "working on it" in messages
+    assert messages[-1].startswith("answered HTTP 200 in ")
+    for entry in entries:
+        assert entry[TRACE_KEY] == f"projects/my-proj/traces/{TRACE}"
+        assert entry[LABELS_KEY] == {"dagster_run_id": "run-1"}
+
+
+def test_a_request_with_a_malformed_trace_is_served_and_logged_without_one(
+    project: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, body = call({"traceparent": "00-not-a-trace", "X-Cloud-Trace-Context": "nope"})
+
+    assert status == 200 and "trace_id" not in body
+    entries = stdout_entries(capsys)
+    assert entries and all(TRACE_KEY not in entry for entry in entries)
