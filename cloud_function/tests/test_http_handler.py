@@ -1,5 +1,6 @@
 """Unit tests of the HTTP wrapper: every outcome is a JSON response naming its cause."""
 
+import io
 import json
 import logging
 from collections.abc import Mapping
@@ -7,10 +8,11 @@ from typing import Any
 
 import flask
 import pytest
-from dagster_pipes import PipesContext
+from dagster_pipes import PipesContext, encode_param
 
 from devstack.fake_gcs import FakeClient
 from gcf_pipes import RequestError, WriterSettings, handle_pipes_request, install_logging_bridge
+from gcf_pipes.http import MAX_BODY_BYTES
 
 from .conftest import PIPES_BUCKET, messages, pipes_body
 
@@ -122,3 +124,73 @@ def test_an_oversized_body_is_413_and_nothing_runs(client: FakeClient) -> None:
         status == 413 and body["error"]["field"] == "body" and "limit" in body["error"]["message"]
     )
     assert ran == [] and client.objects[PIPES_BUCKET] == {}
+
+
+def test_a_chunked_body_over_the_limit_is_413_without_reading_it_all(client: FakeClient) -> None:
+    class Endless(io.RawIOBase):
+        read_bytes = 0
+
+        def readinto(self, buffer: Any) -> int:
+            buffer[:] = b" " * len(buffer)
+            self.read_bytes += len(buffer)
+            return len(buffer)
+
+        def seek(self, offset: int, whence: int = 0) -> int:
+            return 0  # the test client measures the stream; the environ below hides the size
+
+    stream = Endless()
+    status, body = call(
+        client,
+        ok_job,
+        input_stream=stream,  # no Content-Length, as gunicorn passes a chunked body on
+        environ_overrides={"CONTENT_LENGTH": "", "wsgi.input_terminated": True},
+    )
+    assert status == 413 and body["error"]["field"] == "body"
+    assert stream.read_bytes <= MAX_BODY_BYTES + 64 * 1024
+    assert client.objects[PIPES_BUCKET] == {}
+
+
+def test_messages_for_another_bucket_are_403_and_nothing_is_written(client: FakeClient) -> None:
+    client.create_bucket("elsewhere")
+    payload = pipes_body({"who": "x"})
+    payload["DAGSTER_PIPES_MESSAGES"] = encode_param({"bucket": "elsewhere", "key_prefix": "t/1"})
+    status, body = call(client, ok_job, json=payload)
+    assert status == 403 and body["error"]["field"] == "DAGSTER_PIPES_MESSAGES.bucket"
+    assert client.objects == {PIPES_BUCKET: {}, "elsewhere": {}}
+
+
+def test_without_a_configured_pipes_bucket_every_request_is_refused(client: FakeClient) -> None:
+    with app.test_request_context("/", method="POST", json=pipes_body({"who": "x"})):
+        response, status = handle_pipes_request(
+            flask.request, ok_job, storage_client=client, pipes_bucket=None
+        )  # type: ignore[arg-type]
+    assert (
+        status == 500 and "no Pipes bucket" in json.loads(response.get_data())["error"]["message"]
+    )
+    assert client.objects[PIPES_BUCKET] == {}
+
+
+def test_a_crash_report_carries_no_environment_value(
+    client: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOME_SECRET_SETTING", "hunter2-hunter2")
+
+    def leaky(pipes: PipesContext, event: Mapping[str, Any]) -> None:
+        raise RuntimeError("cannot open hunter2-hunter2/table") from KeyError("hunter2-hunter2")
+
+    status, body = call(client, leaky, json=pipes_body())
+    assert status == 500 and "Traceback" in body["error"]["traceback"]
+    assert (
+        "hunter2" not in json.dumps(body) and "${SOME_SECRET_SETTING}" in body["error"]["message"]
+    )
+    closed = messages(client)[-1]["params"]["exception"]
+    assert closed["name"] == "RuntimeError" and closed["cause"]["name"] == "KeyError"
+    assert "hunter2" not in json.dumps(closed) and "${SOME_SECRET_SETTING}" in closed["message"]
+
+
+def test_a_refusal_carries_no_traceback(client: FakeClient) -> None:
+    payload = pipes_body()
+    payload["DAGSTER_PIPES_CONTEXT"] = encode_param({"path": "/etc/hostname"})
+    status, body = call(client, ok_job, json=payload)
+    assert status == 400 and body["error"]["field"] == "DAGSTER_PIPES_CONTEXT"
+    assert set(body["error"]) == {"type", "message", "field"}

@@ -1,0 +1,491 @@
+"""The attack surface of the function, tried through the real server and the real emulator.
+
+Every request below is what a caller holding ``run.invoker`` could send. For each one: the
+status and the field named; a refusal body without traceback, path or environment value;
+nothing changed in the lake, in the directory next to it or in any bucket but the Pipes
+bucket (and nothing at all there when the request is refused before Pipes opens); and the
+next valid request still succeeds. Two cases also bound the worker's memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import os
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import deltalake  # noqa: F401 - before polars
+import polars as pl
+import pytest
+import requests
+from dagster_pipes import (
+    DAGSTER_PIPES_CONTEXT_ENV_VAR as CONTEXT,
+)
+from dagster_pipes import (
+    DAGSTER_PIPES_MESSAGES_ENV_VAR as MESSAGES,
+)
+from dagster_pipes import (
+    encode_param,
+)
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+from devstack.services import REPO_ROOT
+from devstack.stack import LocalStack, local_stack
+from gcf_pipes.http import MAX_BODY_BYTES
+
+pytestmark = pytest.mark.integration
+
+PIPES_BUCKET = "hostile-pipes"
+OTHER_BUCKET = "victim-lake"  # another bucket the runtime account could write to
+MiB = 1024 * 1024
+MEMORY_BOUND = 256 * MiB
+
+
+@dataclass(frozen=True)
+class Target:
+    """The running stack and the directories around its lake."""
+
+    stack: LocalStack
+    work: Path
+    lake: Path  # the function's only allowed root
+    outside: Path  # next to the lake, holding a real Delta table
+    gcs: storage.Client
+    context_file: Path  # a valid context as a JSON file on the function's disk
+
+    @property
+    def port(self) -> int:
+        return int(self.stack.function_url.rsplit(":", 1)[1])
+
+
+def context_data(asset: str = "people", **overrides: Any) -> dict[str, Any]:
+    return {
+        "asset_keys": [asset],
+        "code_version_by_asset_key": {asset: None},
+        "provenance_by_asset_key": {asset: None},
+        "partition_key": None,
+        "partition_key_range": None,
+        "partition_time_window": None,
+        "run_id": "hostile-run",
+        "job_name": "hostile_job",
+        "retry_number": 0,
+        "extras": {"invocation_id": uuid.uuid4().hex},
+        **overrides,
+    }
+
+
+def new_key_prefix() -> str:
+    return f"dagster-pipes/{uuid.uuid4().hex}/1"
+
+
+def body(
+    *,
+    context: Any = None,
+    messages: Any = None,
+    raw_context: Any = None,
+    raw_messages: Any = None,
+    **event: Any,
+) -> dict[str, Any]:
+    """A request body: params encoded as the client does, unless ``raw_*`` replaces them."""
+    result: dict[str, Any] = dict(event)
+    context = context or {"data": context_data()}
+    result[CONTEXT] = raw_context if raw_context is not None else encode_param(context)
+    result[MESSAGES] = (
+        raw_messages
+        if raw_messages is not None
+        else encode_param(messages or {"bucket": PIPES_BUCKET, "key_prefix": new_key_prefix()})
+    )
+    return result
+
+
+def ctx(**overrides: Any) -> dict[str, Any]:
+    """``body`` kwargs with one context field replaced (or dropped when given ``DROP``)."""
+    data = {k: v for k, v in context_data(**overrides).items() if v is not DROP}
+    return {"context": {"data": data}}
+
+
+def msgs(**fields: Any) -> dict[str, Any]:
+    return {"messages": {"bucket": PIPES_BUCKET, "key_prefix": new_key_prefix(), **fields}}
+
+
+DROP = object()
+
+
+def raw_param(payload: bytes) -> str:
+    return base64.b64encode(zlib.compress(payload)).decode()
+
+
+@functools.cache
+def bomb(decompressed_bytes: int) -> str:
+    """A JSON object that inflates to ``decompressed_bytes`` but is about 1/1000 of that."""
+    packer = zlib.compressobj(9)
+    parts = [packer.compress(b'{"data": {"padding": "')]
+    block = b"a" * MiB
+    for _ in range(decompressed_bytes // MiB):
+        parts.append(packer.compress(block))
+    parts.append(packer.compress(b'"}}') + packer.flush())
+    return base64.b64encode(b"".join(parts)).decode()
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile request and how it must be refused."""
+
+    id: str
+    make: Callable[[Target], dict[str, Any] | bytes]
+    status: int
+    field: str  # the field named, or its prefix (``DAGSTER_PIPES_CONTEXT.partition_key_range``)
+    reaches_job: bool = False  # refused by the business logic, after Pipes opened
+
+    def param(self) -> Any:
+        return pytest.param(self, id=self.id)
+
+
+Make = Callable[[Target], Any]
+
+
+def case(name: str, status: int, field: str, make: Make, *, job: bool = False) -> Any:
+    return Case(name, make, status, field, job).param()
+
+
+def bucket_case(name: str, status: int, bucket: object) -> Any:
+    return case(name, status, f"{MESSAGES}.bucket", lambda t: body(**msgs(bucket=bucket)))
+
+
+def prefix_case(name: str, key_prefix: object) -> Any:
+    return case(name, 400, f"{MESSAGES}.key_prefix", lambda t: body(**msgs(key_prefix=key_prefix)))
+
+
+def context_case(name: str, field: str, **overrides: Any) -> Any:
+    return case(name, 400, f"{CONTEXT}.{field}", lambda t: body(**ctx(**overrides)))
+
+
+def lake_case(name: str, status: int, dl_bucket: Callable[[Target], str]) -> Any:
+    return case(name, status, "dl_bucket", lambda t: body(dl_bucket=dl_bucket(t)), job=True)
+
+
+def raw_context_case(name: str, status: int, raw: Callable[[], str]) -> Any:
+    return case(name, status, CONTEXT, lambda t: body(raw_context=raw()))
+
+
+INLINE_ONLY = [
+    case("context-path-dev-zero", 400, CONTEXT, lambda t: body(context={"path": "/dev/zero"})),
+    case("context-path-json-file", 400, CONTEXT,
+         lambda t: body(context={"path": str(t.context_file)})),
+    case("context-env-indirection", 400, CONTEXT,
+         lambda t: body(context={"env": "DAGSTER_PIPES_CONTEXT"})),
+    case("context-data-plus-path", 400, CONTEXT,
+         lambda t: body(context={"data": context_data(), "path": str(t.context_file)})),
+    case("context-data-not-object", 400, CONTEXT, lambda t: body(context={"data": "people"})),
+    case("context-missing", 400, CONTEXT, lambda t: {MESSAGES: body()[MESSAGES]}),
+    case("context-not-string", 400, CONTEXT, lambda t: body(raw_context=12345)),
+    raw_context_case("context-is-array", 400, lambda: raw_param(b"[1, 2]")),
+    raw_context_case("context-not-base64", 400, lambda: "%%%not base64%%%"),
+    raw_context_case("context-not-zlib", 400, lambda: base64.b64encode(b"plain").decode()),
+    raw_context_case("context-not-json", 400, lambda: raw_param(b"\xff\xfe not json")),
+    raw_context_case("context-truncated-stream", 400,
+                     lambda: base64.b64encode(zlib.compress(b'{"data": {}}' * 50)[:-6]).decode()),
+    raw_context_case("context-trailing-bytes", 400,
+                     lambda: base64.b64encode(zlib.compress(b'{"data": {}}') + b"xx").decode()),
+    raw_context_case("context-nested-200k", 400, lambda: raw_param(nested(100_000))),
+    raw_context_case("context-bomb", 413, lambda: bomb(300 * MiB)),
+    case("messages-bomb", 413, MESSAGES, lambda t: body(raw_messages=bomb(300 * MiB))),
+    case("messages-path", 400, MESSAGES, lambda t: body(messages={"path": "/tmp/messages"})),
+    case("messages-env-indirection", 400, MESSAGES,
+         lambda t: body(messages={"env": "PIPES_BUCKET"})),
+    case("messages-extra-key", 400, MESSAGES, lambda t: body(**msgs(path="/tmp/x"))),
+    case("messages-missing-prefix", 400, MESSAGES,
+         lambda t: body(messages={"bucket": PIPES_BUCKET})),
+]  # fmt: skip
+
+PIPES_BUCKET_ONLY = [
+    bucket_case("bucket-other-existing", 403, OTHER_BUCKET),
+    bucket_case("bucket-other-missing", 403, "not-the-pipes-bucket"),
+    bucket_case("bucket-with-slash", 400, f"{PIPES_BUCKET}/../{OTHER_BUCKET}"),
+    bucket_case("bucket-gs-uri", 400, f"gs://{OTHER_BUCKET}"),
+    bucket_case("bucket-uppercase", 400, "Hostile-Pipes"),
+    bucket_case("bucket-empty", 400, ""),
+    bucket_case("bucket-goog-prefix", 400, "goog-pipes"),
+    bucket_case("bucket-ip-address", 400, "192.168.1.1"),
+    bucket_case("bucket-number", 400, 7),
+    bucket_case("bucket-trailing-space", 400, PIPES_BUCKET + " "),
+    prefix_case("prefix-dotdot", "../escape/1"),
+    prefix_case("prefix-absolute", "/abs/1"),
+    prefix_case("prefix-empty-segment", "a//1"),
+    prefix_case("prefix-trailing-slash", "a/1/"),
+    prefix_case("prefix-dot-segment", "a/./1"),
+    prefix_case("prefix-percent", "a/%2e%2e/1"),
+    prefix_case("prefix-too-long", "a" * 513),
+    prefix_case("prefix-backslash", "a\\..\\1"),
+    prefix_case("prefix-newline", "a\n1"),
+    prefix_case("prefix-null", None),
+]
+
+DAY = "2024-01-02T00:00:00+00:00"
+CONTEXT_SHAPES = [
+    context_case("asset-keys-string", "asset_keys", asset_keys="people"),
+    context_case("asset-keys-empty", "asset_keys", asset_keys=[]),
+    context_case("asset-keys-number", "asset_keys", asset_keys=[1]),
+    context_case("asset-key-17-parts", "asset_keys", asset_keys=["/".join("abcdefghijklmnopq")]),
+    context_case("asset-keys-300", "asset_keys", asset_keys=[f"a{i}" for i in range(300)]),
+    context_case("asset-key-2000-chars", "asset_keys", asset_keys=["a" * 2000]),
+    context_case("key-range-missing-end", "partition_key_range",
+                 partition_key_range={"start": "2024-01-01"}),
+    context_case("key-range-string", "partition_key_range", partition_key_range="2024-01-01"),
+    context_case("key-range-numbers", "partition_key_range",
+                 partition_key_range={"start": 1, "end": 2}),
+    context_case("time-window-not-iso", "partition_time_window",
+                 partition_time_window={"start": "yesterday", "end": DAY}),
+    context_case("time-window-backwards", "partition_time_window",
+                 partition_time_window={"start": "2024-01-03T00:00:00+00:00", "end": DAY}),
+    context_case("extras-string", "extras", extras="x"),
+    context_case("extras-20-deep", "extras", extras=json.loads('{"a":' * 20 + "1" + "}" * 20)),
+    context_case("extras-70-kib", "extras", extras={"blob": "x" * 70_000}),
+    context_case("retry-number-string", "retry_number", retry_number="0"),
+    context_case("retry-number-bool", "retry_number", retry_number=True),
+    context_case("run-id-missing", "run_id", run_id=DROP),
+    context_case("run-id-null", "run_id", run_id=None),
+    context_case("unknown-context-key", "path", path="/dev/zero"),
+    context_case("code-version-other-asset", "code_version_by_asset_key",
+                 code_version_by_asset_key={"other": "1"}),
+    context_case("provenance-bad-shape", "provenance_by_asset_key",
+                 provenance_by_asset_key={"people": {"code_version": 1}}),
+    context_case("partition-key-number", "partition_key", partition_key=5),
+    context_case("partition-key-control-chars", "partition_key", partition_key="2024\x00-01"),
+    context_case("job-name-object", "job_name", job_name={}),
+]  # fmt: skip
+
+LAKE_PATHS = [
+    lake_case("lake-percent-dotdot", 400, lambda t: f"{t.lake}/%2e%2e/outside"),
+    lake_case("lake-double-encoded", 400, lambda t: f"{t.lake}/%252e%252e/outside"),
+    lake_case("lake-file-uri-percent", 400, lambda t: f"file://{t.lake}/%2e%2e/outside"),
+    lake_case("lake-encoded-slash", 400, lambda t: f"{t.lake}/x%2f..%2f..%2foutside"),
+    lake_case("lake-dotdot", 400, lambda t: f"{t.lake}/../outside"),
+    lake_case("lake-dot", 400, lambda t: f"{t.lake}/./x"),
+    lake_case("lake-backslash", 400, lambda t: f"{t.lake}\\..\\outside"),
+    lake_case("lake-nul", 400, lambda t: f"{t.lake}/x\x00y"),
+    lake_case("lake-query", 400, lambda t: f"{t.lake}/x?y=1"),
+    lake_case("lake-symlink-to-sibling", 403, lambda t: f"{t.lake}/escape"),
+    lake_case("table-symlink", 403, lambda t: f"{t.lake}/linked"),
+    lake_case("delta-log-symlink", 403, lambda t: f"{t.lake}/inner"),
+    lake_case("lake-sibling-prefix", 403, lambda t: f"{t.lake}-evil"),
+    lake_case("lake-outside", 403, lambda t: str(t.outside)),
+    lake_case("lake-other-bucket", 403, lambda t: f"gs://{OTHER_BUCKET}/lake"),
+    lake_case("lake-gs-percent", 400, lambda t: f"gs://{OTHER_BUCKET}/%2e%2e"),
+    lake_case("lake-other-scheme", 400, lambda t: "s3://elsewhere/lake"),
+    case("asset-key-dotdot", 400, "asset_key", lambda t: body(**ctx(asset="../outside")), job=True),
+    case("asset-key-escaped-slash", 400, "asset_key",
+         lambda t: body(**ctx(asset="a\\/..\\/..")), job=True),
+]  # fmt: skip
+
+BODIES = [
+    case("body-not-json", 400, "body", lambda t: b"{not json"),
+    case("body-array", 400, "body", lambda t: b"[1, 2, 3]"),
+    case("body-not-utf8", 400, "body", lambda t: b'{"a": "\xff"}'),
+    case("body-nested-deep", 400, "body", lambda t: nested(400_000)),
+    case("body-content-length-over-limit", 413, "body",
+         lambda t: b"{" + b" " * MAX_BODY_BYTES + b"}"),
+    case("event-unknown-field", 400, "padding", lambda t: body(padding="x"), job=True),
+]  # fmt: skip
+
+# --- the stack and what is checked around each request ---------------------------------------
+
+
+def snapshot_tree(*roots: Path) -> dict[str, tuple[str, int, int]]:
+    """Every entry under ``roots`` (links not followed): kind, size and modification time."""
+    found: dict[str, tuple[str, int, int]] = {}
+    for root in roots:
+        for directory, dirs, files in os.walk(root):
+            for name in dirs + files:
+                path = Path(directory, name)
+                info = path.lstat()
+                kind = "link" if path.is_symlink() else "dir" if path.is_dir() else "file"
+                found[str(path)] = (kind, info.st_size, info.st_mtime_ns)
+    return found
+
+
+def snapshot_buckets(gcs: storage.Client) -> dict[str, set[str]]:
+    return {
+        bucket.name: {blob.name for blob in gcs.list_blobs(bucket.name)}
+        for bucket in gcs.list_buckets()
+    }
+
+
+def make_table(path: Path) -> None:
+    pl.DataFrame({"secret": [1, 2, 3]}).write_delta(str(path))
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    work = tmp_path_factory.mktemp("hostile")
+    outside = work / "outside"
+    make_table(outside / "people")
+    lake = work / "lake"
+    (lake / "linked").mkdir(parents=True)
+    (lake / "escape").symlink_to(outside)
+    (lake / "linked" / "people").symlink_to(outside / "people")
+    make_table(lake / "inner" / "people")
+    delta_log = lake / "inner" / "people" / "_delta_log"
+    for entry in delta_log.iterdir():
+        entry.unlink()
+    delta_log.rmdir()
+    delta_log.symlink_to(outside / "people" / "_delta_log")
+    context_file = work / "context.json"
+    context_file.write_text(json.dumps(context_data()))
+    with local_stack(work, pipes_bucket=PIPES_BUCKET, function_env={"THREADS": "4"}) as stack:
+        gcs = storage.Client(
+            project="local",
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options={"api_endpoint": stack.emulator_url},
+        )
+        gcs.create_bucket(OTHER_BUCKET)
+        yield Target(stack, work, lake, outside, gcs, context_file)
+
+
+def post(target: Target, payload: dict[str, Any] | bytes, **kwargs: Any) -> requests.Response:
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return requests.post(
+        target.stack.function_url,
+        data=data,
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+        **kwargs,
+    )
+
+
+def assert_valid_request_succeeds(target: Target) -> None:
+    answer = post(target, body(**ctx(asset="canary"), num_rows=1))
+    assert answer.status_code == 200, answer.text
+
+
+def assert_refusal_reveals_nothing(target: Target, answer: requests.Response) -> None:
+    text = answer.text
+    assert "Traceback" not in text and "traceback" not in answer.json()["error"]
+    secrets = [str(target.work), str(REPO_ROOT), "site-packages", target.stack.emulator_url,
+               PIPES_BUCKET, str(target.work).replace("/", "\\/")]  # fmt: skip
+    leaked = [secret for secret in secrets if secret in text]
+    assert not leaked, f"the refusal shows {leaked}: {text}"
+
+
+def check_refused(target: Target, case: Case, answer: requests.Response) -> None:
+    assert answer.status_code == case.status, answer.text
+    error = answer.json()["error"]
+    assert error["field"].startswith(case.field), error
+    assert error["message"], error
+    assert_refusal_reveals_nothing(target, answer)
+
+
+@pytest.mark.parametrize(
+    "case", [*INLINE_ONLY, *PIPES_BUCKET_ONLY, *CONTEXT_SHAPES, *LAKE_PATHS, *BODIES]
+)
+def test_a_hostile_request_is_refused_and_changes_nothing(target: Target, case: Case) -> None:
+    payload = case.make(target)
+    tree, buckets = snapshot_tree(target.lake, target.outside), snapshot_buckets(target.gcs)
+
+    answer = post(target, payload)
+
+    check_refused(target, case, answer)
+    assert snapshot_tree(target.lake, target.outside) == tree
+    after = snapshot_buckets(target.gcs)
+    assert sorted(after) == sorted(buckets), "a bucket appeared"
+    for name, objects in after.items():
+        if name != PIPES_BUCKET or not case.reaches_job:
+            new = objects - buckets[name]
+            assert objects == buckets[name], f"objects appeared in {name}: {new}"
+    assert_valid_request_succeeds(target)
+
+
+def test_a_chunked_body_over_the_limit_is_413(target: Target) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"padding": "'
+        for _ in range(2 * MAX_BODY_BYTES // 65536):
+            yield b"x" * 65536
+        yield b'"}'
+
+    buckets = snapshot_buckets(target.gcs)
+    answer = requests.post(
+        target.stack.function_url,
+        data=chunks(),  # a generator: sent with Transfer-Encoding: chunked, no Content-Length
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
+
+    assert "Content-Length" not in answer.request.headers
+    check_refused(target, Case("chunked", lambda t: b"", 413, "body"), answer)
+    assert snapshot_buckets(target.gcs) == buckets
+    assert_valid_request_succeeds(target)
+
+
+def test_the_escapes_did_not_reach_the_table_next_to_the_lake(target: Target) -> None:
+    assert pl.read_delta(str(target.outside / "people")).height == 3
+    assert not (target.work / "lake-evil").exists()
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+
+def _listening_inode(port: int) -> str:
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+            return fields[9]
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def function_worker_pid(port: int) -> int:
+    """The process serving requests: holds the listening socket, child of the one that
+    opened it (gunicorn's master and its single worker both hold it)."""
+    socket = f"socket:[{_listening_inode(port)}]"
+    holders = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) == socket for fd in (proc / "fd").iterdir()):
+                holders.add(int(proc.name))
+        except OSError:
+            continue
+    assert holders, "no process holds the function's socket"
+    parent = {pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+              for pid in holders}  # fmt: skip
+    workers = [pid for pid in holders if parent[pid] in holders]
+    return (workers or sorted(holders))[0]
+
+
+def _status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{key} not in /proc/{pid}/status")
+
+
+MEMORY_CASES = [
+    case("context-path-dev-zero", 400, CONTEXT, lambda t: body(context={"path": "/dev/zero"})),
+    raw_context_case("context-bomb-300-mib", 413, lambda: bomb(300 * MiB)),
+]
+
+
+@pytest.mark.parametrize("case", MEMORY_CASES)
+def test_a_memory_attack_grows_the_worker_by_less_than_256_mib(target: Target, case: Case) -> None:
+    payload = case.make(target)
+    pid = function_worker_pid(target.port)
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # peak RSS := current RSS
+    before = _status_kib(pid, "VmRSS")
+
+    answer = post(target, payload)
+
+    growth = (_status_kib(pid, "VmHWM") - before) * 1024
+    check_refused(target, case, answer)
+    assert growth < MEMORY_BOUND, f"the worker grew by {growth / MiB:.0f} MiB"
+    assert function_worker_pid(target.port) == pid, "the worker was replaced"
+    assert_valid_request_succeeds(target)
