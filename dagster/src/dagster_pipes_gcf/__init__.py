@@ -18,11 +18,14 @@ from dagster_pipes_gcf.message_reader import (
     PipesCloudStorageMessageReader,
     PollingPolicy,
 )
+from dagster_pipes_gcf.tracing import CallTrace, FunctionLocation
 
 __all__ = [
     "AudienceRequired",
+    "CallTrace",
     "CloudFunctionError",
     "CloudFunctionInvoker",
+    "FunctionLocation",
     "FunctionResponse",
     "IdTokenAuth",
     "InvocationPolicy",

@@ -28,6 +28,7 @@ from dagster_pipes import DAGSTER_PIPES_MESSAGES_ENV_VAR, PipesExtras, encode_pa
 from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
 from dagster_pipes_gcf.invocation import CloudFunctionInvoker, FunctionResponse
 from dagster_pipes_gcf.message_reader import PipesAttemptStreams, PipesCloudStorageMessageReader
+from dagster_pipes_gcf.tracing import CallTrace, FunctionLocation
 
 INVOCATION_ID_EXTRA = "invocation_id"
 INVOCATION_ID_HEADER = "X-Dagster-Invocation-Id"
@@ -139,6 +140,8 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
         context_injector: how the Pipes context travels; defaults to inline in the body.
         invoker: HTTP invocation (auth, timeouts, retries); defaults to
             :class:`CloudFunctionInvoker` with its default policy.
+        function_location: project/region/service of the function for the Cloud Logging
+            link of each call, where its URL does not say (``run.app`` URLs lack the project).
     """
 
     def __init__(
@@ -146,7 +149,9 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
         message_reader: PipesMessageReader,
         context_injector: PipesContextInjector | None = None,
         invoker: CloudFunctionInvoker | None = None,
+        function_location: FunctionLocation | None = None,
     ):
+        self.function_location = function_location
         self.message_reader = message_reader
         self.context_injector = context_injector or PipesCloudFunctionEventContextInjector()
         self.invoker = invoker or CloudFunctionInvoker()
@@ -173,6 +178,13 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
             DagsterPipesExecutionError: the function's messages ended without ``closed``.
         """
         invocation_id = self.invocation_ids.next_for(context)
+        trace = CallTrace.start(
+            function_url,
+            run_id=context.run_id,
+            asset_key=",".join(key.to_user_string() for key in context.selected_asset_keys),
+            partition_key=partition_of(context),
+            location=self.function_location,
+        )
         with open_pipes_session(
             context=context,
             context_injector=self.context_injector,
@@ -192,13 +204,17 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
                     DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param(messages),
                 }
 
-            context.log.info(f"[pipes] invoking Cloud Function {function_url} ({invocation_id})")
-            response = self.invoker.invoke(
-                function_url,
-                payload_for,
-                headers={INVOCATION_ID_HEADER: invocation_id},
-                timeout=timeout,
+            context.log.info(
+                f"[pipes] invoking Cloud Function {function_url} ({invocation_id}); "
+                f"{trace.describe()}"
             )
+            with trace.annotating_failures():
+                response = self.invoker.invoke(
+                    function_url,
+                    payload_for,
+                    headers={INVOCATION_ID_HEADER: invocation_id, **trace.headers},
+                    timeout=timeout,
+                )
             if attempts is not None:
                 attempts.answered()
             context.log.info(
@@ -206,7 +222,11 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
                 f"{response.elapsed_s:.2f}s ({response.attempts} attempt(s))"
             )
         return PipesCloudFunctionCompletedInvocation(
-            session, metadata=call_metadata(function_url, invocation_id, response)
+            session,
+            metadata={
+                **call_metadata(function_url, invocation_id, response),
+                **trace.metadata(response.body),
+            },
         )
 
     def _attempt_streams(self, session: PipesSession) -> PipesAttemptStreams | None:
