@@ -126,14 +126,14 @@ def ensure_allowed(location: LakeLocation, allowed_roots: Iterable[str]) -> None
     roots = [parse_lake_uri(root, field="ALLOWED_DATA_LAKE_ROOTS") for root in allowed_roots]
     if not any(location.is_within(root) for root in roots):
         raise RequestError(
-            "dl_bucket: not allowed: the table location is outside the function's allowed "
+            "dl_bucket is not allowed: the table location is outside the function's allowed "
             "data-lake roots",
             field="dl_bucket",
             status=403,
         )
     if not location.remote and _symlink_below(Path(location.uri)):
         raise RequestError(
-            "dl_bucket: not allowed: the table directory contains a symbolic link, which "
+            "dl_bucket is not allowed: the table directory contains a symbolic link, which "
             "could lead out of the allowed data-lake roots",
             field="dl_bucket",
             status=403,

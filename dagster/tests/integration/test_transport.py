@@ -43,7 +43,11 @@ def serve(stack: LocalStack, source: str, tmp_path: Path) -> Iterator[str]:
     """Serve a test function (``cloud_function/tests/functions``) against the stack's emulator."""
     port = free_port()
     command = function_command(port, source=TEST_FUNCTIONS / source)
-    env = {"STORAGE_EMULATOR_HOST": stack.emulator_url, "DATA_LAKE_URI": stack.data_lake_uri}
+    env = {
+        "STORAGE_EMULATOR_HOST": stack.emulator_url,
+        "PIPES_BUCKET": stack.pipes_bucket,
+        "DATA_LAKE_URI": stack.data_lake_uri,
+    }
     with running(source, command, port, env=env, log_path=server_log(tmp_path, source)):
         yield f"http://127.0.0.1:{port}"
 
@@ -171,7 +175,9 @@ def test_an_unreachable_function_fails_after_the_configured_attempts(stack: Loca
     assert "after 2 attempt(s)" in run.failure_message()
 
 
-def test_a_missing_pipes_bucket_fails_loudly_on_both_sides(stack: LocalStack) -> None:
+def test_a_reader_bucket_that_is_not_the_functions_pipes_bucket_is_http_403(
+    stack: LocalStack,
+) -> None:
     client = PipesCloudFunctionClient(
         message_reader=PipesCloudStorageMessageReader(
             bucket="no-such-bucket", polling=PollingPolicy(drain_timeout=2)
@@ -180,8 +186,7 @@ def test_a_missing_pipes_bucket_fails_loudly_on_both_sides(stack: LocalStack) ->
     run = materialize_people(stack, client=client, data_lake_uri=str(fresh_lake(stack)))
     assert not run.success
     message = run.failure_message()
-    assert "HTTP 502" in message and "PipesMessageDeliveryError" in message
-    assert "gs://no-such-bucket/" in message
+    assert "HTTP 403" in message and "DAGSTER_PIPES_MESSAGES.bucket" in message
 
 
 def test_reads_chunks_the_stock_gcs_writer_puts_in_the_emulator(stack: LocalStack) -> None:
