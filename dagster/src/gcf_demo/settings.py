@@ -20,6 +20,7 @@ LOCAL_DEFAULTS = {
     "DATA_LAKE_URI": ".data/lake",
     "GOOGLE_IMPERSONATE_SERVICE_ACCOUNT": "",
     "CLOUD_FUNCTION_AUDIENCE": "",
+    "CLOUD_FUNCTION_PROJECT": "",
 }
 
 
@@ -40,6 +41,7 @@ class DemoSettings:
     data_lake_uri: str
     impersonate_service_account: str | None = None
     function_audience: str | None = None  # ID-token audience; derived from the URL if unset
+    function_project: str | None = None  # for Cloud Logging links; run.app URLs lack it
 
     @classmethod
     def from_env(cls, env_file: Path | None = REPO_ROOT / ".env") -> DemoSettings:
@@ -55,4 +57,5 @@ class DemoSettings:
             data_lake_uri=_resolve_lake(get("DATA_LAKE_URI")),
             impersonate_service_account=get("GOOGLE_IMPERSONATE_SERVICE_ACCOUNT") or None,
             function_audience=get("CLOUD_FUNCTION_AUDIENCE") or None,
+            function_project=get("CLOUD_FUNCTION_PROJECT") or None,
         )

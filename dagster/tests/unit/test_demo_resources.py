@@ -49,3 +49,11 @@ def test_cloud_function_audience_sets_the_token_audience(monkeypatch: pytest.Mon
     monkeypatch.delenv("CLOUD_FUNCTION_AUDIENCE")
     client = build_resources(DemoSettings.from_env(env_file=None))["pipes_function_client"]
     assert client.invoker.auth.audience is None
+
+
+def test_cloud_function_project_completes_the_logging_link(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLOUD_FUNCTION_PROJECT", "my-proj")
+    client = build_resources(DemoSettings.from_env(env_file=None))["pipes_function_client"]
+    assert client.function_location.project == "my-proj"

@@ -6,6 +6,7 @@ import dagster as dg
 
 from dagster_pipes_gcf import (
     CloudFunctionInvoker,
+    FunctionLocation,
     IdTokenAuth,
     InvocationPolicy,
     PipesCloudFunctionClient,
@@ -36,8 +37,9 @@ def build_resources(settings: DemoSettings) -> dict[str, Any]:
                 policy=InvocationPolicy(retry_ambiguous=True),
                 auth=IdTokenAuth(
                     impersonate_service_account=orchestrator, audience=settings.function_audience
-                )
+                ),
             ),
+            function_location=FunctionLocation(project=settings.function_project),
         ),
         "people_function": PeopleFunction(
             function_url=settings.function_url, data_lake_uri=settings.data_lake_uri
