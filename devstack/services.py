@@ -57,9 +57,15 @@ def emulator_command(port: int, bucket: str, data_dir: Path = EMULATOR_DATA) -> 
     seed = data_dir / bucket
     shutil.rmtree(seed, ignore_errors=True)  # leftovers would be served as objects
     seed.mkdir(parents=True)
+    try:
+        binary = fake_gcs_server_binary()
+    except EmulatorUnavailable as error:
+        # Fail as the emulator process, with the reason as its output: `just dd` shows it
+        # next to the emulator's name and stops, like any service that cannot start.
+        return [sys.executable, "-c", "import sys; sys.exit(sys.argv[1])", f"devstack: {error}"]
     address = f"{LOOPBACK}:{port}"
     return [
-        str(fake_gcs_server_binary()), "-scheme", "http", "-backend", "memory",
+        str(binary), "-scheme", "http", "-backend", "memory",
         "-host", LOOPBACK, "-port", str(port), "-public-host", address,
         "-external-url", f"http://{address}", "-data", str(data_dir), "-log-level", "warn",
     ]  # fmt: skip
