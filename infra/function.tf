@@ -10,11 +10,18 @@ locals {
     PIPES_BUCKET = google_storage_bucket.pipes.name
     # functions-framework's gunicorn runs this many request threads; equal to the per-instance
     # concurrency so every request Cloud Run routes to an instance gets a thread.
-    THREADS = tostring(var.function_concurrency)
+    THREADS              = tostring(var.function_concurrency)
+    MAX_ROWS_PER_REQUEST = tostring(var.function_max_rows_per_request)
     # Project of the trace names in the function's structured log lines (Cloud Logging groups
     # a call's lines by them).
     GOOGLE_CLOUD_PROJECT = var.project_id
   }
+
+  # Sizing rule: one request peaks at about this much memory whatever its num_rows (rows are
+  # generated and written in batches; `just bench`, peak memory at 5,000,000 rows), and an
+  # instance serves function_concurrency requests at once.
+  request_peak_memory_mib = 700
+  function_memory_mib     = tonumber(regex("^[0-9]+", var.function_memory)) * (endswith(var.function_memory, "Gi") ? 1024 : 1)
 
   # Kept out of the upload: tests and caches; pyproject.toml so the buildpack installs
   # requirements.txt (exported from uv.lock) rather than the workspace project.
@@ -116,6 +123,14 @@ resource "google_cloudfunctions2_function" "people" {
     precondition {
       condition     = var.function_concurrency == 1 || tonumber(var.function_cpu) >= 1
       error_message = "function_concurrency > 1 needs function_cpu >= 1 (a Cloud Run requirement)."
+    }
+    precondition {
+      condition     = local.function_memory_mib >= var.function_concurrency * local.request_peak_memory_mib
+      error_message = "function_memory must hold function_concurrency requests of about 700 MiB each: raise function_memory or lower function_concurrency."
+    }
+    precondition {
+      condition     = local.function_memory_mib <= 4096 || tonumber(var.function_cpu) >= 2
+      error_message = "function_memory above 4Gi needs function_cpu >= 2 (a Cloud Run requirement)."
     }
     precondition {
       condition     = var.function_min_instances <= var.function_max_instances

@@ -6,6 +6,11 @@ output "function_url" {
   value       = google_cloudfunctions2_function.people.service_config[0].uri
 }
 
+output "project_id" {
+  description = "Project the function runs in, for Cloud Logging links to a call's log lines (CLOUD_FUNCTION_PROJECT)."
+  value       = var.project_id
+}
+
 output "function_name" {
   description = "Name of the Cloud Function."
   value       = google_cloudfunctions2_function.people.name

@@ -65,9 +65,9 @@ variable "python_runtime" {
 }
 
 variable "function_memory" {
-  description = "Memory of one function instance, e.g. 2Gi. Each concurrent request holds its DataFrame in memory."
+  description = "Memory of one function instance, e.g. 4Gi: at least function_concurrency x the peak of one request (about 700 MiB at any num_rows, the writes are batched)."
   type        = string
-  default     = "2Gi"
+  default     = "4Gi"
 
   validation {
     condition     = can(regex("^[1-9][0-9]*(Mi|Gi)$", var.function_memory))
@@ -83,6 +83,17 @@ variable "function_cpu" {
   validation {
     condition     = try(tonumber(var.function_cpu) > 0 && tonumber(var.function_cpu) <= 8, false)
     error_message = "function_cpu must be a number of vCPUs greater than 0 and at most 8, as a string."
+  }
+}
+
+variable "function_max_rows_per_request" {
+  description = "Most rows one request may write (num_rows x days of a range); the function refuses more with HTTP 400. Sets MAX_ROWS_PER_REQUEST."
+  type        = number
+  default     = 5000000
+
+  validation {
+    condition     = var.function_max_rows_per_request >= 1 && var.function_max_rows_per_request <= 5000000 && floor(var.function_max_rows_per_request) == var.function_max_rows_per_request
+    error_message = "function_max_rows_per_request must be a whole number between 1 and 5,000,000."
   }
 }
 

@@ -24,7 +24,16 @@ ENV_FROM_OUTPUTS: dict[str, str] = {
     "PIPES_BUCKET": "pipes_bucket_name",
     "DATA_LAKE_URI": "data_lake_uri",
     "GOOGLE_IMPERSONATE_SERVICE_ACCOUNT": "orchestrator_service_account_email",
+    "CLOUD_FUNCTION_PROJECT": "project_id",
 }
+
+# Orchestrator settings Terraform cannot know: kept from an existing .env as the user set them.
+USER_SETTINGS = frozenset(
+    {
+        # Only for a custom domain in front of the function; run.app URLs need none.
+        "CLOUD_FUNCTION_AUDIENCE",
+    }
+)
 
 # Local-stack settings dropped from .env: a leftover emulator host would send the real
 # buckets' traffic to the emulator.

@@ -16,7 +16,7 @@ from typing import Any
 
 import hcl2
 
-from infra.scripts.cloud_env import ENV_FROM_OUTPUTS
+from infra.scripts.cloud_env import ENV_FROM_OUTPUTS, USER_SETTINGS
 
 INFRA_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = INFRA_DIR.parent
@@ -420,15 +420,17 @@ def check_orchestrator_outputs(
     tf: Terraform,
     orchestrator_vars: frozenset[str],
     env_from_outputs: Mapping[str, str] = ENV_FROM_OUTPUTS,
+    user_settings: frozenset[str] = USER_SETTINGS,
 ) -> Problems:
-    """`just cloud-env` writes every orchestrator setting, from outputs that exist and fit."""
+    """`just cloud-env` writes every orchestrator setting, from outputs that exist and fit,
+    except the few only the user can know (``USER_SETTINGS``, kept from .env)."""
     problems = [
         f"orchestrator reads {name} but cloud-env does not write it"
-        for name in sorted(orchestrator_vars - set(env_from_outputs))
+        for name in sorted(orchestrator_vars - set(env_from_outputs) - user_settings)
     ]
     problems += [
         f"cloud-env writes {name} but the orchestrator does not read it"
-        for name in sorted(set(env_from_outputs) - orchestrator_vars)
+        for name in sorted((set(env_from_outputs) | user_settings) - orchestrator_vars)
     ]
     problems += [
         f"cloud-env needs output {output} ({name}) but outputs.tf has none"

@@ -24,6 +24,7 @@ def out(value: str) -> dict[str, Any]:
 SAMPLE = {
     "function_url": out(URL),
     "function_name": out("dagster-pipes-gcp"),
+    "project_id": out("my-proj"),
     "pipes_bucket_name": out("my-proj-dagster-pipes-logs"),
     "data_lake_bucket_name": out("my-proj-data-lake"),
     "data_lake_uri": out("gs://my-proj-data-lake"),
@@ -37,6 +38,7 @@ EXPECTED = {
     "PIPES_BUCKET": "my-proj-dagster-pipes-logs",
     "DATA_LAKE_URI": "gs://my-proj-data-lake",
     "GOOGLE_IMPERSONATE_SERVICE_ACCOUNT": ORCHESTRATOR,
+    "CLOUD_FUNCTION_PROJECT": "my-proj",
 }
 
 
@@ -48,7 +50,7 @@ def test_writes_every_orchestrator_setting(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     cloud_env.write_env(SAMPLE, env_file)
     assert dotenv_values(env_file) == EXPECTED
-    assert set(EXPECTED) == c.orchestrator_env_vars()
+    assert set(EXPECTED) == c.orchestrator_env_vars() - cloud_env.USER_SETTINGS
 
 
 def test_keeps_unowned_settings_and_drops_the_emulator(tmp_path: Path) -> None:
@@ -59,6 +61,13 @@ def test_keeps_unowned_settings_and_drops_the_emulator(tmp_path: Path) -> None:
     )
     cloud_env.write_env(SAMPLE, env_file)
     assert dotenv_values(env_file) == {**EXPECTED, "DAGSTER_PORT": "3100"}
+
+
+def test_keeps_the_audience_only_the_user_can_know(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("CLOUD_FUNCTION_AUDIENCE=https://people-abc-ez.a.run.app\n")
+    cloud_env.write_env(SAMPLE, env_file)
+    assert dotenv_values(env_file)["CLOUD_FUNCTION_AUDIENCE"] == "https://people-abc-ez.a.run.app"
 
 
 def test_kept_settings_survive_quotes_comments_and_line_breaks(tmp_path: Path) -> None:
@@ -135,4 +144,5 @@ def test_the_orchestrator_loads_the_written_env(
         pipes_bucket="my-proj-dagster-pipes-logs",
         data_lake_uri="gs://my-proj-data-lake",
         impersonate_service_account=ORCHESTRATOR,
+        function_project="my-proj",
     )

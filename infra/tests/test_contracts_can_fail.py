@@ -43,11 +43,12 @@ def timeout_check(tf: c.Terraform) -> c.Problems:
 B = Breakage
 SA = "serviceAccount:${google_service_account"
 BREAKAGES = [
-    B("env-var-missing", "function.tf", "THREADS = tostring", "",
+    B("env-var-missing", "function.tf", "tostring(var.function_concurrency)", "",
       env_check, "function reads THREADS but Terraform does not set it"),
     B("env-var-extra", "function.tf", "ALLOWED_DATA_LAKE_ROOTS =", '<line>\n DEBUG_MODE = "1"',
       env_check, "Terraform sets DEBUG_MODE but the function does not read it"),
-    B("threads-not-concurrency", "function.tf", "THREADS = tostring", 'THREADS = "8"',
+    B("threads-not-concurrency", "function.tf", "tostring(var.function_concurrency)",
+      'THREADS = "8"',
       env_check, "THREADS must be tostring(var.function_concurrency)"),
     B("allowed-root-elsewhere", "function.tf", "ALLOWED_DATA_LAKE_ROOTS =",
       'ALLOWED_DATA_LAKE_ROOTS = "gs://another"', c.check_data_lake_settings,
@@ -272,6 +273,23 @@ def test_cloud_env_writing_an_unknown_setting_is_reported(real: c.Terraform) -> 
     mapping = {**ENV_FROM_OUTPUTS, "LEGACY_BUCKET": "pipes_bucket_name"}
     problems = c.check_orchestrator_outputs(real, c.orchestrator_env_vars(), mapping)
     assert problems == ["cloud-env writes LEGACY_BUCKET but the orchestrator does not read it"]
+
+
+def test_a_kept_user_setting_the_orchestrator_no_longer_reads_is_reported(
+    real: c.Terraform,
+) -> None:
+    kept = c.USER_SETTINGS | {"OLD_AUDIENCE"}
+    problems = c.check_orchestrator_outputs(real, c.orchestrator_env_vars(), user_settings=kept)
+    assert problems == ["cloud-env writes OLD_AUDIENCE but the orchestrator does not read it"]
+
+
+def test_a_user_setting_without_its_exemption_is_reported(real: c.Terraform) -> None:
+    problems = c.check_orchestrator_outputs(
+        real, c.orchestrator_env_vars(), user_settings=frozenset()
+    )
+    assert problems == [
+        "orchestrator reads CLOUD_FUNCTION_AUDIENCE but cloud-env does not write it"
+    ]
 
 
 def test_a_changed_client_timeout_is_reported(real: c.Terraform, tmp_path: Path) -> None:
