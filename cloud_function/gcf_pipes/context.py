@@ -13,8 +13,11 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 from dagster_pipes import (
+    DAGSTER_PIPES_CONTEXT_ENV_VAR,
+    DagsterPipesError,
     PipesContext,
     PipesContextData,
     PipesContextLoader,
@@ -24,6 +27,7 @@ from dagster_pipes import (
 )
 
 from gcf_pipes.bootstrap import PipesBootstrap
+from gcf_pipes.errors import RequestError
 from gcf_pipes.logs import request_log_handler
 from gcf_pipes.redact import Redactor
 from gcf_pipes.writer import PipesCloudStorageMessageWriter
@@ -89,6 +93,47 @@ class PipesCheckedContextLoader(PipesContextLoader):
         yield self._data
 
 
+def _caller_must_define(name: str, field: str) -> property:
+    """``PipesContext.<name>``, with "undefined for this step" as the caller's error (400)."""
+    original: property = getattr(PipesContext, name)
+
+    def get(self: PipesContext) -> Any:
+        try:
+            return original.fget(self) if original.fget else None
+        except DagsterPipesError as exc:
+            qualified = f"{DAGSTER_PIPES_CONTEXT_ENV_VAR}.{field}"
+            raise RequestError(f"{qualified}: {exc}", field=qualified) from None
+
+    return property(get, doc=original.__doc__)
+
+
+class RequestPipesContext(PipesContext):
+    """A ``PipesContext`` for one request: when the job asks for something the request's
+    context does not define (the asset of a step with several, the partition of an
+    unpartitioned step), that is a :class:`RequestError` naming the field, not a crash."""
+
+    asset_key = _caller_must_define("asset_key", "asset_keys")
+    asset_keys = _caller_must_define("asset_keys", "asset_keys")
+    code_version = _caller_must_define("code_version", "asset_keys")
+    code_version_by_asset_key = _caller_must_define(
+        "code_version_by_asset_key", "code_version_by_asset_key"
+    )
+    provenance = _caller_must_define("provenance", "asset_keys")
+    provenance_by_asset_key = _caller_must_define(
+        "provenance_by_asset_key", "provenance_by_asset_key"
+    )
+    partition_key = _caller_must_define("partition_key", "partition_key")
+    partition_key_range = _caller_must_define("partition_key_range", "partition_key_range")
+    partition_time_window = _caller_must_define("partition_time_window", "partition_key_range")
+
+    def get_extra(self, key: str) -> Any:
+        try:
+            return super().get_extra(key)
+        except DagsterPipesError as exc:
+            field = f"{DAGSTER_PIPES_CONTEXT_ENV_VAR}.extras.{key}"
+            raise RequestError(f"{field}: {exc}", field=field) from None
+
+
 def pipes_exception(exc: BaseException, redactor: Redactor, depth: int = 0) -> PipesException:
     """The ``closed`` message's exception (as ``PipesContext`` builds it), redacted."""
 
@@ -117,7 +162,7 @@ def open_request_pipes(
     The context is closed with the exception (if any) raised inside the block, environment
     values redacted, so Dagster receives the remote error in the ``closed`` message.
     """
-    context = PipesContext(
+    context = RequestPipesContext(
         params_loader=PipesBootstrapParamsLoader(bootstrap),
         context_loader=PipesCheckedContextLoader(bootstrap.context_data),
         message_writer=writer,

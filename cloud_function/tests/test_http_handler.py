@@ -8,7 +8,7 @@ from typing import Any
 
 import flask
 import pytest
-from dagster_pipes import PipesContext, encode_param
+from dagster_pipes import PipesContext, decode_param, encode_param
 
 from devstack.fake_gcs import FakeClient
 from gcf_pipes import RequestError, WriterSettings, handle_pipes_request, install_logging_bridge
@@ -194,3 +194,21 @@ def test_a_refusal_carries_no_traceback(client: FakeClient) -> None:
     status, body = call(client, ok_job, json=payload)
     assert status == 400 and body["error"]["field"] == "DAGSTER_PIPES_CONTEXT"
     assert set(body["error"]) == {"type", "message", "field"}
+
+
+def test_asking_for_what_the_request_did_not_define_is_400_naming_it(client: FakeClient) -> None:
+    def single_asset(pipes: PipesContext, event: Mapping[str, Any]) -> None:
+        pipes.log.info(pipes.asset_key)
+
+    payload = pipes_body()
+    payload["DAGSTER_PIPES_CONTEXT"] = encode_param(
+        {"data": {**context_of(payload), "asset_keys": ["a", "b"],
+                  "code_version_by_asset_key": None, "provenance_by_asset_key": None}}
+    )  # fmt: skip
+    status, body = call(client, single_asset, json=payload)
+    assert status == 400 and body["error"]["field"] == "DAGSTER_PIPES_CONTEXT.asset_keys"
+    assert "multiple assets" in body["error"]["message"]
+
+
+def context_of(payload: dict[str, Any]) -> dict[str, Any]:
+    return decode_param(payload["DAGSTER_PIPES_CONTEXT"])["data"]  # type: ignore[no-any-return]
