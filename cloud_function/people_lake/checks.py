@@ -7,10 +7,11 @@ Each outcome is plain JSON so a commit can record it and a repeated invocation r
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 
 # Same names as the AssetCheckSpecs of the Dagster assets.
@@ -33,32 +34,87 @@ class CheckOutcome:
     severity: Literal["ERROR", "WARN"] = "ERROR"
 
 
-def _examples(values: pl.Series) -> str:
-    return ", ".join(repr(value) for value in values.head(MAX_EXAMPLES).to_list()) or "-"
+ID_HASH_SEED = 20240526
+# Ids whose 64-bit hashes are listed (a few: hash collisions), from the rows checked.
+IdLookup = Callable[[pl.Series], pl.Series]
 
 
-def check_ids(people: pl.DataFrame) -> CheckOutcome:
-    nulls = people["id"].null_count()
-    duplicates = people.height - people["id"].drop_nulls().n_unique() - nulls
-    return CheckOutcome(
-        IDS_CHECK,
-        passed=nulls == 0 and duplicates == 0,
-        metadata={"null_ids": nulls, "duplicate_ids": duplicates},
-    )
+def id_hashes(ids: pl.Series) -> pl.Series:
+    """64-bit hashes of the non-null ids (stable within one process)."""
+    return ids.drop_nulls().hash(seed=ID_HASH_SEED)
 
 
-def check_emails(people: pl.DataFrame) -> CheckOutcome:
-    emails = people["email"]
-    invalid = emails.filter(emails.is_null() | ~emails.str.contains(EMAIL_PATTERN))
-    metadata: dict[str, Any] = {
-        "invalid_emails": invalid.len(),
-        "invalid_share": round(invalid.len() / max(people.height, 1), 6),
-        "pattern": EMAIL_PATTERN,
-    }
-    if invalid.len():
-        metadata["examples"] = _examples(invalid)
-        metadata["reason"] = f"{invalid.len()} of {people.height} e-mails do not match the pattern"
-    return CheckOutcome(EMAILS_CHECK, passed=invalid.len() == 0, metadata=metadata)
+def has_id_hash(hashes: pl.Series) -> pl.Expr:
+    """Rows whose non-null ``id`` has one of ``hashes`` (to find colliding ids again)."""
+    ids = pl.col("id")
+    return ids.is_not_null() & ids.hash(seed=ID_HASH_SEED).is_in(hashes.implode())
+
+
+def ids_with_hashes(ids: pl.Series, hashes: pl.Series) -> pl.Series:
+    """The non-null ``ids`` whose hash is one of ``hashes``."""
+    return pl.DataFrame({"id": ids}).filter(has_id_hash(hashes))["id"]
+
+
+def _shared_hashes(hashes: np.ndarray) -> np.ndarray:
+    """The hash values that occur more than once."""
+    ordered = np.sort(hashes)
+    return np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+
+
+class DataChecks:
+    """The checks that look at the rows, fed batch by batch without keeping them.
+
+    ``ids_unique_and_not_null`` keeps one 64-bit hash per id (8 bytes a row); distinct
+    hashes prove distinct ids, and only ids whose hashes collide are compared exactly, looked
+    up in the checked rows again (see :meth:`outcomes`). ``emails_valid`` keeps counts and
+    the first few examples.
+    """
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self._null_ids = 0
+        self._hashes: list[np.ndarray] = []
+        self._invalid_emails = 0
+        self._examples: list[str] = []
+
+    def add(self, people: pl.DataFrame) -> None:
+        self.rows += people.height
+        ids = people["id"]
+        self._null_ids += ids.null_count()
+        self._hashes.append(id_hashes(ids).to_numpy())
+        emails = people["email"]
+        invalid = emails.filter(emails.is_null() | ~emails.str.contains(EMAIL_PATTERN))
+        self._invalid_emails += invalid.len()
+        wanted = MAX_EXAMPLES - len(self._examples)
+        self._examples += [repr(value) for value in invalid.head(wanted).to_list()]
+
+    def _ids(self, lookup: IdLookup) -> CheckOutcome:
+        shared = _shared_hashes(np.concatenate(self._hashes or [np.empty(0, np.uint64)]))
+        duplicates = 0
+        if shared.size:  # real duplicates, or (rarely) distinct ids with equal hashes
+            suspects = lookup(pl.Series(shared, dtype=pl.UInt64))
+            duplicates = suspects.len() - suspects.n_unique()
+        return CheckOutcome(
+            IDS_CHECK,
+            passed=self._null_ids == 0 and duplicates == 0,
+            metadata={"null_ids": self._null_ids, "duplicate_ids": duplicates},
+        )
+
+    def _emails(self) -> CheckOutcome:
+        invalid = self._invalid_emails
+        metadata: dict[str, Any] = {
+            "invalid_emails": invalid,
+            "invalid_share": round(invalid / max(self.rows, 1), 6),
+            "pattern": EMAIL_PATTERN,
+        }
+        if invalid:
+            metadata["examples"] = ", ".join(self._examples)
+            metadata["reason"] = f"{invalid} of {self.rows} e-mails do not match the pattern"
+        return CheckOutcome(EMAILS_CHECK, passed=invalid == 0, metadata=metadata)
+
+    def outcomes(self, lookup: IdLookup) -> list[CheckOutcome]:
+        """The outcomes; ``lookup`` finds the checked rows' ids with given hashes again."""
+        return [self._ids(lookup), self._emails()]
 
 
 def check_row_count(committed_rows: int, requested_rows: int) -> CheckOutcome:
@@ -70,8 +126,10 @@ def check_row_count(committed_rows: int, requested_rows: int) -> CheckOutcome:
 
 
 def check_data(people: pl.DataFrame) -> list[CheckOutcome]:
-    """The checks that look at the generated rows (before they are written)."""
-    return [check_ids(people), check_emails(people)]
+    """The checks that look at the rows, on one DataFrame."""
+    checks = DataChecks()
+    checks.add(people)
+    return checks.outcomes(lambda hashes: ids_with_hashes(people["id"], hashes))
 
 
 def to_json(outcomes: Sequence[CheckOutcome]) -> str:

@@ -3,40 +3,47 @@
 * Safe to retry: each write commits a Delta transaction identifier (``txn`` action) whose app
   id is derived from the caller's invocation id. Before writing, the table's recorded
   version for that app id is looked up; a repeated invocation finds it and writes nothing.
-  Two copies of one invocation racing each other cannot both commit either: delta-rs fails
-  the second with a concurrent-transaction conflict, and the retry then finds the first.
-* Partitions: a daily partition is written with ``mode="overwrite"`` and a predicate on the
-  partition column, which replaces exactly that day and leaves the others untouched.
+* Two copies of one invocation racing each other cannot both commit either, also on a new
+  table: the table is first created empty (one creator wins, the others open it), and every
+  data commit is made on the snapshot the txn lookup read. delta-rs checks it against every
+  commit since that snapshot and fails it when one carries the same txn app id; the retry
+  then finds the first.
+* Partitions: a window of days is written with ``mode="overwrite"`` and a predicate on the
+  partition column, which replaces exactly those days and leaves the others untouched.
 * Concurrency: writers of other partitions (or appends) conflict only at commit time; delta-rs
-  rebases such commits itself, and what it cannot rebase (a table created concurrently, the
-  same partition replaced twice) is retried here from the top.
+  rebases such commits itself, and what it cannot rebase (the same days replaced twice) is
+  retried here from the top, with the data made afresh.
+* Memory: the rows arrive as a stream of batches (an Arrow stream read lazily by delta-rs),
+  all written in one commit: nothing is committed unless the whole stream was written.
 
-Every commit records the invocation, the rows and the data-quality outcome in its
-``commitInfo``, so a repeat reports exactly what the first attempt wrote.
+Every commit records the invocation and the caller's metadata in its ``commitInfo``, so a
+repeat reports what the first attempt wrote; :func:`committed_rows` reads that commit's rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import deltalake  # imported before polars anywhere both are used (crash at exit otherwise)
 import polars as pl
+from arro3.core import RecordBatch, RecordBatchReader, Schema
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties
 from deltalake.exceptions import CommitFailedError
 
 from people_lake.storage import TableRef
+from people_lake.window import PARTITION_COLUMN, DayWindow
 
 logger = logging.getLogger(__name__)
 
-PARTITION_COLUMN = "event_date"
 APP_ID_PREFIX = "dagster-pipes-gcf/"
 TXN_VERSION = 1  # one txn per invocation: "done" is version 1
 COMMIT_ATTEMPTS = 6
@@ -47,6 +54,12 @@ TABLE_CONFIGURATION: Mapping[str, str | None] = {
 # 128k-row groups: fast writes, and about 100 MiB less peak memory than one huge group.
 WRITER_PROPERTIES = WriterProperties(max_row_group_size=128 * 1024, compression="SNAPPY")
 _META = "dagster_pipes_gcf."  # prefix of our commitInfo keys
+
+# The rows of one write: a DataFrame, or a function making a fresh stream of batches (called
+# once per commit attempt, since a retried commit writes its data again).
+Rows = pl.DataFrame | Callable[[], Iterable[pl.DataFrame]]
+
+__all__ = ["PARTITION_COLUMN", "DayWindow"]
 
 
 @dataclass(frozen=True)
@@ -73,13 +86,38 @@ def app_id_for(invocation_id: str) -> str:
     return APP_ID_PREFIX + invocation_id
 
 
-def open_table(table: TableRef) -> DeltaTable | None:
-    """The table, or None when there is none yet."""
+def open_table(table: TableRef, version: int | None = None) -> DeltaTable | None:
+    """The table (at ``version``, else the latest), or None when there is none yet."""
     if table.is_local and Path(table.uri).exists() and not Path(table.uri).is_dir():
         raise NotADirectoryError(f"{table.uri} exists and is not a directory (not a table)")
     if not DeltaTable.is_deltatable(table.uri, storage_options=table.storage_options):
         return None
-    return DeltaTable(table.uri, storage_options=table.storage_options)
+    return DeltaTable(table.uri, version=version, storage_options=table.storage_options)
+
+
+def create_table(table: TableRef, schema: Schema, *, partitioned: bool) -> DeltaTable:
+    """Create the table empty, or open it when it exists (also when a racing creator won).
+
+    Creation never retries its commit: delta-rs would otherwise rebase a losing creation
+    onto the winner's table as a second commit.
+    """
+    if table.is_local:
+        Path(table.uri).mkdir(parents=True, exist_ok=True)
+    try:
+        return DeltaTable.create(
+            table.uri,
+            schema,
+            mode="ignore",
+            partition_by=[PARTITION_COLUMN] if partitioned else None,
+            configuration=TABLE_CONFIGURATION,
+            storage_options=table.storage_options,
+            commit_properties=CommitProperties(max_commit_retries=0),
+        )
+    except CommitFailedError:  # another writer created it between our look and our commit
+        created = open_table(table)
+        if created is None:
+            raise
+        return created
 
 
 def _find_commit(delta: DeltaTable, marker: str) -> dict[str, Any] | None:
@@ -122,42 +160,21 @@ def previous_write(table: TableRef, invocation_id: str) -> TableWrite | None:
     return None if delta is None else _committed(delta, table, invocation_id)
 
 
-def _commit_once(
-    df: pl.DataFrame,
-    table: TableRef,
-    snapshot: DeltaTable | None,
-    day: dt.date | None,
-    commit: Mapping[str, Any],
-) -> None:
-    """Write on top of ``snapshot`` (the version the txn check read), or create the table.
+def _file_uris(table: TableRef, version: int) -> list[str]:
+    delta = open_table(table, version) if version >= 0 else None
+    return [] if delta is None else delta.file_uris()
 
-    Committing on the checked snapshot is what makes a racing copy of the same invocation
-    (or a racing replace of the same partition) fail: delta-rs checks the commit against
-    every commit made since that snapshot. A creating write has no snapshot, and delta-rs
-    would rebase it onto a concurrent creation unchecked, so it gets no commit retries.
-    """
-    options: dict[str, Any] = {"writer_properties": WRITER_PROPERTIES}
-    if snapshot is None:
-        if table.is_local:
-            Path(table.uri).mkdir(parents=True, exist_ok=True)
-        options |= {
-            "configuration": TABLE_CONFIGURATION,
-            "storage_options": table.storage_options,
-            "partition_by": [PARTITION_COLUMN] if day is not None else None,
-            "commit_properties": CommitProperties(**commit, max_commit_retries=0),
-        }
-    else:
-        options["commit_properties"] = CommitProperties(**commit)
-    target: DeltaTable | str = table.uri if snapshot is None else snapshot
-    if day is None:
-        deltalake.write_deltalake(target, df, mode="append", **options)
-        return
-    deltalake.write_deltalake(
-        target,
-        df,
-        mode="overwrite",
-        predicate=f"{PARTITION_COLUMN} = '{day.isoformat()}'",  # a date: nothing to escape
-        **options,
+
+def committed_rows(table: TableRef, version: int) -> pl.LazyFrame:
+    """The rows the commit at ``version`` added: its own data files, read lazily."""
+    before = set(_file_uris(table, version - 1))
+    added = [uri for uri in _file_uris(table, version) if uri not in before]
+    if not added:
+        return pl.LazyFrame(schema={"id": pl.String, "email": pl.String})
+    return pl.scan_parquet(
+        added,
+        storage_options=table.storage_options,
+        hive_partitioning=any(f"/{PARTITION_COLUMN}=" in uri for uri in added),
     )
 
 
@@ -168,37 +185,85 @@ def with_partition(df: pl.DataFrame, day: dt.date | None) -> pl.DataFrame:
     return df.with_columns(pl.lit(day, dtype=pl.Date).alias(PARTITION_COLUMN))
 
 
+def _record_batches(frames: Iterable[pl.DataFrame]) -> Iterator[RecordBatch]:
+    for frame in frames:
+        yield from RecordBatchReader.from_stream(frame)
+
+
+def _arrow_stream(rows: Rows) -> RecordBatchReader:
+    """A lazily read Arrow stream of ``rows`` (its schema is the first batch's)."""
+    batches = _record_batches([rows] if isinstance(rows, pl.DataFrame) else rows())
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("nothing to write: the rows are empty")
+    return RecordBatchReader.from_batches(first.schema, itertools.chain([first], batches))
+
+
+def _commit_once(
+    stream: RecordBatchReader,
+    snapshot: DeltaTable,
+    window: DayWindow | None,
+    commit: Mapping[str, Any],
+) -> None:
+    """Write on top of ``snapshot``: the version the txn check read.
+
+    Committing on the checked snapshot is what makes a racing copy of the same invocation
+    (or a racing replace of the same days) fail: delta-rs checks the commit against every
+    commit made since that snapshot.
+    """
+    properties = CommitProperties(**commit)
+    if window is None:
+        deltalake.write_deltalake(
+            snapshot,
+            stream,
+            mode="append",
+            writer_properties=WRITER_PROPERTIES,
+            commit_properties=properties,
+        )
+        return
+    deltalake.write_deltalake(
+        snapshot,
+        stream,
+        mode="overwrite",
+        predicate=window.predicate,
+        writer_properties=WRITER_PROPERTIES,
+        commit_properties=properties,
+    )
+
+
 def write_people_table(
-    df: pl.DataFrame,
+    rows: Rows,
     table: TableRef,
     *,
     invocation_id: str | None,
-    day: dt.date | None = None,
+    window: DayWindow | None = None,
     commit_metadata: Mapping[str, str] | None = None,
 ) -> TableWrite:
-    """Append ``df`` (or replace partition ``day`` with it) once per ``invocation_id``.
+    """Append ``rows`` (or replace the days of ``window`` with them) once per ``invocation_id``.
 
-    With a ``day``, ``df`` must hold it in :data:`PARTITION_COLUMN` (see
-    :func:`with_partition`). Without an invocation id the write is not deduplicated.
-    ``commit_metadata`` is stored in the commit and returned on a repeat.
+    With a ``window``, every row must hold one of its days in :data:`PARTITION_COLUMN` (see
+    :func:`with_partition`); delta-rs refuses the write otherwise. All rows go into one
+    commit. Without an invocation id the write is not deduplicated. ``commit_metadata`` is
+    stored in the commit and returned on a repeat.
     """
-    if day is not None and PARTITION_COLUMN not in df.columns:
-        raise ValueError(f"partitioned writes need the {PARTITION_COLUMN!r} column")
     marker = invocation_id or f"unkeyed-{uuid.uuid4()}"  # finds the commit afterwards
     recorded = {_META + key: value for key, value in (commit_metadata or {}).items()}
-    commit: dict[str, Any] = {
-        "custom_metadata": {**recorded, _META + "marker": marker, _META + "rows": str(df.height)},
-    }
+    commit: dict[str, Any] = {"custom_metadata": {**recorded, _META + "marker": marker}}
     if invocation_id:
         txn = Transaction(app_id=app_id_for(invocation_id), version=TXN_VERSION)
         commit["app_transactions"] = [txn]
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
-        snapshot = open_table(table)
-        if invocation_id and snapshot and (done := _committed(snapshot, table, invocation_id)):
+        stream = _arrow_stream(rows)
+        if window is not None and PARTITION_COLUMN not in stream.schema.names:
+            raise ValueError(f"partitioned writes need the {PARTITION_COLUMN!r} column")
+        snapshot = open_table(table) or create_table(
+            table, stream.schema, partitioned=window is not None
+        )
+        if invocation_id and (done := _committed(snapshot, table, invocation_id)):
             logger.info("invocation %s already committed version %d", marker, done.version)
             return done
         try:
-            _commit_once(df, table, snapshot, day, commit)
+            _commit_once(stream, snapshot, window, commit)
             break
         except CommitFailedError as exc:
             if attempt == COMMIT_ATTEMPTS:

@@ -8,7 +8,9 @@ and ``email`` carries the row number.
 
 The same ``seed`` (and ``day``/``now``) gives the same rows in any process (same Faker): the
 vocabularies come from a fixed Faker seed and the rows from a NumPy generator seeded with
-``seed`` and the day, so each daily partition of a seeded backfill gets different people.
+``seed`` and the day, so each daily partition of a seeded backfill gets different people, and
+a day's rows are the same whether it is written alone or as part of a range.
+:func:`people_batches` makes them chunk by chunk, so memory does not grow with ``num_rows``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,6 +165,31 @@ def _people_chunk(
     )
 
 
+def people_batches(
+    num_rows: int,
+    *,
+    seed: int | None = None,
+    day: dt.date | None = None,
+    now: dt.datetime | None = None,
+    invalid_email_rate: float = 0.0,
+) -> Iterator[pl.DataFrame]:
+    """``num_rows`` fake people in chunks of at most :data:`CHUNK_ROWS` rows, made lazily.
+
+    Only one chunk is in memory at a time; the rows are those of :func:`generate_people`.
+    The malformed e-mails are spread so that their total is ``round(rate * num_rows)``.
+    """
+    if num_rows < 0:
+        raise ValueError("num_rows must not be negative")
+    if not 0.0 <= invalid_email_rate <= 1.0:
+        raise ValueError("invalid_email_rate must be between 0 and 1")
+    rng = _rng(seed, day)
+    for start in range(0, num_rows, CHUNK_ROWS):
+        end = min(start + CHUNK_ROWS, num_rows)
+        chunk = _people_chunk(rng, start, end - start, day, now)
+        broken = round(invalid_email_rate * end) - round(invalid_email_rate * start)
+        yield _corrupt_emails(chunk, rng, broken)
+
+
 def generate_people(
     num_rows: int,
     *,
@@ -170,7 +198,7 @@ def generate_people(
     now: dt.datetime | None = None,
     invalid_email_rate: float = 0.0,
 ) -> pl.DataFrame:
-    """``num_rows`` fake people with the columns in :data:`COLUMNS`.
+    """``num_rows`` fake people with the columns in :data:`COLUMNS`, in one DataFrame.
 
     Args:
         seed: makes the rows reproducible (together with ``day``, or ``now`` without a day).
@@ -178,17 +206,12 @@ def generate_people(
         invalid_email_rate: share of rows whose e-mail is deliberately malformed (to see
             the data-quality checks fail); 0 in normal use.
     """
-    if num_rows < 0:
-        raise ValueError("num_rows must not be negative")
-    if not 0.0 <= invalid_email_rate <= 1.0:
-        raise ValueError("invalid_email_rate must be between 0 and 1")
-    rng = _rng(seed, day)
-    chunks = [
-        _people_chunk(rng, start, min(CHUNK_ROWS, num_rows - start), day, now)
-        for start in range(0, num_rows, CHUNK_ROWS)
-    ]
-    people = pl.concat(chunks, rechunk=False) if chunks else _people_chunk(rng, 0, 0, day, now)
-    return _corrupt_emails(people, rng, invalid_email_rate)
+    chunks = list(
+        people_batches(num_rows, seed=seed, day=day, now=now, invalid_email_rate=invalid_email_rate)
+    )
+    if not chunks:
+        return _people_chunk(_rng(seed, day), 0, 0, day, now)
+    return pl.concat(chunks, rechunk=False)
 
 
 def _email_expr(first_row: int) -> pl.Expr:
@@ -197,9 +220,8 @@ def _email_expr(first_row: int) -> pl.Expr:
     return pl.concat_str("email_first", pl.lit("."), "email_last", row, pl.lit("@"), "domain")
 
 
-def _corrupt_emails(people: pl.DataFrame, rng: np.random.Generator, rate: float) -> pl.DataFrame:
-    """Drop the ``@`` from a ``rate`` share of the e-mails (for failing-check demos)."""
-    count = round(rate * people.height)
+def _corrupt_emails(people: pl.DataFrame, rng: np.random.Generator, count: int) -> pl.DataFrame:
+    """Drop the ``@`` from ``count`` randomly chosen e-mails (for failing-check demos)."""
     if count == 0:
         return people
     mask = np.zeros(people.height, dtype=bool)

@@ -1,14 +1,14 @@
 """The business logic: fake people into a Delta table, reported to Dagster through Pipes.
 
 Order matters: everything the caller controls is validated (400) and the target checked
-against the allow-list (403) before any data is generated or written.
+against the allow-list (403) before any data is generated or written. The rows are made and
+written in batches (memory does not grow with the request), all in one Delta commit.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,36 +17,54 @@ import polars as pl
 from dagster_pipes import PipesContext, PipesMetadataValue, to_asset_key_path
 
 from people_lake import __version__
-from people_lake.checks import CheckOutcome, check_data, check_row_count, from_json, to_json
+from people_lake.checks import (
+    CheckOutcome,
+    DataChecks,
+    IdLookup,
+    check_row_count,
+    from_json,
+    has_id_hash,
+)
 from people_lake.delta_table import (
-    PARTITION_COLUMN,
     TableWrite,
+    committed_rows,
     previous_write,
     with_partition,
     write_people_table,
 )
-from people_lake.fake_people import generate_people
-from people_lake.metadata import column_schema, markdown_preview
+from people_lake.fake_people import people_batches
+from people_lake.metadata import PREVIEW_ROWS, column_schema, markdown_preview
 from people_lake.request import (
     PeopleRequest,
+    check_row_limit,
     parse_invocation_id,
-    parse_partition_day,
+    parse_partition_window,
     parse_people_request,
 )
 from people_lake.settings import FunctionSettings
 from people_lake.storage import TableRef, ensure_allowed, parse_lake_uri, table_location, table_ref
+from people_lake.window import DayWindow
 
 logger = logging.getLogger(__name__)
 
 
+BATCH_ROWS = 250_000  # rows handed to the Delta writer at once (days are packed together)
+READ_BACK_BATCH_ROWS = 250_000
+
+
 @dataclass(frozen=True)
 class Plan:
-    """A validated invocation: what to write, where, and under which invocation id."""
+    """A validated invocation: what to write, where, and under which invocation id.
+
+    ``window`` is the daily partitions replaced (None: an unpartitioned append);
+    ``total_rows`` is ``num_rows`` per day times its days.
+    """
 
     request: PeopleRequest
     table: TableRef
-    day: dt.date | None
+    window: DayWindow | None
     invocation_id: str | None
+    total_rows: int
 
 
 def plan_invocation(
@@ -54,27 +72,151 @@ def plan_invocation(
 ) -> Plan:
     """Validate the event and the Pipes context; refuse targets outside the allowed roots."""
     request = parse_people_request(event, settings.data_lake_uri)
-    day = parse_partition_day(pipes)
+    window = parse_partition_window(pipes)
+    total_rows = check_row_limit(request, window, settings.max_rows_per_request)
     invocation_id = parse_invocation_id(pipes)
     lake = parse_lake_uri(request.data_lake_uri)
     location = table_location(lake, to_asset_key_path(pipes.asset_key))
     ensure_allowed(location, settings.allowed_roots)  # the canonical table path, links resolved
-    return Plan(request, table_ref(location, settings.storage_emulator_host), day, invocation_id)
+    table = table_ref(location, settings.storage_emulator_host)
+    return Plan(request, table, window, invocation_id, total_rows)
 
 
-def _preview_of_write(plan: Plan, written: TableWrite) -> pl.DataFrame:
-    """The first rows of the commit's data, read back (used when nothing was written now)."""
-    scan = pl.scan_delta(
-        plan.table.uri, version=written.version, storage_options=plan.table.storage_options
+def _day_chunks(plan: Plan) -> Iterator[pl.DataFrame]:
+    """Each day's rows (the same as that day alone would get), chunk by chunk."""
+    request = plan.request
+    for day in plan.window.each_day() if plan.window else [None]:
+        for chunk in people_batches(
+            request.num_rows,
+            seed=request.seed,
+            day=day,
+            invalid_email_rate=request.invalid_email_rate,
+        ):
+            yield with_partition(chunk, day)
+
+
+def _packed(chunks: Iterable[pl.DataFrame], rows: int) -> Iterator[pl.DataFrame]:
+    """Consecutive chunks joined into batches of at most ``rows`` (small days share one)."""
+    pending: list[pl.DataFrame] = []
+    size = 0
+    for chunk in chunks:
+        if pending and size + chunk.height > rows:
+            yield pl.concat(pending)
+            pending, size = [], 0
+        pending.append(chunk)
+        size += chunk.height
+    if pending:
+        yield pl.concat(pending)
+
+
+def _between_batches(pipes: PipesContext, plan: Plan, batch: int, rows_so_far: int) -> None:
+    """Runs after each batch went to the writer, before the next is made.
+
+    Progress goes to Dagster here (one line per batch). This is also where a cancellation
+    check belongs: raising here aborts the write before its commit, so nothing is written.
+    """
+    pipes.log.info(f"batch {batch}: {rows_so_far} of {plan.total_rows} rows streamed to Delta")
+
+
+class _CheckedBatches:
+    """The batches of one commit attempt, checked and previewed as they pass to the writer.
+
+    A retried commit (a conflict) iterates a new instance: the checks describe exactly the
+    rows of the attempt that committed.
+    """
+
+    def __init__(self, pipes: PipesContext, plan: Plan) -> None:
+        self._pipes, self._plan = pipes, plan
+        self.checks = DataChecks()
+        self.preview = pl.DataFrame()
+
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        for batch, people in enumerate(_packed(_day_chunks(self._plan), BATCH_ROWS), start=1):
+            self.checks.add(people)
+            if batch == 1:
+                self.preview = people.head(PREVIEW_ROWS)
+            yield people
+            _between_batches(self._pipes, self._plan, batch, self.checks.rows)
+
+
+def _lookup_in_commit(plan: Plan, written: TableWrite) -> IdLookup:
+    """Finds a commit's ids by hash in the table (only needed when hashes collide)."""
+
+    def lookup(hashes: pl.Series) -> pl.Series:
+        rows = committed_rows(plan.table, written.version).select("id")
+        return rows.filter(has_id_hash(hashes)).collect(engine="streaming")["id"]
+
+    return lookup
+
+
+def _checks_of_commit(plan: Plan, written: TableWrite) -> list[CheckOutcome]:
+    """The data checks of the rows a commit added, read back from the table in batches."""
+    recorded = written.commit_metadata.get("checks")  # commits of earlier function versions
+    if recorded:
+        return from_json(recorded)
+    checks = DataChecks()
+    rows = committed_rows(plan.table, written.version).select("id", "email")
+    for batch in rows.collect_batches(chunk_size=READ_BACK_BATCH_ROWS):
+        checks.add(batch)
+    return checks.outcomes(_lookup_in_commit(plan, written))
+
+
+def _preview_of_commit(plan: Plan, written: TableWrite) -> pl.DataFrame:
+    """The first rows a commit added, read back (used when nothing was written now)."""
+    return committed_rows(plan.table, written.version).head(PREVIEW_ROWS).collect()
+
+
+def _commit_metadata(plan: Plan) -> dict[str, str]:
+    """Recorded in the commit (Delta history) next to the invocation id."""
+    recorded = {"rows_per_day" if plan.window else "rows": str(plan.request.num_rows)}
+    if plan.window:
+        recorded["partition_window"] = plan.window.text
+    return recorded
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    written: TableWrite
+    checks: list[CheckOutcome]
+    preview: pl.DataFrame
+
+
+def _earlier(plan: Plan, written: TableWrite) -> _Outcome:
+    return _Outcome(written, _checks_of_commit(plan, written), _preview_of_commit(plan, written))
+
+
+def _write_once(pipes: PipesContext, plan: Plan) -> _Outcome:
+    """Write unless this invocation already did: the write, its checks and a preview."""
+    if plan.invocation_id is not None and (done := previous_write(plan.table, plan.invocation_id)):
+        pipes.log.info(
+            f"invocation {plan.invocation_id} already wrote version {done.version}; "
+            "not writing again"
+        )
+        return _earlier(plan, done)
+    attempts: list[_CheckedBatches] = []
+
+    def batches() -> _CheckedBatches:
+        attempts.append(_CheckedBatches(pipes, plan))
+        return attempts[-1]
+
+    written = write_people_table(
+        batches,
+        plan.table,
+        invocation_id=plan.invocation_id,
+        window=plan.window,
+        commit_metadata=_commit_metadata(plan),
     )
-    if plan.day is not None:
-        scan = scan.filter(pl.col(PARTITION_COLUMN) == plan.day)
-    return scan.head(5).collect()
+    if written.repeated:  # a racing copy of this invocation committed first
+        pipes.log.info(f"invocation {plan.invocation_id} was committed by a concurrent copy")
+        return _earlier(plan, written)
+    committed = attempts[-1]
+    logger.info("generated %d fake people", committed.checks.rows)  # (in the request's thread)
+    checks = committed.checks.outcomes(_lookup_in_commit(plan, written))
+    return _Outcome(written, checks, committed.preview)
 
 
-def _materialization_metadata(
-    plan: Plan, written: TableWrite, people: pl.DataFrame
-) -> dict[str, PipesMetadataValue]:
+def _materialization_metadata(plan: Plan, outcome: _Outcome) -> dict[str, PipesMetadataValue]:
+    written = outcome.written
     snapshot = deltalake.DeltaTable(
         plan.table.uri, version=written.version, storage_options=plan.table.storage_options
     )
@@ -86,76 +228,65 @@ def _materialization_metadata(
         "delta_version": {"raw_value": written.version, "type": "int"},
         "rows_written": {"raw_value": written.rows_written, "type": "int"},
         "repeated_invocation": {"raw_value": written.repeated, "type": "bool"},
-        "preview": markdown_preview(people),
+        "preview": markdown_preview(outcome.preview),
         "function_version": {"raw_value": __version__, "type": "text"},
     }
-    if plan.day is not None:
+    if plan.window is not None:
+        metadata |= {
+            "partition_window": {"raw_value": plan.window.text, "type": "text"},
+            "days": {"raw_value": plan.window.days, "type": "int"},
+            "rows_per_day": {"raw_value": plan.request.num_rows, "type": "int"},
+        }
+    if plan.window is not None and plan.window.days == 1:
         metadata["dagster/partition_row_count"] = {"raw_value": written.rows_written, "type": "int"}
     return metadata
 
 
-def _report(pipes: PipesContext, plan: Plan, written: TableWrite, people: pl.DataFrame) -> None:
+def _report(pipes: PipesContext, plan: Plan, outcome: _Outcome) -> None:
+    written = outcome.written
     pipes.report_asset_materialization(
-        metadata=_materialization_metadata(plan, written, people),
-        data_version=str(written.version),
+        metadata=_materialization_metadata(plan, outcome), data_version=str(written.version)
     )
-    recorded = written.commit_metadata.get("checks")
-    checks: list[CheckOutcome] = from_json(recorded) if recorded else check_data(people)
-    checks.append(check_row_count(written.rows_written, plan.request.num_rows))
+    checks = [*outcome.checks, check_row_count(written.rows_written, plan.total_rows)]
     for check in checks:
         pipes.report_asset_check(
             check.name, check.passed, severity=check.severity, metadata=check.metadata
         )
 
 
-def _generate(plan: Plan) -> pl.DataFrame:
-    request = plan.request
-    people = generate_people(
-        request.num_rows,
-        seed=request.seed,
-        day=plan.day,
-        invalid_email_rate=request.invalid_email_rate,
+def _target(plan: Plan) -> str:
+    rows, window = plan.request.num_rows, plan.window
+    if window is None:
+        return f"{rows} rows to {plan.table.uri}"
+    if window.days == 1:
+        return f"{rows} rows to {plan.table.uri} (partition {window.start})"
+    return (
+        f"{rows} rows per day x {window.days} days = {plan.total_rows} rows to "
+        f"{plan.table.uri} (partitions {window.text})"
     )
-    logger.info("generated %d fake people", people.height)
-    return with_partition(people, plan.day)
-
-
-def _write_once(pipes: PipesContext, plan: Plan) -> tuple[TableWrite, pl.DataFrame]:
-    """Write unless this invocation already did; the write and (a preview of) its rows."""
-    if plan.invocation_id is not None and (done := previous_write(plan.table, plan.invocation_id)):
-        pipes.log.info(
-            f"invocation {plan.invocation_id} already wrote version {done.version}; "
-            "not writing again"
-        )
-        return done, _preview_of_write(plan, done)
-    people = _generate(plan)
-    written = write_people_table(
-        people,
-        plan.table,
-        invocation_id=plan.invocation_id,
-        day=plan.day,
-        commit_metadata={"checks": to_json(check_data(people))},
-    )
-    return written, people
 
 
 def write_people(pipes: PipesContext, event: Mapping[str, Any]) -> dict[str, Any]:
-    """Generate ``num_rows`` people and write them to ``<dl_bucket>/<asset key path>``.
+    """Generate people and write them to ``<dl_bucket>/<asset key path>`` in one commit.
 
-    Unpartitioned assets append; a daily partition replaces that day. A repeat of the same
-    invocation (same Dagster run, asset and partition) writes nothing and reports the first.
+    Unpartitioned assets append ``num_rows``; daily partitions (one day or a range) get
+    ``num_rows`` per day, replacing exactly those days. A repeat of the same invocation (same
+    Dagster run, asset, partitions and call) writes nothing and reports the first.
     """
     plan = plan_invocation(pipes, event, FunctionSettings.from_env())
-    target = f"{plan.table.uri} (partition {plan.day})" if plan.day else plan.table.uri
-    pipes.log.info(
-        f"people function {__version__}: writing {plan.request.num_rows} rows to {target}"
-    )
-    written, people = _write_once(pipes, plan)
+    pipes.log.info(f"people function {__version__}: writing {_target(plan)}")
+    outcome = _write_once(pipes, plan)
+    written = outcome.written
     pipes.log.info(f"Delta table {plan.table.uri} is at version {written.version}")
-    _report(pipes, plan, written, people)
+    _report(pipes, plan, outcome)
+    window = plan.window
     return {
         "table_uri": plan.table.uri,
-        "partition": plan.day.isoformat() if plan.day else None,
+        "partition": None
+        if window is None
+        else window.text
+        if window.days > 1
+        else str(window.start),
         "rows_written": written.rows_written,
         "delta_version": written.version,
         "repeated": written.repeated,

@@ -18,7 +18,7 @@ COLUMN_DESCRIPTIONS: Mapping[str, str] = {
     "created_at": "When the person was created (UTC)",
     "event_date": "Daily partition (UTC day of created_at)",
 }
-# What the checks verify on every write (people_lake.checks.check_ids).
+# What the checks verify on every write (people_lake.checks.DataChecks).
 CONSTRAINTS: Mapping[str, Mapping[str, bool]] = {"id": {"nullable": False, "unique": True}}
 PREVIEW_ROWS = 5
 

@@ -1,8 +1,8 @@
 """Strict validation of what one invocation is asked to do.
 
 The event (request body minus the Pipes bootstrap params) and the Pipes context (partition
-key, invocation id) are checked before anything is generated or written; every problem is a
-:class:`RequestError` (HTTP 400) naming the offending field.
+key range and time window, invocation id) are checked before anything is generated or
+written; every problem is a :class:`RequestError` (HTTP 400) naming the offending field.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from dagster_pipes import PipesContext
 
 from gcf_pipes import RequestError
+from people_lake.window import MAX_RANGE_DAYS, DayWindow
 
 DEFAULT_NUM_ROWS = 100
 MAX_NUM_ROWS = 5_000_000
@@ -24,6 +25,8 @@ EVENT_FIELDS = ("dl_bucket", "num_rows", "seed", "invalid_email_rate")
 INVOCATION_ID_EXTRA = "invocation_id"  # set by the Dagster client, equal on every retry
 _INVOCATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _DAILY_KEY = re.compile(r"\d{4}-\d{2}-\d{2}")
+RANGE_FIELD = "partition_key_range"
+WINDOW_FIELD = "partition_time_window"
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,8 @@ class PeopleRequest:
 
     Attributes:
         data_lake_uri: root the table goes under (``dl_bucket``, else ``DATA_LAKE_URI``).
-        num_rows: rows to generate, 1 .. :data:`MAX_NUM_ROWS`.
+        num_rows: rows to generate (per day for a daily partition range), 1 ..
+            :data:`MAX_NUM_ROWS`.
         seed: makes the data reproducible; 0 .. 2**63 - 1, or None for fresh data.
         invalid_email_rate: share of deliberately malformed e-mails (0 .. 1), to demo a
             failing check.
@@ -95,26 +99,98 @@ def parse_people_request(event: Mapping[str, Any], default_lake_uri: str | None)
     )
 
 
-def parse_partition_day(pipes: PipesContext) -> dt.date | None:
-    """The day of a daily partition (``YYYY-MM-DD``), or None when the step is unpartitioned."""
-    if not pipes.is_partition_step:
-        return None
-    key_range = pipes.partition_key_range
-    if key_range["start"] != key_range["end"]:
-        raise RequestError(
-            f"one partition per invocation, got the range {key_range['start']}..."
-            f"{key_range['end']}",
-            field="partition_key",
-        )
-    key = key_range["start"]
+def _daily_key(value: Any, field: str) -> dt.date:
     try:
-        if not _DAILY_KEY.fullmatch(key):
-            raise ValueError(key)
-        return dt.date.fromisoformat(key)
+        if not isinstance(value, str) or not _DAILY_KEY.fullmatch(value):
+            raise ValueError(value)
+        return dt.date.fromisoformat(value)
     except ValueError:
         raise RequestError(
-            f"partition key {key!r} is not a daily partition (YYYY-MM-DD)", field="partition_key"
+            f"partition key {str(value)[:40]!r} is not a daily partition (YYYY-MM-DD)",
+            field=field,
         ) from None
+
+
+def _key_range(pipes: PipesContext) -> DayWindow:
+    key_range: Any = pipes.partition_key_range
+    if not isinstance(key_range, dict) or set(key_range) != {"start", "end"}:
+        raise RequestError(
+            "partition_key_range must be an object with 'start' and 'end'", field=RANGE_FIELD
+        )
+    start, end = (_daily_key(key_range[side], RANGE_FIELD) for side in ("start", "end"))
+    if end < start:
+        raise RequestError(
+            f"partition_key_range ends ({end}) before it starts ({start})", field=RANGE_FIELD
+        )
+    window = DayWindow(start, end)
+    if window.days > MAX_RANGE_DAYS:
+        raise RequestError(
+            f"partition_key_range {window.text} spans {window.days} days; at most "
+            f"{MAX_RANGE_DAYS} per invocation",
+            field=RANGE_FIELD,
+        )
+    return window
+
+
+def _utc_midnight(value: Any) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    midnight = moment is not None and moment.time() == dt.time()
+    if moment is None or not midnight or moment.utcoffset() != dt.timedelta(0):
+        raise RequestError(
+            f"partition_time_window bound {str(value)[:40]!r} is not 00:00 UTC in ISO 8601",
+            field=WINDOW_FIELD,
+        )
+    return moment
+
+
+def _check_time_window(pipes: PipesContext, window: DayWindow) -> None:
+    """The time window, when sent, must cover exactly the range's days (00:00 UTC bounds)."""
+    time_window: Any = pipes.partition_time_window
+    if time_window is None:
+        return
+    if not isinstance(time_window, dict) or set(time_window) != {"start", "end"}:
+        raise RequestError(
+            "partition_time_window must be an object with 'start' and 'end'", field=WINDOW_FIELD
+        )
+    start, end = (_utc_midnight(time_window[side]) for side in ("start", "end"))
+    if (start.date(), end.date()) != (window.start, window.end + dt.timedelta(days=1)):
+        raise RequestError(
+            f"partition_time_window {start.isoformat()}..{end.isoformat()} does not match "
+            f"partition_key_range {window.text}",
+            field=WINDOW_FIELD,
+        )
+
+
+def parse_partition_window(pipes: PipesContext) -> DayWindow | None:
+    """The daily partitions in scope (one day or a range), or None when unpartitioned.
+
+    Raises:
+        RequestError: (400) keys that are not ``YYYY-MM-DD``, a range that ends before it
+            starts or spans more than :data:`MAX_RANGE_DAYS` days, or a time window that
+            does not cover exactly those days.
+    """
+    if not pipes.is_partition_step:
+        return None
+    window = _key_range(pipes)
+    _check_time_window(pipes, window)
+    return window
+
+
+def check_row_limit(request: PeopleRequest, window: DayWindow | None, max_rows: int) -> int:
+    """Rows the invocation writes (``num_rows`` per day); 400 naming num_rows over the limit."""
+    days = window.days if window else 1
+    total = days * request.num_rows
+    if total > max_rows:
+        per = f" x {days} days" if window else ""
+        raise RequestError(
+            f"'num_rows' {request.num_rows}{per} = {total} rows is more than this function "
+            f"writes per request ({max_rows})",
+            field="num_rows",
+        )
+    return total
 
 
 def parse_invocation_id(pipes: PipesContext) -> str | None:

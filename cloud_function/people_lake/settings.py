@@ -18,6 +18,9 @@ PIPES_BUCKET_VAR = "PIPES_BUCKET"
 THREADS_VAR = "THREADS"
 # The function's project (Terraform: var.project_id), for trace names in structured log lines.
 GOOGLE_CLOUD_PROJECT_VAR = "GOOGLE_CLOUD_PROJECT"
+# Most rows one request may write (num_rows x days); sized with the instance memory.
+MAX_ROWS_PER_REQUEST_VAR = "MAX_ROWS_PER_REQUEST"
+DEFAULT_MAX_ROWS_PER_REQUEST = 5_000_000
 
 FUNCTION_ENV_VARS = (
     DATA_LAKE_URI_VAR,
@@ -25,6 +28,7 @@ FUNCTION_ENV_VARS = (
     PIPES_BUCKET_VAR,
     THREADS_VAR,
     GOOGLE_CLOUD_PROJECT_VAR,
+    MAX_ROWS_PER_REQUEST_VAR,
 )
 # Set by the platform (Cloud Run): the revision serving the request, reported to the caller.
 K_REVISION_VAR = "K_REVISION"
@@ -45,6 +49,7 @@ class FunctionSettings:
         pipes_bucket: the bucket Pipes messages go to; unset, every request is refused.
         project: the function's project, naming the trace of its structured log lines.
         revision: the platform's name for the revision serving requests (unset locally).
+        max_rows_per_request: most rows one request writes (``num_rows`` x days).
     """
 
     data_lake_uri: str | None
@@ -53,10 +58,13 @@ class FunctionSettings:
     pipes_bucket: str | None = None
     project: str | None = None
     revision: str | None = None
+    max_rows_per_request: int = DEFAULT_MAX_ROWS_PER_REQUEST
 
     def __post_init__(self) -> None:
         if self.pipes_bucket is not None and not is_bucket_name(self.pipes_bucket):
             raise ValueError(f"{PIPES_BUCKET_VAR} is not a valid Cloud Storage bucket name")
+        if self.max_rows_per_request < 1:
+            raise ValueError(f"{MAX_ROWS_PER_REQUEST_VAR} must be a positive whole number")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FunctionSettings:
@@ -71,4 +79,16 @@ class FunctionSettings:
             pipes_bucket=env.get(PIPES_BUCKET_VAR, "").strip() or None,
             project=env.get(GOOGLE_CLOUD_PROJECT_VAR, "").strip() or None,
             revision=env.get(K_REVISION_VAR, "").strip() or None,
+            max_rows_per_request=_whole_number(
+                env, MAX_ROWS_PER_REQUEST_VAR, DEFAULT_MAX_ROWS_PER_REQUEST
+            ),
         )
+
+
+def _whole_number(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit():
+        raise ValueError(f"{name} must be a positive whole number")
+    return int(text)

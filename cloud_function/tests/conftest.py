@@ -22,15 +22,21 @@ def pipes_body(
     asset: str = "people",
     partition: str | None = None,
     invocation_id: str | None = None,
+    partition_range: tuple[str, str] | None = None,
+    time_window: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A request body as the Dagster client sends it (event + Pipes bootstrap params)."""
+    """A request body as the Dagster client sends it (event + Pipes bootstrap params).
+
+    ``partition`` is one key; ``partition_range`` (start, end) a range run's keys.
+    """
+    key_range = partition_range or ((partition, partition) if partition else None)
     context = {
         "asset_keys": [asset],
         "code_version_by_asset_key": {asset: None},
         "provenance_by_asset_key": {asset: None},
         "partition_key": partition,
-        "partition_key_range": {"start": partition, "end": partition} if partition else None,
-        "partition_time_window": None,
+        "partition_key_range": {"start": key_range[0], "end": key_range[1]} if key_range else None,
+        "partition_time_window": time_window,
         "run_id": "run-1",
         "job_name": "job",
         "retry_number": 0,

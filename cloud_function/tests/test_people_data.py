@@ -13,13 +13,15 @@ from dagster_pipes import PipesContext
 from gcf_pipes import RequestError
 from people_lake import fake_people
 from people_lake.checks import EMAIL_PATTERN
-from people_lake.fake_people import COLUMNS, generate_people
+from people_lake.fake_people import COLUMNS, generate_people, people_batches
 from people_lake.request import (
     MAX_NUM_ROWS,
+    check_row_limit,
     parse_invocation_id,
-    parse_partition_day,
+    parse_partition_window,
     parse_people_request,
 )
+from people_lake.window import MAX_RANGE_DAYS, DayWindow
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -54,6 +56,18 @@ def test_row_numbers_stay_unique_across_generation_chunks(monkeypatch: pytest.Mo
     assert people["email"].str.extract(r"(\d+)@").cast(pl.Int64).sort().to_list() == list(
         range(1, 2_001)
     )
+
+
+def test_batches_are_the_rows_in_chunks_with_the_exact_share_of_bad_emails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fake_people, "CHUNK_ROWS", 300)
+    day = dt.date(2024, 5, 1)
+    batches = list(people_batches(1_000, seed=5, day=day, invalid_email_rate=0.0155))
+    assert [batch.height for batch in batches] == [300, 300, 300, 100]
+    whole = generate_people(1_000, seed=5, day=day, invalid_email_rate=0.0155)
+    assert pl.concat(batches).equals(whole)
+    assert (~whole["email"].str.contains("@")).sum() == round(0.0155 * 1_000)
 
 
 def test_the_same_seed_gives_the_same_people() -> None:
@@ -138,42 +152,97 @@ def test_no_lake_anywhere_is_a_request_error() -> None:
 class FakePipes:
     """The two Pipes context properties the partition and invocation parsers read."""
 
-    def __init__(self, key_range: dict[str, str] | None = None, extras: Any = None):
+    def __init__(self, key_range: Any = None, extras: Any = None, time_window: Any = None) -> None:
         self._range = key_range
         self.extras = extras or {}
+        self.partition_time_window = time_window
 
     @property
     def is_partition_step(self) -> bool:
         return self._range is not None
 
     @property
-    def partition_key_range(self) -> dict[str, str] | None:
+    def partition_key_range(self) -> Any:
         return self._range
 
 
-def pipes(key_range: dict[str, str] | None = None, extras: Any = None) -> PipesContext:
-    return FakePipes(key_range, extras)  # type: ignore[return-value]
+def pipes(key_range: Any = None, extras: Any = None, time_window: Any = None) -> PipesContext:
+    return FakePipes(key_range, extras, time_window)  # type: ignore[return-value]
 
 
-def test_partition_keys_are_daily_dates() -> None:
-    assert parse_partition_day(pipes()) is None
-    day = parse_partition_day(pipes({"start": "2024-03-05", "end": "2024-03-05"}))
-    assert day == dt.date(2024, 3, 5)
+def days(start: str, end: str) -> dict[str, str]:
+    return {"start": start, "end": end}
+
+
+def test_partition_keys_are_daily_dates_one_day_or_a_range() -> None:
+    assert parse_partition_window(pipes()) is None
+    one = parse_partition_window(pipes(days("2024-03-05", "2024-03-05")))
+    assert one == DayWindow(dt.date(2024, 3, 5), dt.date(2024, 3, 5)) and one.days == 1
+    week = parse_partition_window(
+        pipes(
+            days("2024-02-26", "2024-03-03"),
+            time_window={"start": "2024-02-26T00:00:00+00:00", "end": "2024-03-04T00:00:00+00:00"},
+        )
+    )
+    assert week is not None and week.days == 7 and week.text == "2024-02-26..2024-03-03"
+    assert list(week.each_day())[3] == dt.date(2024, 2, 29)
+    assert week.predicate == "event_date >= '2024-02-26' AND event_date <= '2024-03-03'"
+    year = parse_partition_window(pipes(days("2024-01-01", "2024-12-31")))
+    assert year is not None and year.days == MAX_RANGE_DAYS
 
 
 @pytest.mark.parametrize(
     "key_range",
     [
-        {"start": "2024-03-05-10:00", "end": "2024-03-05-10:00"},
-        {"start": "20240305", "end": "20240305"},
-        {"start": "2024-13-01", "end": "2024-13-01"},
-        {"start": "2024-03-05", "end": "2024-03-07"},
+        days("2024-03-05-10:00", "2024-03-05-10:00"),
+        days("20240305", "20240305"),
+        days("2024-13-01", "2024-13-01"),
+        days("2024-03-07", "2024-03-05"),  # ends before it starts
+        days("2024-01-01", "2025-01-01"),  # 367 days
+        days("2024-01-01", 20240102),  # type: ignore[arg-type]
+        {"start": "2024-01-01"},
+        {"start": "2024-01-01", "end": "2024-01-01", "extra": 1},
+        "2024-01-01..2024-01-02",
+        ["2024-01-01"],
     ],
 )
-def test_other_partition_keys_are_request_errors(key_range: dict[str, str]) -> None:
+def test_malformed_or_too_long_ranges_are_request_errors(key_range: Any) -> None:
     with pytest.raises(RequestError) as raised:
-        parse_partition_day(pipes(key_range))
-    assert raised.value.field == "partition_key" and raised.value.status == 400
+        parse_partition_window(pipes(key_range))
+    assert raised.value.field == "partition_key_range" and raised.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "time_window",
+    [
+        {"start": "2024-03-01T00:00:00+00:00", "end": "2024-03-03T00:00:00+00:00"},  # a day short
+        {"start": "2024-03-02T00:00:00+00:00", "end": "2024-03-04T00:00:00+00:00"},  # shifted
+        {"start": "2024-03-01T00:00:00-05:00", "end": "2024-03-04T00:00:00-05:00"},  # not UTC
+        {"start": "2024-03-01T00:00:00", "end": "2024-03-04T00:00:00"},  # no time zone
+        {"start": "2024-03-01T06:00:00+00:00", "end": "2024-03-04T06:00:00+00:00"},
+        {"start": "2024-03-01", "end": "2024-03-04"},
+        {"start": "yesterday", "end": "2024-03-04T00:00:00+00:00"},
+        {"start": 0, "end": 1},
+        {"start": "2024-03-01T00:00:00+00:00"},
+        "2024-03-01..2024-03-03",
+    ],
+)
+def test_a_time_window_that_disagrees_with_the_range_is_a_request_error(time_window: Any) -> None:
+    with pytest.raises(RequestError) as raised:
+        parse_partition_window(pipes(days("2024-03-01", "2024-03-03"), time_window=time_window))
+    assert raised.value.field == "partition_time_window" and raised.value.status == 400
+
+
+def test_the_row_limit_counts_rows_per_day_times_days() -> None:
+    request = parse_people_request({"num_rows": 1_000}, "/l")
+    week = DayWindow(dt.date(2024, 1, 1), dt.date(2024, 1, 7))
+    assert check_row_limit(request, None, 1_000) == 1_000
+    assert check_row_limit(request, week, 7_000) == 7_000
+    with pytest.raises(RequestError) as raised:
+        check_row_limit(request, week, 6_999)
+    assert raised.value.field == "num_rows" and "1000 x 7 days = 7000 rows" in str(raised.value)
+    with pytest.raises(RequestError):
+        check_row_limit(request, None, 999)
 
 
 def test_invocation_ids_are_validated() -> None:

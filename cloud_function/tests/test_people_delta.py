@@ -1,7 +1,8 @@
-"""Unit tests of the Delta writes: idempotent per invocation, partition replace, concurrency."""
+"""Unit tests of the Delta writes: idempotent per invocation, day windows, streams, races."""
 
 import datetime as dt
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import deltalake
@@ -13,14 +14,17 @@ from people_lake import delta_table
 from people_lake.delta_table import (
     PARTITION_COLUMN,
     app_id_for,
+    committed_rows,
     previous_write,
     with_partition,
     write_people_table,
 )
 from people_lake.fake_people import generate_people
 from people_lake.storage import TableRef
+from people_lake.window import DayWindow
 
 DAY = dt.date(2024, 5, 1)
+RACERS = 20
 
 
 def people(n: int, seed: int = 1, day: dt.date | None = None) -> pl.DataFrame:
@@ -32,16 +36,42 @@ def counts_by_day(uri: str) -> dict[str, int]:
     return {str(day): n for day, n in table.iter_rows()}
 
 
+def data_commits(uri: str) -> list[dict[str, object]]:
+    """The commits that wrote rows (not the one creating the empty table)."""
+    return [c for c in deltalake.DeltaTable(uri).history() if c["operation"] != "CREATE TABLE"]
+
+
+def race(write: Callable[[int], object], racers: int = RACERS) -> list[object]:
+    """Run ``write(0)`` .. ``write(racers - 1)`` in threads released at the same moment."""
+    start = threading.Barrier(racers)
+    outcomes: list[object] = [None] * racers
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            outcomes[i] = write(i)
+        except BaseException as exc:  # noqa: BLE001 - returned for the assertion
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
 def test_the_same_invocation_is_written_once(tmp_path: Path) -> None:
     table = TableRef(str(tmp_path / "people"))
     first = write_people_table(people(10), table, invocation_id="a", commit_metadata={"k": "v"})
     again = write_people_table(people(10, seed=2), table, invocation_id="a")
     other = write_people_table(people(5), table, invocation_id="b")
 
-    assert (first.version, first.rows_written, first.repeated) == (0, 10, False)
-    assert (again.version, again.rows_written, again.repeated) == (0, 10, True)
+    # version 0 is the empty table's creation; every data commit is made on a snapshot
+    assert (first.version, first.rows_written, first.repeated) == (1, 10, False)
+    assert (again.version, again.rows_written, again.repeated) == (1, 10, True)
     assert again.commit_metadata["k"] == "v"
-    assert (other.version, other.repeated) == (1, False)
+    assert (other.version, other.repeated) == (2, False)
     assert pl.read_delta(table.uri).height == 15
     delta = deltalake.DeltaTable(table.uri)
     assert delta.transaction_version(app_id_for("a")) == 1
@@ -52,18 +82,22 @@ def test_without_an_invocation_id_every_call_appends(tmp_path: Path) -> None:
     table = TableRef(str(tmp_path / "people"))
     write_people_table(people(3), table, invocation_id=None)
     second = write_people_table(people(3), table, invocation_id=None)
-    assert (second.version, second.repeated) == (1, False)
+    assert (second.version, second.repeated) == (2, False)
     assert pl.read_delta(table.uri).height == 6
 
 
 def test_a_partition_write_replaces_only_that_day(tmp_path: Path) -> None:
     table = TableRef(str(tmp_path / "daily"))
     next_day = DAY + dt.timedelta(days=1)
-    write_people_table(people(4, day=DAY), table, invocation_id="d1", day=DAY)
-    write_people_table(people(6, day=next_day), table, invocation_id="d2", day=next_day)
+    write_people_table(people(4, day=DAY), table, invocation_id="d1", window=DayWindow.of(DAY))
+    write_people_table(
+        people(6, day=next_day), table, invocation_id="d2", window=DayWindow.of(next_day)
+    )
     before = pl.read_delta(table.uri).filter(pl.col(PARTITION_COLUMN) == next_day)["id"].sort()
 
-    replaced = write_people_table(people(9, seed=7, day=DAY), table, invocation_id="d3", day=DAY)
+    replaced = write_people_table(
+        people(9, seed=7, day=DAY), table, invocation_id="d3", window=DayWindow.of(DAY)
+    )
 
     assert replaced.rows_written == 9
     assert counts_by_day(table.uri) == {str(DAY): 9, str(next_day): 6}
@@ -74,7 +108,9 @@ def test_a_partition_write_replaces_only_that_day(tmp_path: Path) -> None:
 
 def test_partitioned_writes_need_the_partition_column(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=PARTITION_COLUMN):
-        write_people_table(people(2), TableRef(str(tmp_path / "t")), invocation_id="x", day=DAY)
+        write_people_table(
+            people(2), TableRef(str(tmp_path / "t")), invocation_id="x", window=DayWindow.of(DAY)
+        )
 
 
 def test_concurrent_writers_of_one_new_table_all_succeed(tmp_path: Path) -> None:
@@ -86,7 +122,10 @@ def test_concurrent_writers_of_one_new_table_all_succeed(tmp_path: Path) -> None
     def write(i: int) -> None:
         try:
             write_people_table(
-                people(5 + i, day=days[i]), table, invocation_id=f"w{i}", day=days[i]
+                people(5 + i, day=days[i]),
+                table,
+                invocation_id=f"w{i}",
+                window=DayWindow.of(days[i]),
             )
         except BaseException as exc:  # noqa: BLE001 - collected for the assertion
             errors.append(exc)
@@ -102,7 +141,7 @@ def test_concurrent_writers_of_one_new_table_all_succeed(tmp_path: Path) -> None
     assert set(counts) == {str(day) for day in set(days)}
     for i in range(4):  # each day holds exactly one of its two writes, never both
         assert counts[str(days[i])] in {5 + i, 5 + i + 4}
-    assert deltalake.DeltaTable(table.uri).version() == len(days) - 1
+    assert len(data_commits(table.uri)) == len(days)
 
 
 def test_concurrent_copies_of_one_invocation_commit_once(tmp_path: Path) -> None:
@@ -138,3 +177,92 @@ def test_a_commit_that_keeps_failing_raises_after_the_retries(
     with pytest.raises(CommitFailedError):
         write_people_table(people(1), TableRef(str(tmp_path / "t")), invocation_id="x")
     assert len(attempts) == delta_table.COMMIT_ATTEMPTS
+
+
+@pytest.mark.parametrize("window", [None, DayWindow.of(DAY)], ids=["append", "partition"])
+def test_racing_first_writes_of_one_invocation_commit_once(
+    tmp_path: Path, window: DayWindow | None
+) -> None:
+    """Copies of one invocation racing to create a new table: one data commit, no double rows."""
+    table = TableRef(str(tmp_path / "people"))
+    rows = people(11, day=window.start if window else None)
+
+    outcomes = race(lambda i: write_people_table(rows, table, invocation_id="one", window=window))
+
+    writes = [o for o in outcomes if isinstance(o, delta_table.TableWrite)]
+    assert len(writes) == RACERS, [o for o in outcomes if o not in writes]
+    assert [w.repeated for w in writes].count(False) == 1
+    assert len({w.version for w in writes}) == 1
+    assert len(data_commits(table.uri)) == 1
+    assert pl.read_delta(table.uri).height == 11
+
+
+def test_racing_first_writes_of_distinct_invocations_all_commit(tmp_path: Path) -> None:
+    table = TableRef(str(tmp_path / "people"))
+
+    outcomes = race(lambda i: write_people_table(people(3, seed=i), table, invocation_id=f"i{i}"))
+
+    assert all(isinstance(o, delta_table.TableWrite) and not o.repeated for o in outcomes)
+    assert len(data_commits(table.uri)) == RACERS
+    assert pl.read_delta(table.uri).height == 3 * RACERS
+
+
+def test_a_window_of_days_is_replaced_in_one_commit(tmp_path: Path) -> None:
+    table = TableRef(str(tmp_path / "daily"))
+    around = [DAY - dt.timedelta(days=1), DAY + dt.timedelta(days=3)]
+    for day in around:
+        write_people_table(
+            people(2, day=day), table, invocation_id=f"{day}", window=DayWindow.of(day)
+        )
+    window = DayWindow(DAY, DAY + dt.timedelta(days=2))
+    rows = pl.concat([people(4 + i, day=day) for i, day in enumerate(window.each_day())])
+
+    written = write_people_table(rows, table, invocation_id="week", window=window)
+
+    assert written.rows_written == 4 + 5 + 6 and len(data_commits(table.uri)) == 3
+    expected = {str(day): 2 for day in around} | {
+        str(day): 4 + i for i, day in enumerate(window.each_day())
+    }
+    assert counts_by_day(table.uri) == expected
+    added = committed_rows(table, written.version).collect()
+    assert sorted(added["id"]) == sorted(rows["id"])  # the commit's own rows, no neighbours
+    assert set(added[PARTITION_COLUMN].cast(pl.String)) == {str(d) for d in window.each_day()}
+
+
+def test_rows_outside_the_window_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    table = TableRef(str(tmp_path / "daily"))
+    stray = people(3, day=DAY + dt.timedelta(days=1))
+    with pytest.raises(Exception, match="failed validation"):
+        write_people_table(stray, table, invocation_id="x", window=DayWindow.of(DAY))
+    assert data_commits(table.uri) == []
+
+
+def test_a_stream_of_batches_is_one_commit(tmp_path: Path) -> None:
+    table = TableRef(str(tmp_path / "people"))
+    made: list[int] = []
+
+    def batches() -> Iterator[pl.DataFrame]:
+        for i in range(5):
+            made.append(i)
+            yield people(100, seed=i)
+
+    written = write_people_table(batches, table, invocation_id="stream")
+
+    assert made == [0, 1, 2, 3, 4]
+    assert written.rows_written == 500 and len(data_commits(table.uri)) == 1
+    assert committed_rows(table, written.version).collect().height == 500
+
+
+def test_a_stream_that_fails_midway_commits_nothing(tmp_path: Path) -> None:
+    table = TableRef(str(tmp_path / "people"))
+    write_people_table(people(2), table, invocation_id="before")
+
+    def batches() -> Iterator[pl.DataFrame]:
+        yield people(100)
+        raise RuntimeError("cancelled between batches")
+
+    with pytest.raises(Exception, match="cancelled between batches"):
+        write_people_table(batches, table, invocation_id="broken")
+
+    assert len(data_commits(table.uri)) == 1 and pl.read_delta(table.uri).height == 2
+    assert previous_write(table, "broken") is None

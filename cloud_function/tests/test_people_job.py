@@ -1,19 +1,29 @@
 """The people job behind the HTTP wrapper: metadata, checks, idempotency, strict input."""
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
 
-import deltalake  # noqa: F401 - before polars
+import deltalake  # before polars
 import flask
 import polars as pl
 import pytest
 
 from devstack.fake_gcs import FakeClient
 from gcf_pipes import WriterSettings, handle_pipes_request
+from people_lake import job
 from people_lake.checks import CHECK_NAMES, EMAILS_CHECK, ROW_COUNT_CHECK
+from people_lake.delta_table import write_people_table
+from people_lake.fake_people import generate_people
 from people_lake.job import write_people
-from people_lake.settings import ALLOWED_DATA_LAKE_ROOTS_VAR, DATA_LAKE_URI_VAR
+from people_lake.request import parse_people_request
+from people_lake.settings import (
+    ALLOWED_DATA_LAKE_ROOTS_VAR,
+    DATA_LAKE_URI_VAR,
+    MAX_ROWS_PER_REQUEST_VAR,
+)
+from people_lake.storage import TableRef
 
 from .conftest import PIPES_BUCKET, messages, pipes_body
 
@@ -69,7 +79,7 @@ def test_a_write_reports_metadata_and_passing_checks(gcs: FakeClient, lake: Path
     meta = materialization["metadata"]
     assert meta["dagster/row_count"]["raw_value"] == 30
     assert meta["table_uri"]["raw_value"] == str(lake / "people")
-    assert meta["delta_version"]["raw_value"] == 0
+    assert meta["delta_version"]["raw_value"] == 1  # version 0 created the empty table
     schema = meta["dagster/column_schema"]
     assert schema["type"] == "table_schema"
     assert [c["name"] for c in schema["raw_value"]["columns"]] == [
@@ -107,15 +117,26 @@ def test_a_repeated_invocation_writes_nothing_and_reports_the_first_write(
 
     assert first_status == again_status == 200
     assert again["result"]["repeated"] is True and first["result"]["repeated"] is False
-    assert again["result"]["delta_version"] == first["result"]["delta_version"] == 0
+    assert again["result"]["delta_version"] == first["result"]["delta_version"] == 1
     assert pl.read_delta(str(lake / "people")).height == 40
     (repeat,) = of(gcs, "report_asset_materialization", "t/2")
     assert repeat["metadata"]["repeated_invocation"]["raw_value"] is True
     assert repeat["metadata"]["dagster/row_count"]["raw_value"] == 40
     checks = {c["check_name"]: c["passed"] for c in of(gcs, "report_asset_check", "t/2")}
-    assert checks[EMAILS_CHECK] is False  # the outcome recorded by the first attempt
+    assert checks[EMAILS_CHECK] is False  # the first attempt's rows, read back
     status, _ = call(gcs, body({"num_rows": 40}, invocation_id="inv-2", key_prefix="t/3"))
     assert status == 200 and pl.read_delta(str(lake / "people")).height == 80
+
+
+WEEK = ("2024-03-01", "2024-03-07")
+
+
+def window_of(first: int, after_last: int) -> dict[str, str]:
+    """The time window Dagster sends for March ``first`` .. the day before ``after_last``."""
+    return {
+        "start": f"2024-03-{first:02d}T00:00:00+00:00",
+        "end": f"2024-03-{after_last:02d}T00:00:00+00:00",
+    }
 
 
 def test_a_partition_write_sets_the_partition_column(gcs: FakeClient, lake: Path) -> None:
@@ -147,8 +168,12 @@ def test_a_partition_write_sets_the_partition_column(gcs: FakeClient, lake: Path
         (body({"dl_bucket": 7}), "dl_bucket"),
         (body({"dl_bucket": "s3://elsewhere"}), "dl_bucket"),
         (body({"dl_bucket": "/srv/lake/../x"}), "dl_bucket"),
-        (body(partition="2024/03/05"), "partition_key"),
-        (body(partition="2024-02-30"), "partition_key"),
+        (body(partition="2024/03/05"), "partition_key_range"),
+        (body(partition="2024-02-30"), "partition_key_range"),
+        (body(partition_range=("2024-01-01", "2025-01-01")), "partition_key_range"),
+        (body(partition_range=("2024-01-02", "2024-01-01")), "partition_key_range"),
+        (body(partition_range=WEEK, time_window=window_of(1, 7)), "partition_time_window"),
+        (body({"num_rows": 714_286}, partition_range=WEEK), "num_rows"),
         (body(asset="../escape"), "asset_key"),
         (body(invocation_id="has spaces"), "invocation_id"),
     ],
@@ -180,3 +205,100 @@ def test_a_sub_directory_of_an_allowed_root_is_allowed(gcs: FakeClient, lake: Pa
     status, _ = call(gcs, body({"dl_bucket": str(lake / "team-a"), "num_rows": 3}))
     assert status == 200
     assert pl.read_delta(str(lake / "team-a" / "people")).height == 3
+
+
+def rows_by_day(path: Path) -> dict[str, int]:
+    table = pl.read_delta(str(path)).group_by("event_date").len()
+    return {str(day): n for day, n in table.iter_rows()}
+
+
+def test_a_range_of_days_is_one_commit_with_the_rows_of_each_day(
+    gcs: FakeClient, lake: Path
+) -> None:
+    call(gcs, body({"num_rows": 3}, partition="2024-02-29", invocation_id="before"))
+    call(gcs, body({"num_rows": 3}, partition="2024-03-08", invocation_id="after"))
+    ranged = body(
+        {"num_rows": 10, "seed": 4},
+        partition_range=WEEK,
+        time_window=window_of(1, 8),
+        key_prefix="t/2",
+    )
+    status, response = call(gcs, ranged)
+
+    assert status == 200, response
+    result = response["result"]
+    assert (result["rows_written"], result["partition"]) == (70, "2024-03-01..2024-03-07")
+    days = {f"2024-03-{d:02d}": 10 for d in range(1, 8)}
+    assert rows_by_day(lake / "people") == {"2024-02-29": 3, "2024-03-08": 3, **days}
+    (materialization,) = of(gcs, "report_asset_materialization", "t/2")
+    meta = {key: value["raw_value"] for key, value in materialization["metadata"].items()}
+    assert meta["partition_window"] == "2024-03-01..2024-03-07"
+    assert (meta["days"], meta["rows_per_day"], meta["rows_written"]) == (7, 10, 70)
+    assert meta["dagster/row_count"] == 76 and "dagster/partition_row_count" not in meta
+    checks = {c["check_name"]: c for c in of(gcs, "report_asset_check", "t/2")}
+    assert all(check["passed"] for check in checks.values()), checks
+    assert checks[ROW_COUNT_CHECK]["metadata"]["requested_rows"]["raw_value"] == 70
+    logs = [m["params"]["message"] for m in messages(gcs, "t/2") if m["method"] == "log"]
+    assert any("10 rows per day x 7 days = 70 rows" in line for line in logs), logs
+
+    # the same seed gives each day the rows a single-day materialization of it gets
+    single = body({"num_rows": 10, "seed": 4}, partition="2024-03-04", invocation_id="one")
+    call(gcs, {**single, "dl_bucket": str(lake / "single")})
+    table = pl.read_delta(str(lake / "people"))
+    one_day = pl.read_delta(str(lake / "single" / "people"))
+    day_four = table.filter(pl.col("event_date") == dt.date(2024, 3, 4))
+    assert day_four.sort("id").equals(one_day.sort("id"))
+
+
+def test_a_repeated_range_writes_nothing(gcs: FakeClient, lake: Path) -> None:
+    ranged = body({"num_rows": 5}, partition_range=WEEK, time_window=window_of(1, 8))
+    call(gcs, ranged)
+    version = deltalake.DeltaTable(str(lake / "people")).version()
+    status, again = call(gcs, {**ranged, **body(partition_range=WEEK, key_prefix="t/2")})
+
+    assert status == 200 and again["result"]["repeated"] is True
+    assert again["result"]["rows_written"] == 35
+    assert deltalake.DeltaTable(str(lake / "people")).version() == version
+    (repeat,) = of(gcs, "report_asset_materialization", "t/2")
+    assert repeat["metadata"]["partition_window"]["raw_value"] == "2024-03-01..2024-03-07"
+    assert all(c["passed"] for c in of(gcs, "report_asset_check", "t/2"))
+
+
+def test_rows_beyond_the_configured_limit_are_400_naming_num_rows(
+    gcs: FakeClient, lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(MAX_ROWS_PER_REQUEST_VAR, "69")
+    status, response = call(gcs, body({"num_rows": 10}, partition_range=WEEK))
+
+    assert status == 400 and response["error"]["field"] == "num_rows"
+    assert "10 x 7 days = 70 rows" in response["error"]["message"]
+    assert list(lake.iterdir()) == []
+    monkeypatch.setenv(MAX_ROWS_PER_REQUEST_VAR, "70")
+    assert call(gcs, body({"num_rows": 10}, partition_range=WEEK, key_prefix="t/2"))[0] == 200
+
+
+def test_large_writes_stream_in_batches_with_one_log_line_each(
+    gcs: FakeClient, lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(job, "BATCH_ROWS", 40)
+    status, response = call(gcs, body({"num_rows": 30}, partition_range=WEEK))
+
+    assert status == 200, response
+    logs = [m["params"]["message"] for m in messages(gcs) if m["method"] == "log"]
+    progress = [line for line in logs if line.startswith("batch ")]
+    assert progress == [f"batch {n}: {min(30 * n, 210)} of 210 rows streamed to Delta" for n in
+                        range(1, 8)]  # fmt: skip
+    assert deltalake.DeltaTable(str(lake / "people")).version() == 1  # one commit
+
+
+def test_duplicate_ids_in_a_commit_are_found_exactly_when_read_back(lake: Path) -> None:
+    table = TableRef(str(lake / "people"))
+    people = generate_people(50, seed=1)
+    rows = pl.concat([people, people.head(5)])
+    written = write_people_table(rows, table, invocation_id="dups")
+    plan = job.Plan(parse_people_request({}, str(lake)), table, None, "dups", 55)
+
+    ids, emails = job._checks_of_commit(plan, written)
+
+    assert ids.passed is False and ids.metadata == {"null_ids": 0, "duplicate_ids": 5}
+    assert emails.passed is True

@@ -1,6 +1,8 @@
 """The data path through the real stack: checks, metadata, retries, partitions, strict input."""
 
+import datetime as dt
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +81,7 @@ def test_materialization_metadata_renders_as_table_schema_preview_and_counts(
     metadata = only_materialization(run, cloud_function_pipes_asset).metadata
     assert metadata["dagster/row_count"].value == 30
     assert metadata["table_uri"].value == str(lake / "cloud_function_pipes_asset")
-    assert metadata["delta_version"].value == 0
+    assert metadata["delta_version"].value == 1  # version 0 created the empty table
     schema = metadata["dagster/column_schema"]
     assert isinstance(schema, dg.TableSchemaMetadataValue)
     columns = {column.name: column for column in schema.schema.columns}
@@ -142,14 +144,14 @@ def test_a_retried_step_does_not_duplicate_rows(stack: LocalStack) -> None:
 
     assert run.success
     assert any(event.is_step_up_for_retry for event in run.result.all_events)
-    assert any("already wrote version 0; not writing again" in line for line in run.logs)
+    assert any("already wrote version 1; not writing again" in line for line in run.logs)
     table = read_table(lake, "cloud_function_pipes_asset")
     assert table.height == 33 and table["id"].n_unique() == 33
     metadata = only_materialization(run, lost_response_asset).metadata
     assert metadata["repeated_invocation"].value is True
-    assert metadata["delta_version"].value == 0 and metadata["rows_written"].value == 33
+    assert metadata["delta_version"].value == 1 and metadata["rows_written"].value == 33
     assert all(check.passed for check in check_results(run).values())
-    assert deltalake.DeltaTable(str(lake / "cloud_function_pipes_asset")).version() == 0
+    assert deltalake.DeltaTable(str(lake / "cloud_function_pipes_asset")).version() == 1
 
 
 def test_a_repeated_request_with_the_same_invocation_id_writes_once(stack: LocalStack) -> None:
@@ -160,7 +162,7 @@ def test_a_repeated_request_with_the_same_invocation_id_writes_once(stack: Local
     assert [a.status_code for a in answers] == [200, 200]
     results = [a.json()["result"] for a in answers]
     assert [r["repeated"] for r in results] == [False, True]
-    assert results[0]["delta_version"] == results[1]["delta_version"] == 0
+    assert results[0]["delta_version"] == results[1]["delta_version"] == 1
     assert read_table(lake, "people").height == 12
     again = post(stack, {"dl_bucket": str(lake), "num_rows": 12}, "repeat/3", invocation_id="new")
     assert again.status_code == 200 and read_table(lake, "people").height == 24
@@ -254,7 +256,7 @@ def test_an_unknown_partition_format_is_http_400_and_writes_nothing(stack: Local
 
     assert not run.success
     message = run.failure_message()
-    assert "HTTP 400" in message and "(field: partition_key)" in message
+    assert "HTTP 400" in message and "(field: partition_key_range)" in message
     assert "not a daily partition (YYYY-MM-DD)" in message
     assert list(lake.iterdir()) == []
 
@@ -273,6 +275,10 @@ def test_a_lake_outside_the_allowed_roots_is_http_403_and_writes_nothing(
     assert list(outside.iterdir()) == []
 
 
+def day_after(day: str) -> str:
+    return (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
+
+
 def post(
     stack: LocalStack,
     event: dict[str, Any],
@@ -281,12 +287,22 @@ def post(
     asset: str = "people",
     invocation_id: str = "fixed-invocation",
     body: str | None = None,
+    days: tuple[str, str] | None = None,
 ) -> requests.Response:
-    """POST to the function as the Dagster client would (or a raw ``body``)."""
+    """POST to the function as the Dagster client would (or a raw ``body``).
+
+    ``days``: a range run of daily partitions (start, end), with its UTC time window.
+    """
+    key_range = {"start": days[0], "end": days[1]} if days else None
+    time_window = (
+        {"start": f"{days[0]}T00:00:00+00:00", "end": f"{day_after(days[1])}T00:00:00+00:00"}
+        if days
+        else None
+    )
     context = {
         "asset_keys": [asset], "code_version_by_asset_key": {asset: None},
         "provenance_by_asset_key": {asset: None}, "partition_key": None,
-        "partition_key_range": None, "partition_time_window": None, "run_id": "r",
+        "partition_key_range": key_range, "partition_time_window": time_window, "run_id": "r",
         "job_name": "j", "retry_number": 0, "extras": {"invocation_id": invocation_id},
     }  # fmt: skip
     payload = {
@@ -333,4 +349,104 @@ def test_an_oversized_request_body_is_http_413_and_writes_nothing(stack: LocalSt
     assert answer.status_code == 413
     error = answer.json()["error"]
     assert error["field"] == "body" and "limit" in error["message"]
+    assert list(lake.iterdir()) == []
+
+
+# --- one commit per invocation, ranges of days (raw requests to the function server) -------
+
+RACERS = 20
+
+
+def data_commits(table: Path) -> list[dict[str, Any]]:
+    """The commits that wrote rows (not the one creating the empty table)."""
+    history = deltalake.DeltaTable(str(table)).history()
+    return [commit for commit in history if commit["operation"] != "CREATE TABLE"]
+
+
+def post_at_once(stack: LocalStack, lake: Path, invocation_ids: list[str]) -> list[Any]:
+    """One request per id, all sent at the same moment (each its own Pipes prefix)."""
+    start = threading.Barrier(len(invocation_ids))
+
+    def send(i: int) -> requests.Response:
+        start.wait()
+        event = {"dl_bucket": str(lake), "num_rows": 17}
+        return post(stack, event, f"race/{lake.name}/{i}", invocation_id=invocation_ids[i])
+
+    with ThreadPoolExecutor(len(invocation_ids)) as pool:
+        answers = list(pool.map(send, range(len(invocation_ids))))
+    assert [answer.status_code for answer in answers] == [200] * len(answers)
+    return [answer.json()["result"] for answer in answers]
+
+
+def test_racing_first_requests_of_one_invocation_commit_once(stack: LocalStack) -> None:
+    lake = fresh_lake(stack)
+    results = post_at_once(stack, lake, ["same-invocation"] * RACERS)
+
+    assert [result["repeated"] for result in results].count(False) == 1
+    assert len({result["delta_version"] for result in results}) == 1
+    assert len(data_commits(lake / "people")) == 1
+    assert read_table(lake, "people").height == 17
+
+
+def test_racing_first_requests_of_distinct_invocations_all_commit(stack: LocalStack) -> None:
+    lake = fresh_lake(stack)
+    results = post_at_once(stack, lake, [f"distinct-{i}" for i in range(RACERS)])
+
+    assert not any(result["repeated"] for result in results)
+    assert len(data_commits(lake / "people")) == RACERS
+    assert read_table(lake, "people").height == 17 * RACERS
+
+
+def rows_per_day(lake: Path) -> dict[str, int]:
+    counts = read_table(lake, "daily_people").group_by("event_date").len()
+    return {str(day): n for day, n in counts.iter_rows()}
+
+
+def test_a_week_of_daily_partitions_is_one_commit_replacing_exactly_those_days(
+    stack: LocalStack,
+) -> None:
+    lake = fresh_lake(stack)
+    event = {"dl_bucket": str(lake), "num_rows": 9, "seed": 11}
+    for day in ("2024-04-30", "2024-05-08"):  # the neighbours
+        post(stack, event, f"week/{day}", asset="daily_people", invocation_id=day, days=(day, day))
+    post(stack, {**event, "num_rows": 2}, "week/old", asset="daily_people",
+         invocation_id="old", days=("2024-05-03", "2024-05-04"))  # fmt: skip
+    neighbours = read_table(lake, "daily_people").filter(
+        pl.col("event_date").cast(pl.String).is_in(["2024-04-30", "2024-05-08"])
+    )
+    commits_before = len(data_commits(lake / "daily_people"))
+
+    week = ("2024-05-01", "2024-05-07")
+    answer = post(stack, event, "week/run", asset="daily_people", invocation_id="week", days=week)
+
+    assert answer.status_code == 200, answer.text
+    result = answer.json()["result"]
+    assert (result["rows_written"], result["partition"]) == (63, "2024-05-01..2024-05-07")
+    assert len(data_commits(lake / "daily_people")) == commits_before + 1
+    days = {f"2024-05-0{d}": 9 for d in range(1, 8)}
+    assert rows_per_day(lake) == {"2024-04-30": 9, "2024-05-08": 9, **days}
+    after = read_table(lake, "daily_people").filter(
+        pl.col("event_date").cast(pl.String).is_in(["2024-04-30", "2024-05-08"])
+    )
+    assert after.sort("id").equals(neighbours.sort("id"))  # untouched
+    # each day holds the rows a single-day materialization with the same seed gives it
+    other = fresh_lake(stack)
+    day = ("2024-05-04", "2024-05-04")
+    post(stack, {**event, "dl_bucket": str(other)}, "week/single", asset="daily_people",
+         invocation_id="single", days=day)  # fmt: skip
+    in_week = read_table(lake, "daily_people").filter(pl.col("event_date") == dt.date(2024, 5, 4))
+    assert in_week.sort("id").equals(read_table(other, "daily_people").sort("id"))
+
+    again = post(stack, event, "week/again", asset="daily_people", invocation_id="week", days=week)
+    assert again.status_code == 200 and again.json()["result"]["repeated"] is True
+    assert len(data_commits(lake / "daily_people")) == commits_before + 1
+
+
+def test_a_range_longer_than_a_year_is_http_400_and_writes_nothing(stack: LocalStack) -> None:
+    lake = fresh_lake(stack)
+    answer = post(stack, {"dl_bucket": str(lake)}, "long-range", asset="daily_people",
+                  days=("2024-01-01", "2025-01-01"))  # fmt: skip
+
+    assert answer.status_code == 400
+    assert answer.json()["error"]["field"] == "partition_key_range"
     assert list(lake.iterdir()) == []

@@ -29,12 +29,12 @@ def test_materializing_writes_the_table_and_brings_logs_and_metadata_back(
     logs = run.logs
     assert any("writing 42 rows to" in line for line in logs), logs
     assert any("generated 42 fake people" in line for line in logs), "Python logging not forwarded"
-    assert any("is at version 0" in line for line in logs)
+    assert any("is at version 1" in line for line in logs)  # 0: the empty table created
 
     (materialization,) = run.materializations()
     metadata = materialization.metadata
     assert metadata["dagster/row_count"].value == 42
-    assert metadata["delta_version"].value == 0
+    assert metadata["delta_version"].value == 1
     assert metadata["table_uri"].value == str(table_dir(stack, str(lake)))
     assert metadata["invocation_id"].value
 
