@@ -1,0 +1,154 @@
+"""Retries through the real stack: lost answers after the work was done, attempt-scoped
+messages, one Delta commit per invocation, and one invocation id per ``run()`` call."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import deltalake
+import polars as pl
+import pytest
+
+from dagster_pipes_gcf import InvocationPolicy, PipesCloudFunctionClient
+from devstack.net import free_port
+from devstack.services import REPO_ROOT, function_command, running
+from devstack.stack import LocalStack
+from gcf_demo.defs.assets import CHECKS
+
+from .conftest import PeopleRun, fresh_lake, materialize_people, pipes_client, table_dir
+
+pytestmark = pytest.mark.integration
+ANSWER_LOST = REPO_ROOT / "cloud_function" / "tests" / "functions" / "answer_lost.py"
+CALL_LINE = "answer_lost.py: request for invocation"  # printed per request by the double
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    log: Path
+
+    def calls(self) -> int:
+        return self.log.read_text(errors="replace").count(CALL_LINE)
+
+
+@contextmanager
+def serve_answer_lost(stack: LocalStack, target: str, tmp_path: Path) -> Iterator[Served]:
+    """Serve ``answer_lost.py``'s ``target`` against the stack's emulator and lake."""
+    port = free_port()
+    served = Served(f"http://127.0.0.1:{port}", tmp_path / f"{target}.log")
+    env = {
+        "STORAGE_EMULATOR_HOST": stack.emulator_url,
+        "PIPES_BUCKET": stack.pipes_bucket,
+        "DATA_LAKE_URI": stack.data_lake_uri,
+    }
+    command = function_command(port, source=ANSWER_LOST, target=target)
+    with running(target, command, port, env=env, log_path=served.log):
+        yield served
+
+
+def data_commits(table: Path) -> list[int]:
+    """Versions of the commits that wrote rows (not the creation of the empty table)."""
+    history = deltalake.DeltaTable(str(table)).history()
+    return sorted(h["version"] for h in history if h["operation"] != "CREATE TABLE")
+
+
+def run_with_lost_answer(
+    stack: LocalStack, target: str, tmp_path: Path, *, retry_ambiguous: bool
+) -> tuple[PeopleRun, Path, int]:
+    """Materialize 9 rows against ``target``: the run, its table, and the calls served."""
+    lake = fresh_lake(stack)
+    policy = InvocationPolicy(attempts=3, initial_backoff=0.1, retry_ambiguous=retry_ambiguous)
+    with serve_answer_lost(stack, target, tmp_path) as served:
+        run = materialize_people(
+            stack,
+            num_rows=9,
+            client=pipes_client(stack, invocation=policy),
+            function_url=served.url,
+            data_lake_uri=str(lake),
+        )
+        return run, table_dir(stack, str(lake)), served.calls()
+
+
+LOST_ANSWERS = {
+    "drop_connection": "connection lost after the request was sent",
+    "bare_500": "HTTP 500 from the platform",
+}
+
+
+@pytest.mark.parametrize("target", LOST_ANSWERS)
+def test_with_the_opt_in_a_lost_answer_is_retried_and_committed_once(
+    stack: LocalStack, tmp_path: Path, target: str
+) -> None:
+    run, table, calls = run_with_lost_answer(stack, target, tmp_path, retry_ambiguous=True)
+
+    assert run.success, run.failure_message()
+    assert calls == 2
+    (version,) = data_commits(table)  # the retry of a committed invocation wrote nothing
+    assert pl_height(table) == 9
+    (materialization,) = run.materializations()
+    metadata = materialization.metadata
+    # The answering attempt's results only: attempt 2 found the commit of attempt 1.
+    assert metadata["repeated_invocation"].value is True
+    assert metadata["delta_version"].value == version
+    assert metadata["http_attempts"].value == 2
+    checks = run.result.get_asset_check_evaluations()
+    assert sorted(c.check_name for c in checks) == sorted(CHECKS)
+    abandoned = [line for line in run.logs if "attempt 1 abandoned" in line]
+    assert len(abandoned) == 1 and LOST_ANSWERS[target] in abandoned[0], run.logs
+    assert "following attempt 2 under" in abandoned[0] and abandoned[0].endswith("/2")
+
+
+@pytest.mark.parametrize("target", LOST_ANSWERS)
+def test_without_the_opt_in_a_lost_answer_fails_naming_the_ambiguity(
+    stack: LocalStack, tmp_path: Path, target: str
+) -> None:
+    run, table, calls = run_with_lost_answer(stack, target, tmp_path, retry_ambiguous=False)
+
+    assert not run.success
+    message = run.failure_message()
+    assert "ambiguous outcome" in message and LOST_ANSWERS[target] in message
+    assert "InvocationPolicy(retry_ambiguous=True)" in message
+    assert calls == 1
+    assert len(data_commits(table)) == 1  # done once; the step says it cannot tell
+
+
+def test_two_run_calls_in_one_step_are_two_invocations_that_both_write(
+    stack: LocalStack,
+) -> None:
+    lake = fresh_lake(stack)
+
+    @dg.asset(name="cloud_function_pipes_asset")
+    def two_batches(
+        context: dg.AssetExecutionContext, pipes_function_client: PipesCloudFunctionClient
+    ) -> dg.MaterializeResult[None]:
+        ids, versions = [], []
+        for rows in (3, 4):
+            call = pipes_function_client.run(
+                context=context,
+                function_url=stack.function_url,
+                event={"dl_bucket": str(lake), "num_rows": rows},
+            )
+            (result,) = [r for r in call.get_results() if isinstance(r, dg.MaterializeResult)]
+            metadata = result.metadata or {}
+            assert metadata["repeated_invocation"].value is False  # type: ignore[union-attr]
+            ids.append(call.metadata["invocation_id"].value)
+            versions.append(metadata["delta_version"].value)  # type: ignore[union-attr]
+        return dg.MaterializeResult(metadata={"ids": ids, "versions": versions})
+
+    result = dg.materialize(
+        [two_batches],
+        resources={"pipes_function_client": pipes_client(stack)},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    (materialization,) = result.asset_materializations_for_node("cloud_function_pipes_asset")
+    ids = materialization.metadata["ids"].value
+    assert len(set(ids)) == 2, ids
+    table = table_dir(stack, str(lake))
+    assert materialization.metadata["versions"].value == data_commits(table)
+    assert len(data_commits(table)) == 2 and pl_height(table) == 7
+
+
+def pl_height(table: Path) -> int:
+    return pl.read_delta(str(table)).height
