@@ -8,6 +8,7 @@ from dagster_pipes import PipesMessage
 from google.api_core import exceptions as gexc
 
 from devstack.fake_gcs import FakeClient, always_fail, fail_first
+from gcf_pipes.errors import RequestError
 from gcf_pipes.writer import PipesCloudStorageMessageWriter, WriterSettings, chunk_key
 
 BUCKET = "pipes"
@@ -113,3 +114,15 @@ def test_bad_params_are_a_request_error(client: FakeClient) -> None:
     with pytest.raises(RequestError, match="bucket"):
         with PipesCloudStorageMessageWriter(client).open({"key_prefix": "x"}):
             pass
+
+
+def test_a_writer_bound_to_one_bucket_refuses_any_other(client: FakeClient) -> None:
+    client.create_bucket("elsewhere")
+    writer = PipesCloudStorageMessageWriter(client, FAST, only_bucket=BUCKET)
+    with pytest.raises(RequestError) as raised:
+        with writer.open({**PARAMS, "bucket": "elsewhere"}):
+            pass
+    assert raised.value.status == 403 and client.objects["elsewhere"] == {}
+    with writer.open(PARAMS) as channel:
+        channel.write_message(log(1))
+    assert chunks(client) == [[log(1)]]
