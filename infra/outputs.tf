@@ -11,6 +11,11 @@ output "project_id" {
   value       = var.project_id
 }
 
+output "region" {
+  description = "Region of the function and its buckets (for gcloud commands: --region)."
+  value       = var.region
+}
+
 output "function_name" {
   description = "Name of the Cloud Function."
   value       = google_cloudfunctions2_function.people.name

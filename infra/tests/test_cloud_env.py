@@ -25,6 +25,7 @@ SAMPLE = {
     "function_url": out(URL),
     "function_name": out("dagster-pipes-gcp"),
     "project_id": out("my-proj"),
+    "region": out("europe-west4"),
     "pipes_bucket_name": out("my-proj-dagster-pipes-logs"),
     "data_lake_bucket_name": out("my-proj-data-lake"),
     "data_lake_uri": out("gs://my-proj-data-lake"),
