@@ -22,7 +22,7 @@ from dagster import (
     open_pipes_session,
 )
 from dagster._core.definitions.resource_annotation import TreatAsResourceParam
-from dagster._core.storage.tags import RESUME_RETRY_TAG
+from dagster._core.storage.tags import ASSET_RESUME_RETRY_TAG, RESUME_RETRY_TAG
 from dagster_pipes import DAGSTER_PIPES_MESSAGES_ENV_VAR, PipesExtras, encode_param
 
 from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
@@ -34,20 +34,29 @@ INVOCATION_ID_EXTRA = "invocation_id"
 INVOCATION_ID_HEADER = "X-Dagster-Invocation-Id"
 
 Context = AssetExecutionContext | OpExecutionContext
+MAX_RESUME_CHAIN = 100  # ancestors looked up for a chain of from-failure re-executions
 
 
 def idempotency_run_id(run: DagsterRun, instance: DagsterInstance | None = None) -> str:
     """The run whose work ``run`` continues: itself, unless it re-executes from failure.
 
-    A from-failure re-execution (tag ``dagster/is_resume_retry``) continues its parent, and
-    so on up the chain; ``instance`` is asked for the parents. A full re-execution is new work.
+    A from-failure re-execution (tag ``dagster/is_resume_retry`` or
+    ``dagster/is_asset_resume_retry``, set by the UI, the CLI and automatic run retries)
+    continues its parent, and so on up the chain, as Dagster's own Pipes reattachment walks
+    it; ``instance`` is asked for the parents. A full re-execution is new work.
     """
-    while run.tags.get(RESUME_RETRY_TAG) == "true" and run.parent_run_id:
+    seen: set[str] = set()
+    while _resumes_its_parent(run) and run.parent_run_id and len(seen) < MAX_RESUME_CHAIN:
+        seen.add(run.run_id)
         parent = instance.get_run_by_id(run.parent_run_id) if instance else None
-        if parent is None:
+        if parent is None or parent.run_id in seen:
             return run.root_run_id or run.parent_run_id
         run = parent
     return run.run_id
+
+
+def _resumes_its_parent(run: DagsterRun) -> bool:
+    return "true" in (run.tags.get(RESUME_RETRY_TAG), run.tags.get(ASSET_RESUME_RETRY_TAG))
 
 
 def derive_invocation_id(
@@ -66,6 +75,8 @@ def derive_invocation_id(
 
 def partition_of(context: Context) -> str:
     """The partition key, ``start..end`` for a range, or "" when unpartitioned."""
+    if context.has_partition_key:
+        return context.partition_key
     if not context.has_partition_key_range:
         return ""
     keys = context.partition_key_range
@@ -83,11 +94,17 @@ class InvocationIds:
         self._lock = threading.Lock()
         self._calls: dict[tuple[str, str, int], int] = {}
 
-    def next_for(self, context: Context) -> str:
-        step_key = context.get_step_execution_context().step.key
+    def next_ordinal(self, run_id: str, step_key: str, retry_number: int) -> int:
+        """1 for the first call of this step attempt, then 2, 3, ..."""
+        key = (run_id, step_key, retry_number)
         with self._lock:
-            key = (context.run_id, step_key, context.retry_number)
             ordinal = self._calls[key] = self._calls.get(key, 0) + 1
+        return ordinal
+
+    def next_for(self, context: Context) -> str:
+        """The id of the call about to be made from ``context``'s step."""
+        step_key = context.get_step_execution_context().step.key
+        ordinal = self.next_ordinal(context.run_id, step_key, context.retry_number)
         return derive_invocation_id(
             run_id=idempotency_run_id(context.run, context.instance),
             step_key=step_key,
