@@ -92,6 +92,17 @@ def failure_of(report: smoke.SmokeReport) -> str:
     return f"{report.failure.problem} | {report.failure.fix}"
 
 
+def quick_drain(settings: DemoSettings) -> dict[str, Any]:
+    """The demo's resources, with a reader that waits 1 s (not 30) for a missing `closed`."""
+    reader = PipesCloudStorageMessageReader(
+        bucket=settings.pipes_bucket, polling=PollingPolicy(drain_timeout=1.0)
+    )
+    return {
+        **build_resources(settings),
+        "pipes_function_client": PipesCloudFunctionClient(message_reader=reader),
+    }
+
+
 # --- through the real local stack -----------------------------------------------------------
 
 
@@ -200,15 +211,6 @@ def test_a_pipes_bucket_that_does_not_exist_fails_before_the_call(emulator: Loca
 def test_a_function_that_never_sends_closed_fails(
     emulator: LocalStack, test_double_url: Callable[[str], str]
 ) -> None:
-    def quick_drain(settings: DemoSettings) -> dict[str, Any]:
-        reader = PipesCloudStorageMessageReader(
-            bucket=settings.pipes_bucket, polling=PollingPolicy(drain_timeout=1.0)
-        )
-        return {
-            **build_resources(settings),
-            "pipes_function_client": PipesCloudFunctionClient(message_reader=reader),
-        }
-
     url = test_double_url("no_pipes")
     report = run(settings_for(emulator, function_url=url), resources_factory=quick_drain)
 
@@ -217,6 +219,29 @@ def test_a_function_that_never_sends_closed_fails(
     assert "answered HTTP 200 but its `closed` message never arrived" in failure
     assert "`closed` message not received" in failure  # the reader's own words follow
     assert report.table_uri is None and report.delta_version is None
+
+
+@pytest.mark.integration
+def test_a_function_that_cannot_write_its_messages_names_the_runtime_grant(
+    emulator: LocalStack, tmp_path: Path
+) -> None:
+    # This function's storage (a second emulator) has no Pipes bucket: its writes fail like a
+    # runtime account without objectCreator, while Dagster reads the real bucket.
+    with local_stack(
+        tmp_path / "stack-without-the-bucket",
+        pipes_bucket="another-bucket",
+        function_env={
+            "PIPES_BUCKET": emulator.pipes_bucket,
+            "DATA_LAKE_URI": emulator.data_lake_uri,
+        },
+    ) as cut_off:
+        settings = settings_for(emulator, function_url=cut_off.function_url)
+        report = run(settings, resources_factory=quick_drain)
+
+    failure = failure_of(report)
+    assert report.calls.statuses == [502]
+    assert f"could not write its Pipes messages to gs://{emulator.pipes_bucket}" in failure
+    assert "roles/storage.objectCreator" in failure
 
 
 @pytest.mark.integration
