@@ -95,6 +95,9 @@ def test_with_the_opt_in_a_lost_answer_is_retried_and_committed_once(
     assert metadata["http_attempts"].value == 2
     checks = run.result.get_asset_check_evaluations()
     assert sorted(c.check_name for c in checks) == sorted(CHECKS)
+    # The client's call metadata belongs to the materialization, not to the checks.
+    assert {"function_url", "invocation_id", "function_call_s"} <= set(metadata)
+    assert not any({"function_url", "function_call_s"} & set(c.metadata) for c in checks)
     abandoned = [line for line in run.logs if "attempt 1 abandoned" in line]
     assert len(abandoned) == 1 and LOST_ANSWERS[target] in abandoned[0], run.logs
     assert "following attempt 2 under" in abandoned[0] and abandoned[0].endswith("/2")
