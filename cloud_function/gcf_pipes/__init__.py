@@ -1,6 +1,14 @@
 """Dagster Pipes plumbing for an HTTP Cloud Function (no business logic here)."""
 
 from gcf_pipes.bootstrap import PipesBootstrap, parse_bootstrap
+from gcf_pipes.cancel import (
+    Cancellation,
+    CancellationPolicy,
+    RequestCancelled,
+    cancelled,
+    current_cancellation,
+    raise_if_cancelled,
+)
 from gcf_pipes.context import install_logging_bridge, open_request_pipes
 from gcf_pipes.errors import PipesMessageDeliveryError, RequestError
 from gcf_pipes.http import handle_pipes_request
@@ -14,17 +22,23 @@ from gcf_pipes.writer import (
 )
 
 __all__ = [
+    "Cancellation",
+    "CancellationPolicy",
     "PipesBootstrap",
     "PipesCloudStorageMessageWriter",
     "PipesCloudStorageMessageWriterChannel",
     "PipesMessageDeliveryError",
     "Redactor",
+    "RequestCancelled",
     "RequestError",
     "WriterSettings",
+    "cancelled",
     "chunk_key",
+    "current_cancellation",
     "handle_pipes_request",
     "install_logging_bridge",
     "install_structured_logging",
     "open_request_pipes",
     "parse_bootstrap",
+    "raise_if_cancelled",
 ]

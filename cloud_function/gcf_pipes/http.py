@@ -2,14 +2,16 @@
 
 Every outcome is a JSON response that names its cause: 400/403/413 for a request refused
 before anything runs (see :mod:`gcf_pipes.bootstrap`), the job's own status for a
-:class:`RequestError`, 500 (with the remote type, message and traceback) for a crash, and
-502 when Pipes messages could not be delivered to GCS. Environment values are redacted from
+:class:`RequestError`, 500 (with the remote type, message and traceback) for a crash, 409
+(body status ``"cancelled"``) for a job stopped because the orchestrator cancelled the request,
+and 502 when Pipes messages could not be delivered to GCS. Environment values are redacted from
 every error body, and a refusal (4xx) never carries a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -20,11 +22,19 @@ from dagster_pipes import PipesContext
 from google.cloud import storage
 
 from gcf_pipes.bootstrap import parse_bootstrap
+from gcf_pipes.cancel import (
+    Cancellation,
+    CancellationPolicy,
+    RequestCancelled,
+    current_request_cancellation,
+)
 from gcf_pipes.context import open_request_pipes
 from gcf_pipes.errors import RequestError
 from gcf_pipes.logs import traced_request
 from gcf_pipes.redact import Redactor
 from gcf_pipes.writer import PipesCloudStorageMessageWriter, WriterSettings
+
+logger = logging.getLogger(__name__)
 
 # The Pipes context and the event are small; anything bigger is a mistake or an attack.
 MAX_BODY_BYTES = 1024 * 1024
@@ -77,6 +87,14 @@ def _refusal(exc: RequestError, redactor: Redactor) -> dict[str, Any]:
     return error_body("RequestError", redactor.text(exc.message), field=exc.field)
 
 
+def _cancelled(cancellation: Cancellation, redactor: Redactor) -> dict[str, Any]:
+    message = f"cancelled by the orchestrator ({cancellation.location}) before finishing"
+    return {
+        "status": "cancelled",
+        "error": {"type": RequestCancelled.__name__, "message": redactor.text(message)},
+    }
+
+
 def _crash(exc: Exception, redactor: Redactor) -> dict[str, Any]:
     return error_body(
         type(exc).__name__,
@@ -93,12 +111,16 @@ def handle_pipes_request(
     storage_client: storage.Client,
     pipes_bucket: str | None,
     writer_settings: WriterSettings | None = None,
+    cancellation_policy: CancellationPolicy | None = None,
 ) -> Response:
     """Run ``job`` inside a fresh Pipes context for this request and report the outcome.
 
     ``pipes_bucket`` is the only bucket Pipes messages are written to (the function's own
     configuration; a request naming another one is refused with 403). Nothing in the body is
     trusted: it is bounded, decoded within limits and checked before any context opens.
+
+    The job may stop when the orchestrator cancels the request (:mod:`gcf_pipes.cancel`):
+    raising :class:`RequestCancelled` is answered with 409 and body status ``"cancelled"``.
     """
     started = time.monotonic()
     redactor = Redactor.from_env()
@@ -112,18 +134,32 @@ def handle_pipes_request(
     except RequestError as exc:
         return json_response(exc.status, _refusal(exc, redactor))
 
+    cancellation = Cancellation(
+        storage_client.bucket(pipes_bucket), bootstrap.key_prefix, cancellation_policy
+    )
     writer = PipesCloudStorageMessageWriter(
-        storage_client, writer_settings, only_bucket=pipes_bucket
+        storage_client, writer_settings, only_bucket=pipes_bucket, cancellation=cancellation
     )
     status, body = 200, dict[str, Any]()
     try:
-        with open_request_pipes(bootstrap, writer, redactor) as pipes:
+        with (
+            open_request_pipes(bootstrap, writer, redactor) as pipes,
+            current_request_cancellation(cancellation),
+        ):
+            cancellation.warn = pipes.log.warning
             summary = job(pipes, event) or {}
         body = {"status": "ok", "result": dict(summary)}
+    except RequestCancelled:
+        status, body = RequestCancelled.status, _cancelled(cancellation, redactor)
     except RequestError as exc:
         status, body = exc.status, _refusal(exc, redactor)
     except Exception as exc:  # noqa: BLE001 - every crash becomes a 500 naming its cause
-        status, body = 500, _crash(exc, redactor)
+        if cancellation.interrupted:  # a library re-raised the job's RequestCancelled as its own
+            status, body = RequestCancelled.status, _cancelled(cancellation, redactor)
+        else:
+            status, body = 500, _crash(exc, redactor)
+    if status == 200 and cancellation.is_set():
+        logger.warning("cancelled too late: the job had finished, its work stands")
 
     channel = writer.channel
     if channel is not None and channel.delivery_error is not None:

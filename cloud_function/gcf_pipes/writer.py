@@ -26,6 +26,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from gcf_pipes.cancel import Cancellation
 from gcf_pipes.errors import PipesMessageDeliveryError, RequestError
 
 TRANSIENT_UPLOAD_ERRORS: tuple[type[BaseException], ...] = (
@@ -64,10 +65,17 @@ def chunk_key(key_prefix: str | None, index: int) -> str:
 class PipesCloudStorageMessageWriterChannel(PipesMessageWriterChannel):
     """Buffers messages and uploads them from a background thread, in order, as numbered chunks."""
 
-    def __init__(self, bucket: storage.Bucket, key_prefix: str | None, settings: WriterSettings):
+    def __init__(
+        self,
+        bucket: storage.Bucket,
+        key_prefix: str | None,
+        settings: WriterSettings,
+        cancellation: Cancellation | None = None,
+    ):
         self._bucket = bucket
         self._key_prefix = key_prefix
         self._settings = settings
+        self._cancellation = cancellation
         self._cond = threading.Condition()
         self._buffer: list[PipesMessage] = []
         self._closing = False
@@ -108,6 +116,8 @@ class PipesCloudStorageMessageWriterChannel(PipesMessageWriterChannel):
                     self._cond.wait(timeout=self._settings.flush_interval)
                 batch, self._buffer = self._buffer, []
                 closing = self._closing
+            if self._cancellation is not None and not closing:
+                self._cancellation.poll_if_due()  # on the flush cadence, rate-limited
             if batch:
                 self._deliver(batch)
             if closing:
@@ -168,7 +178,8 @@ class PipesCloudStorageMessageWriter(PipesMessageWriter[PipesCloudStorageMessage
 
     Create one writer per request: ``channel`` exposes the open channel so the caller can
     check ``channel.delivery_error`` once the Pipes context is closed. With ``only_bucket``
-    it refuses (403) params naming any other bucket.
+    it refuses (403) params naming any other bucket. With ``cancellation``, its upload thread
+    also looks for the request's cancellation marker (see :mod:`gcf_pipes.cancel`).
     """
 
     def __init__(
@@ -177,10 +188,12 @@ class PipesCloudStorageMessageWriter(PipesMessageWriter[PipesCloudStorageMessage
         settings: WriterSettings | None = None,
         *,
         only_bucket: str | None = None,
+        cancellation: Cancellation | None = None,
     ):
         self._client = client
         self._settings = settings or WriterSettings()
         self._only_bucket = only_bucket
+        self._cancellation = cancellation
         self.channel: PipesCloudStorageMessageWriterChannel | None = None
 
     @contextmanager
@@ -205,7 +218,7 @@ class PipesCloudStorageMessageWriter(PipesMessageWriter[PipesCloudStorageMessage
             )
         # client.bucket() makes no request: writing objects needs no bucket-level permission.
         channel = PipesCloudStorageMessageWriterChannel(
-            self._client.bucket(bucket), key_prefix, self._settings
+            self._client.bucket(bucket), key_prefix, self._settings, self._cancellation
         )
         self.channel = channel
         with channel.streaming():

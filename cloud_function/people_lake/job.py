@@ -16,6 +16,7 @@ import deltalake  # imported before polars (crash at exit otherwise)
 import polars as pl
 from dagster_pipes import PipesContext, PipesMetadataValue, to_asset_key_path
 
+from gcf_pipes import Cancellation, current_cancellation
 from people_lake import __version__
 from people_lake.checks import (
     CheckOutcome,
@@ -109,24 +110,28 @@ def _packed(chunks: Iterable[pl.DataFrame], rows: int) -> Iterator[pl.DataFrame]
         yield pl.concat(pending)
 
 
-def _between_batches(pipes: PipesContext, plan: Plan, batch: int, rows_so_far: int) -> None:
+def _between_batches(
+    pipes: PipesContext, plan: Plan, batch: int, rows_so_far: int, cancellation: Cancellation
+) -> None:
     """Runs after each batch went to the writer, before the next is made.
 
-    Progress goes to Dagster here (one line per batch). This is also where a cancellation
-    check belongs: raising here aborts the write before its commit, so nothing is written.
+    Progress goes to Dagster here (one line per batch). A cancelled request stops here:
+    raising aborts the write before its commit, so nothing is written.
     """
     pipes.log.info(f"batch {batch}: {rows_so_far} of {plan.total_rows} rows streamed to Delta")
+    cancellation.raise_if_cancelled()
 
 
 class _CheckedBatches:
     """The batches of one commit attempt, checked and previewed as they pass to the writer.
 
     A retried commit (a conflict) iterates a new instance: the checks describe exactly the
-    rows of the attempt that committed.
+    rows of the attempt that committed. delta-rs reads the batches in a thread of its own,
+    hence the request's cancellation is taken along rather than looked up.
     """
 
-    def __init__(self, pipes: PipesContext, plan: Plan) -> None:
-        self._pipes, self._plan = pipes, plan
+    def __init__(self, pipes: PipesContext, plan: Plan, cancellation: Cancellation) -> None:
+        self._pipes, self._plan, self._cancellation = pipes, plan, cancellation
         self.checks = DataChecks()
         self.preview = pl.DataFrame()
 
@@ -136,7 +141,10 @@ class _CheckedBatches:
             if batch == 1:
                 self.preview = people.head(PREVIEW_ROWS)
             yield people
-            _between_batches(self._pipes, self._plan, batch, self.checks.rows)
+            _between_batches(self._pipes, self._plan, batch, self.checks.rows, self._cancellation)
+        # The last moment before delta-rs commits: look at the marker now, not 0.5 s ago.
+        # What remains is the window of the commit itself: once it started, it completes.
+        self._cancellation.raise_if_cancelled(fresh=True)
 
 
 def _lookup_in_commit(plan: Plan, written: TableWrite) -> IdLookup:
@@ -193,19 +201,22 @@ def _write_once(pipes: PipesContext, plan: Plan) -> _Outcome:
             "not writing again"
         )
         return _earlier(plan, done)
+    cancellation = current_cancellation()
+    cancellation.raise_if_cancelled(fresh=True)  # before a new table is created empty
     attempts: list[_CheckedBatches] = []
 
     def batches() -> _CheckedBatches:
-        attempts.append(_CheckedBatches(pipes, plan))
+        attempts.append(_CheckedBatches(pipes, plan, cancellation))
         return attempts[-1]
 
-    written = write_people_table(
-        batches,
-        plan.table,
-        invocation_id=plan.invocation_id,
-        window=plan.window,
-        commit_metadata=_commit_metadata(plan),
-    )
+    with cancellation.surfacing():  # delta-rs re-raises the stream's RequestCancelled as its own
+        written = write_people_table(
+            batches,
+            plan.table,
+            invocation_id=plan.invocation_id,
+            window=plan.window,
+            commit_metadata=_commit_metadata(plan),
+        )
     if written.repeated:  # a racing copy of this invocation committed first
         pipes.log.info(f"invocation {plan.invocation_id} was committed by a concurrent copy")
         return _earlier(plan, written)

@@ -1,0 +1,222 @@
+"""Cancellation of a request by the orchestrator: the marker ``<key_prefix>/cancel``.
+
+When Dagster terminates a run, its client writes the object ``<key_prefix>/cancel`` next to
+the request's Pipes chunks (the orchestrator may create only objects named ``*/cancel``, and
+the function's runtime account may read only those, by IAM condition). Any instance serving
+the request sees it: the message writer's thread looks for it on its flush cadence, at most
+every ``CancellationPolicy.poll_interval`` seconds (one GET of a known name: about 2 GETs a
+second per running request at most, nothing when idle).
+
+Business logic asks with :func:`cancelled` or :func:`raise_if_cancelled` at points where
+stopping leaves nothing half-done (between batches, right before a commit). A job that
+raises :class:`RequestCancelled` is answered with HTTP 409 and body status ``"cancelled"``;
+its Pipes context is closed with that exception, so its last messages still go out.
+
+What cancellation cannot do: stop work already past the last check. A commit that started
+before the marker was seen completes (the caller's run has ended by then), and a job that
+never checks runs to its end. The marker is seen up to ``poll_interval`` plus one GET after
+it was written; a check with ``fresh=True`` looks at the marker right now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from google.api_core import exceptions as gexc
+from google.cloud import storage
+from requests import exceptions as rexc
+
+CANCEL_MARKER = "cancel"
+CANCELLED_STATUS = 409
+
+logger = logging.getLogger(__name__)
+
+
+def cancel_marker_key(key_prefix: str) -> str:
+    """Object name of the request's cancellation marker (shared with the Dagster client)."""
+    return f"{key_prefix}/{CANCEL_MARKER}"
+
+
+class RequestCancelled(Exception):
+    """The orchestrator cancelled this request (its run was terminated): HTTP 409."""
+
+    status = CANCELLED_STATUS
+
+
+@dataclass(frozen=True)
+class CancellationPolicy:
+    """How a request looks for its cancellation marker.
+
+    Attributes:
+        poll_interval: least seconds between two looks (the writer flushes every 0.2 s; the
+            marker is looked for at most this often). At least 0.25.
+        request_timeout: seconds one look may take; a slow look delays the writer's next
+            flush by at most this.
+    """
+
+    poll_interval: float = 0.5
+    request_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.poll_interval >= 0.25:
+            raise ValueError("CancellationPolicy.poll_interval must be >= 0.25 s")
+        if not self.request_timeout > 0:
+            raise ValueError("CancellationPolicy.request_timeout must be > 0")
+
+
+class Cancellation:
+    """Whether the orchestrator cancelled one request; safe to use from any thread.
+
+    ``bucket`` None: the request cannot be cancelled (nothing is looked for).
+    """
+
+    def __init__(
+        self,
+        bucket: storage.Bucket | None,
+        key_prefix: str,
+        policy: CancellationPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._bucket = bucket
+        self.key = cancel_marker_key(key_prefix)
+        self.policy = policy or CancellationPolicy()
+        self._clock = clock
+        self._event = threading.Event()
+        self._looking = threading.Lock()  # one GET at a time
+        self._next_look = 0.0
+        self._warned = False
+        self.looks = 0
+        self.interrupted = False  # raise_if_cancelled raised: the job stopped on it
+        # Also told about a failed look (the request's Pipes log, so Dagster shows it).
+        self.warn: Callable[[str], None] = lambda message: None
+
+    @property
+    def location(self) -> str:
+        bucket = self._bucket.name if self._bucket is not None else "?"
+        return f"gs://{bucket}/{self.key}"
+
+    def is_set(self) -> bool:
+        """True once the marker was seen (it is never unset)."""
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until cancelled or ``timeout``; True when cancelled."""
+        return self._event.wait(timeout)
+
+    def poll_if_due(self) -> None:
+        """Look for the marker unless seen already or looked at less than an interval ago."""
+        if self._bucket is None or self._event.is_set() or self._clock() < self._next_look:
+            return
+        self.look()
+
+    def look(self) -> bool:
+        """One GET of the marker now; True when it exists. A failed look counts as "not
+        cancelled" and is reported once (the request then runs on as if never cancelled)."""
+        if self._bucket is None or self._event.is_set():
+            return self._event.is_set()
+        with self._looking:
+            self._next_look = self._clock() + self.policy.poll_interval
+            self.looks += 1
+            try:
+                self._bucket.blob(self.key).download_as_text(
+                    timeout=self.policy.request_timeout, retry=None
+                )
+            except gexc.NotFound:
+                return False
+            except (gexc.GoogleAPICallError, rexc.RequestException) as exc:
+                self._report(exc)
+                return False
+        if not self._event.is_set():
+            self._event.set()
+            logger.warning("cancelled by the orchestrator (%s)", self.location)
+        return True
+
+    def raise_if_cancelled(self, *, fresh: bool = False) -> None:
+        """Raise :class:`RequestCancelled` when cancelled; ``fresh``: look at the marker now
+        instead of trusting the last look (for the check right before a commit)."""
+        if fresh:
+            self.look()
+        if self._event.is_set():
+            self.interrupted = True
+            raise self._error()
+
+    @contextmanager
+    def surfacing(self) -> Iterator[None]:
+        """Re-raise an error as :class:`RequestCancelled` when a check inside raised it and a
+        library turned it into its own error (delta-rs reports an exception of the Arrow
+        stream it reads as a ``DeltaError``)."""
+        try:
+            yield
+        except RequestCancelled:
+            raise
+        except Exception as exc:
+            if self.interrupted:
+                raise self._error() from exc
+            raise
+
+    def _error(self) -> RequestCancelled:
+        return RequestCancelled(
+            f"the orchestrator cancelled this request ({self.location}); the job stopped"
+        )
+
+    def _report(self, exc: BaseException) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        message = (
+            f"cannot look for the cancellation marker {self.location} "
+            f"({type(exc).__name__}: {exc}); this request cannot be cancelled by Dagster"
+        )
+        logger.warning(message)
+        with contextlib.suppress(Exception):  # e.g. the Pipes context closed meanwhile
+            self.warn(message)
+
+
+_current: ContextVar[Cancellation | None] = ContextVar("request_cancellation", default=None)
+
+
+@contextmanager
+def current_request_cancellation(cancellation: Cancellation) -> Iterator[Cancellation]:
+    """Make ``cancellation`` the current request's (for :func:`cancelled` in this thread)."""
+    token = _current.set(cancellation)
+    try:
+        yield cancellation
+    finally:
+        _current.reset(token)
+
+
+def current_cancellation() -> Cancellation:
+    """The current request's :class:`Cancellation`.
+
+    Only the request's own thread knows its request: code that runs elsewhere (a thread of
+    your own, or a library's, such as the one delta-rs reads an Arrow stream in) must get
+    the object here, in the request's thread, and take it along.
+
+    Raises:
+        RuntimeError: called outside a request handled by ``handle_pipes_request``.
+    """
+    cancellation = _current.get()
+    if cancellation is None:
+        raise RuntimeError(
+            "no current request in this thread: call current_cancellation() in the request's "
+            "thread and pass the object to other threads"
+        )
+    return cancellation
+
+
+def cancelled() -> bool:
+    """True when the orchestrator cancelled the current request."""
+    return current_cancellation().is_set()
+
+
+def raise_if_cancelled() -> None:
+    """Raise :class:`RequestCancelled` when the orchestrator cancelled the current request."""
+    current_cancellation().raise_if_cancelled()
