@@ -727,6 +727,42 @@ def check_build_grants_propagate(tf: Terraform) -> Problems:
     return problems
 
 
+def _mib(quantity: str) -> float:
+    """``"4Gi"`` -> 4096; ``"512Mi"`` -> 512 (0 when unreadable)."""
+    match = re.fullmatch(r"(\d+)(Mi|Gi)", quantity)
+    return float(match[1]) * (1024 if match[2] == "Gi" else 1) if match else 0.0
+
+
+def check_function_sizing(tf: Terraform) -> Problems:
+    """The default instance holds its default concurrency of peak-memory requests, and a
+    precondition enforces the same rule on every plan."""
+    _, function = the_function(tf)
+    config = block(function, "service_config")
+    defaults = {
+        name: tf.variables.get(expression(config.get(key)).removeprefix("var."), {}).get("default")
+        for name, key in (
+            ("memory", "available_memory"),
+            ("concurrency", "max_instance_request_concurrency"),
+        )
+    }
+    peak = float(tf.locals.get("request_peak_memory_mib") or 0)
+    memory, concurrency = _mib(str(defaults["memory"])), float(defaults["concurrency"] or 0)
+    problems = []
+    if not peak or memory < concurrency * peak:
+        problems.append(
+            f"default function memory ({defaults['memory']}) must hold {concurrency:g} "
+            f"requests of request_peak_memory_mib ({peak:g} MiB)"
+        )
+    conditions = [
+        str(precondition.get("condition", ""))
+        for lifecycle in function.get("lifecycle", [])
+        for precondition in lifecycle.get("precondition", [])
+    ]
+    if not any("local.request_peak_memory_mib" in condition for condition in conditions):
+        problems.append("a lifecycle precondition must check memory against the sizing rule")
+    return problems
+
+
 def check_checkov_skips_have_reasons(tf: Terraform) -> Problems:
     """Every checkov skip sits inside a resource and states why."""
     problems = []

@@ -88,6 +88,10 @@ def test_resources_wait_for_their_apis(tf: c.Terraform) -> None:
     assert c.check_apis_enabled_first(tf) == []
 
 
+def test_the_default_instance_fits_its_concurrent_requests(tf: c.Terraform) -> None:
+    assert c.check_function_sizing(tf) == []
+
+
 def test_the_function_is_built_after_the_build_grants_propagate(tf: c.Terraform) -> None:
     assert c.check_build_grants_propagate(tf) == []
 

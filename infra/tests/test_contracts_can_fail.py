@@ -179,6 +179,13 @@ BREAKAGES = [
       "PIPES_BUCKET = google_storage_bucket.function_source.name", env_check,
       "PIPES_BUCKET must be google_storage_bucket.pipes.name (the bucket Dagster reads), "
       "got google_storage_bucket.function_source.name"),
+    B("memory-below-the-sizing-rule", "variables.tf", 'default     = "4Gi"',
+      'default = "2Gi"', c.check_function_sizing,
+      "default function memory (2Gi) must hold 4 requests of request_peak_memory_mib (700 MiB)"),
+    B("sizing-rule-not-enforced", "function.tf",
+      "condition     = local.function_memory_mib >= var.function_concurrency",
+      "condition = local.function_memory_mib > 0", c.check_function_sizing,
+      "a lifecycle precondition must check memory against the sizing rule"),
     B("time-provider-unpinned", "versions.tf", 'version = "~> 0.13"', 'version = ">= 0.1"',
       c.check_provider_pins, "provider time must be hashicorp/time pinned"),
     B("provider-unpinned", "versions.tf", 'version = "~> 7.0"', 'version = ">= 5.0"',
