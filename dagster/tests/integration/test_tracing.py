@@ -43,3 +43,19 @@ def test_the_materialization_names_the_trace_of_the_function_s_log_lines(
             "dagster_invocation_id": metadata["invocation_id"].value,
         }
     assert any(f"trace {trace_id}" in log for log in run.logs), "the run's log names the trace"
+
+
+def test_a_refused_call_fails_with_the_trace_of_the_function_s_log_lines(
+    stack: LocalStack,
+) -> None:
+    run = materialize_people(stack, num_rows=0, data_lake_uri=str(fresh_lake(stack)))
+
+    assert not run.success
+    failures = [event for event in run.result.all_events if event.is_step_failure]
+    user_failure = failures[0].step_failure_data.user_failure_data
+    assert user_failure is not None, "the failure carries metadata"
+    trace_id = user_failure.metadata["trace_id"].value
+    lines = [e for e in structured_lines(stack) if e.get(TRACE_KEY) == trace_id]
+    assert lines and lines[0]["message"] == "request received"
+    assert lines[-1]["message"].startswith("answered HTTP 400")
+    assert lines[-1]["severity"] == "WARNING"
