@@ -49,8 +49,11 @@ def emulator_command(port: int, bucket: str, data_dir: Path = EMULATOR_DATA) -> 
     """fake-gcs-server in memory, over HTTP, with ``bucket`` created before it listens.
 
     fake-gcs-server creates one bucket per folder of ``-data`` (files become objects), so the
-    bucket's folder is made empty here. Unlike GCS it needs no auth; it does enforce
-    generation preconditions (``if_generation_match=0`` on an existing object is HTTP 412).
+    bucket's folder is made empty here. It enforces generation preconditions like GCS
+    (``if_generation_match=0`` on an existing object is HTTP 412). What it lacks: auth and
+    IAM (every caller may do anything: permissions are proven by infra/'s contract tests),
+    and the XML API that delta-rs uploads with (``PUT /bucket/object`` is HTTP 400 "invalid
+    uploadType"), so it serves the Pipes bucket only and the local Delta lake is a directory.
     """
     if not BUCKET_NAME.fullmatch(bucket):
         raise ValueError(f"{bucket!r} is not a GCS bucket name")
