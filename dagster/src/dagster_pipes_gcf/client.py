@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dagster import (
@@ -25,8 +25,13 @@ from dagster._core.definitions.resource_annotation import TreatAsResourceParam
 from dagster._core.storage.tags import ASSET_RESUME_RETRY_TAG, RESUME_RETRY_TAG
 from dagster_pipes import DAGSTER_PIPES_MESSAGES_ENV_VAR, PipesExtras, encode_param
 
+from dagster_pipes_gcf.cancellation import CancelOutcome, forwarding_termination
 from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
-from dagster_pipes_gcf.invocation import CloudFunctionInvoker, FunctionResponse
+from dagster_pipes_gcf.invocation import (
+    CloudFunctionInvoker,
+    FunctionResponse,
+    PayloadForAttempt,
+)
 from dagster_pipes_gcf.message_reader import PipesAttemptStreams, PipesCloudStorageMessageReader
 from dagster_pipes_gcf.tracing import CallTrace, FunctionLocation
 
@@ -159,6 +164,10 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
             :class:`CloudFunctionInvoker` with its default policy.
         function_location: project/region/service of the function for the Cloud Logging
             link of each call, where its URL does not say (``run.app`` URLs lack the project).
+        forward_termination: when the run is terminated while the call waits, ask the
+            function to cancel (marker ``<key_prefix>/cancel`` in the Pipes bucket, see
+            :mod:`dagster_pipes_gcf.cancellation`) before the step ends; with
+            :class:`PipesCloudStorageMessageReader` only.
     """
 
     def __init__(
@@ -167,8 +176,10 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
         context_injector: PipesContextInjector | None = None,
         invoker: CloudFunctionInvoker | None = None,
         function_location: FunctionLocation | None = None,
+        forward_termination: bool = True,
     ):
         self.function_location = function_location
+        self.forward_termination = forward_termination
         self.message_reader = message_reader
         self.context_injector = context_injector or PipesCloudFunctionEventContextInjector()
         self.invoker = invoker or CloudFunctionInvoker()
@@ -209,26 +220,19 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
             extras={**(extras or {}), INVOCATION_ID_EXTRA: invocation_id},
         ) as session:
             attempts = self._attempt_streams(session)
-            bootstrap = session.get_bootstrap_env_vars()
-
-            def payload_for(attempt: int, abandoned_because: str | None) -> dict[str, Any]:
-                if attempts is None:
-                    return {**(event or {}), **bootstrap}
-                messages = attempts.begin_attempt(attempt, abandoned_because)
-                return {
-                    **(event or {}),
-                    **bootstrap,
-                    DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param(messages),
-                }
-
             context.log.info(
                 f"[pipes] invoking Cloud Function {function_url} ({invocation_id}); "
                 f"{trace.describe()}"
             )
-            with trace.annotating_failures():
+            with (
+                trace.annotating_failures(),
+                forwarding_termination(
+                    self._canceller(session, context.run_id, invocation_id), context.log.warning
+                ),
+            ):
                 response = self.invoker.invoke(
                     function_url,
-                    payload_for,
+                    attempt_payloads(event, session, attempts),
                     headers={INVOCATION_ID_HEADER: invocation_id, **trace.headers},
                     timeout=timeout,
                 )
@@ -246,12 +250,40 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
             },
         )
 
+    def _canceller(
+        self, session: PipesSession, run_id: str, invocation_id: str
+    ) -> Callable[[], CancelOutcome] | None:
+        """How to ask the function to stop this call, if this client forwards termination."""
+        reader = self.message_reader
+        if not self.forward_termination or not isinstance(reader, PipesCloudStorageMessageReader):
+            return None
+        reason = {"reason": "run terminated", "run_id": run_id, "invocation_id": invocation_id}
+        return lambda: reader.request_cancellation(session.message_reader_params, reason)
+
     def _attempt_streams(self, session: PipesSession) -> PipesAttemptStreams | None:
         """Per-attempt message streams; None for other readers, whose retries share one
         message location (fine for retries that never reached the function)."""
         if isinstance(self.message_reader, PipesCloudStorageMessageReader):
             return self.message_reader.attempts(session.message_reader_params)
         return None
+
+
+def attempt_payloads(
+    event: Mapping[str, Any] | None,
+    session: PipesSession,
+    attempts: PipesAttemptStreams | None,
+) -> PayloadForAttempt:
+    """Request bodies per HTTP attempt: the event and the Pipes bootstrap params, with the
+    messages param of that attempt (each attempt writes under its own prefix)."""
+    base = {**(event or {}), **session.get_bootstrap_env_vars()}
+
+    def payload_for(attempt: int, abandoned_because: str | None) -> dict[str, Any]:
+        if attempts is None:
+            return base
+        messages = attempts.begin_attempt(attempt, abandoned_because)
+        return {**base, DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param(messages)}
+
+    return payload_for
 
 
 def call_metadata(
