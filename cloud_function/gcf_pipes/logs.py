@@ -18,6 +18,7 @@ import re
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -175,17 +176,65 @@ class StructuredLogHandler(logging.Handler):
             self.handleError(record)
 
 
+# Cloud Run's metadata server: the id of the instance serving (asked once per instance).
+METADATA_INSTANCE_ID_URL = "http://metadata.google.internal/computeMetadata/v1/instance/id"
+_INSTANCE_ID = re.compile(r"[0-9A-Za-z._-]{1,256}")
+
+
+class ServingInstance:
+    """What serves the requests, reported in each JSON response: the revision (the
+    platform's ``K_REVISION``) and, on the platform, the instance id from the metadata
+    server (asked on the first request, then cached; unknown if it does not answer)."""
+
+    def __init__(
+        self, revision: str | None = None, instance_id_url: str = METADATA_INSTANCE_ID_URL
+    ):
+        self.revision = revision
+        self._instance_id_url = instance_id_url
+        self._instance_id: str | None = None
+        self._asked = False
+        self._lock = threading.Lock()
+
+    def fields(self) -> dict[str, str]:
+        if self.revision is None:  # not on Cloud Run: no metadata server to ask
+            return {}
+        with self._lock:
+            if not self._asked:
+                self._asked = True
+                self._instance_id = _fetch_instance_id(self._instance_id_url)
+        fields = {"revision": self.revision}
+        if self._instance_id:
+            fields["instance_id"] = self._instance_id
+        return fields
+
+
+def _fetch_instance_id(url: str) -> str | None:
+    request = urllib.request.Request(url, headers={"Metadata-Flavor": "Google"})
+    try:
+        with urllib.request.urlopen(request, timeout=1.0) as answer:
+            value = answer.read(512).decode("ascii").strip()
+    except (OSError, ValueError):
+        return None
+    return value if _INSTANCE_ID.fullmatch(value) else None
+
+
 _writer = StructuredLogWriter()
-_revision: str | None = None
+_serving = ServingInstance()
 
 
-def install_structured_logging(project: str | None, revision: str | None = None) -> None:
+def install_structured_logging(
+    project: str | None,
+    revision: str | None = None,
+    *,
+    instance_id_url: str = METADATA_INSTANCE_ID_URL,
+) -> None:
     """Call once at start. ``project`` (the function's ``GOOGLE_CLOUD_PROJECT``) names the
     trace of each line, ``projects/<project>/traces/<id>``; ``revision`` (the platform's
-    ``K_REVISION``) is reported in every JSON response, so the caller knows what served it."""
-    global _revision
+    ``K_REVISION``, unset locally) and the instance are reported in every JSON response, so
+    the caller knows what served it."""
+    global _serving
     _writer.project = project
-    _revision = revision
+    _serving = ServingInstance(revision, instance_id_url)
 
 
 def request_log_handler() -> StructuredLogHandler:
@@ -200,7 +249,8 @@ HttpHandler = Callable[P, tuple[flask.Response, int]]
 def traced_request(handler: HttpHandler[P]) -> HttpHandler[P]:
     """Wrap an HTTP handler whose first argument is the request: its log lines carry the
     request's trace and labels, a line is written when the request arrives and when it is
-    answered, and a JSON response body gets ``trace_id`` and ``revision`` when known."""
+    answered, and a JSON response body gets ``trace_id``, ``revision`` and ``instance_id``
+    when known."""
 
     @functools.wraps(handler)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> tuple[flask.Response, int]:
@@ -221,7 +271,8 @@ def traced_request(handler: HttpHandler[P]) -> HttpHandler[P]:
 
 
 def _annotate(response: flask.Response, trace: RequestTrace) -> None:
-    if response.mimetype != "application/json" or not (trace.trace_id or _revision):
+    serving = _serving.fields()
+    if response.mimetype != "application/json" or not (trace.trace_id or serving):
         return
     try:
         body = json.loads(response.get_data())
@@ -230,6 +281,5 @@ def _annotate(response: flask.Response, trace: RequestTrace) -> None:
     if isinstance(body, dict):
         if trace.trace_id:
             body["trace_id"] = trace.trace_id
-        if _revision:
-            body["revision"] = _revision
+        body.update(serving)
         response.set_data(json.dumps(body))

@@ -2,8 +2,10 @@
 
 import io
 import json
+import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 
 import flask
 import pytest
@@ -16,6 +18,7 @@ from gcf_pipes.logs import (
     SPAN_KEY,
     TRACE_KEY,
     RequestTrace,
+    ServingInstance,
     StructuredLogWriter,
     install_structured_logging,
 )
@@ -119,9 +122,35 @@ def test_each_entry_is_one_json_line_whatever_the_message() -> None:
 # --- through the HTTP wrapper ----------------------------------------------------------------
 
 
+class MetadataServer(BaseHTTPRequestHandler):
+    """Answers like Cloud Run's metadata server, only to requests that say Metadata-Flavor."""
+
+    calls: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.calls.append(self.path)
+        ok = self.headers.get("Metadata-Flavor") == "Google"
+        self.send_response(200 if ok else 403)
+        self.end_headers()
+        self.wfile.write(b"00f4a1b2c3d4e5" if ok else b"")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 @pytest.fixture
-def project() -> Iterator[None]:
-    install_structured_logging("my-proj", "people-00042-abc")
+def metadata_url() -> Iterator[str]:
+    MetadataServer.calls = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), MetadataServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/computeMetadata/v1/instance/id"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def project(metadata_url: str) -> Iterator[None]:
+    install_structured_logging("my-proj", "people-00042-abc", instance_id_url=metadata_url)
     yield
     install_structured_logging(None, None)
 
@@ -156,6 +185,7 @@ def test_a_request_s_lines_carry_its_trace_and_labels(
 
     assert status == 200
     assert body["trace_id"] == TRACE and body["revision"] == "people-00042-abc"
+    assert body["instance_id"] == "00f4a1b2c3d4e5"
     entries = stdout_entries(capsys)
     messages = [entry["message"] for entry in entries]
     assert messages[0] == "request received" and "working on it" in messages
@@ -173,3 +203,17 @@ def test_a_request_with_a_malformed_trace_is_served_and_logged_without_one(
     assert status == 200 and "trace_id" not in body
     entries = stdout_entries(capsys)
     assert entries and all(TRACE_KEY not in entry for entry in entries)
+
+
+def test_the_instance_id_is_asked_once_and_only_on_the_platform(metadata_url: str) -> None:
+    serving = ServingInstance("people-00042-abc", metadata_url)
+    assert serving.fields() == {"revision": "people-00042-abc", "instance_id": "00f4a1b2c3d4e5"}
+    assert serving.fields()["instance_id"] == "00f4a1b2c3d4e5"
+    assert len(MetadataServer.calls) == 1
+    assert ServingInstance(None, metadata_url).fields() == {}, "locally: no revision"
+    assert len(MetadataServer.calls) == 1
+
+
+def test_an_unreachable_metadata_server_leaves_the_instance_unknown() -> None:
+    serving = ServingInstance("people-00042-abc", "http://127.0.0.1:9/instance/id")
+    assert serving.fields() == {"revision": "people-00042-abc"}

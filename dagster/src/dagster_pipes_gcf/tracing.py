@@ -44,6 +44,7 @@ _RUN_APP_DETERMINISTIC = re.compile(rf"(?P<service>[a-z0-9-]+)-[0-9]+\.(?P<regio
 _RUN_APP_HASHED = re.compile(r"(?P<service>[a-z0-9-]+)-[a-z0-9]+-[a-z]{2,4}\.a")
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
 _REVISION = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+_INSTANCE_ID = re.compile(r"[0-9A-Za-z._-]{1,256}")
 
 
 @dataclass(frozen=True)
@@ -186,14 +187,18 @@ class CallTrace:
         return f"trace {self.trace_id}" + (f", logs: {url}" if url else "")
 
     def metadata(self, response_body: Any = None) -> dict[str, Any]:
-        """``trace_id``, ``cloud_logging_url`` and the serving ``function_revision`` (when
-        the function reports it), for the materialization or the failure."""
+        """``trace_id``, ``cloud_logging_url`` and what served the call,
+        ``function_revision`` and ``function_instance`` (when the function reports them),
+        for the materialization or the failure."""
         metadata: dict[str, Any] = {"trace_id": self.trace_id}
         if self.logging_url:
             metadata["cloud_logging_url"] = dg.MetadataValue.url(self.logging_url)
-        revision = response_body.get("revision") if isinstance(response_body, dict) else None
+        body = response_body if isinstance(response_body, dict) else {}
+        revision, instance = body.get("revision"), body.get("instance_id")
         if isinstance(revision, str) and _REVISION.fullmatch(revision):
             metadata["function_revision"] = revision
+        if isinstance(instance, str) and _INSTANCE_ID.fullmatch(instance):
+            metadata["function_instance"] = instance
         return metadata
 
     @contextmanager

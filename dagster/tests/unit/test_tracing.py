@@ -107,13 +107,17 @@ def test_no_link_without_a_project() -> None:
     assert f"projects%2Fproj-123%2Ftraces%2F{configured.trace_id}" in (configured.logging_url or "")
 
 
-def test_the_metadata_has_the_trace_the_link_and_a_well_formed_revision() -> None:
+def test_the_metadata_has_the_trace_the_link_and_a_well_formed_revision_and_instance() -> None:
     trace = trace_for("https://europe-west4-my-proj.cloudfunctions.net/people")
-    metadata = trace.metadata({"revision": "people-00042-abc", "trace_id": "ignored"})
+    metadata = trace.metadata(
+        {"revision": "people-00042-abc", "instance_id": "00f4a1b2", "trace_id": "ignored"}
+    )
     assert metadata["trace_id"] == trace.trace_id
     assert metadata["cloud_logging_url"] == dg.MetadataValue.url(trace.logging_url or "")
     assert metadata["function_revision"] == "people-00042-abc"
-    assert "function_revision" not in trace.metadata({"revision": "<script>"})
+    assert metadata["function_instance"] == "00f4a1b2"
+    hostile = trace.metadata({"revision": "<script>", "instance_id": "a b"})
+    assert "function_revision" not in hostile and "function_instance" not in hostile
     assert "function_revision" not in trace.metadata(None)
 
 
