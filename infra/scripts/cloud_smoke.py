@@ -379,11 +379,16 @@ def diagnose_http(calls: CallLog, report: SmokeReport) -> Finding | None:
             "(Terraform grants it); the function's PIPES_BUCKET must be that bucket: "
             "`just deploy` again",
         )
+    if status == 403:
+        return Finding(
+            f"HTTP 403: the function refused the request: {said}",
+            "PIPES_BUCKET and DATA_LAKE_URI must be what the function was deployed with: "
+            "run `just cloud-env` (and `just deploy` after changing infra/)",
+        )
     if 400 <= status < 500:
         return Finding(
             f"HTTP {status}: the function refused the request: {said}",
-            "PIPES_BUCKET and DATA_LAKE_URI must be what the function was deployed with: "
-            "run `just cloud-env` (and `just deploy` after changing infra/)",
+            "the deployed function may be older than this repository's Dagster side: `just deploy`",
         )
     return Finding(
         f"HTTP {status}: the function failed: {said}",
@@ -501,12 +506,26 @@ def run_smoke(
     return report
 
 
+def _row_count(text: str) -> int:
+    rows = int(text)
+    if not 1 <= rows <= 1_000_000:
+        raise argparse.ArgumentTypeError("must be between 1 and 1000000")
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="One materialization against the deployed function, then a report."
     )
-    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="rows to write")
-    parser.add_argument("--env-file", type=Path, default=REPO_ROOT / ".env")
+    parser.add_argument(
+        "--rows", type=_row_count, default=DEFAULT_ROWS, help="rows to write (1..1000000)"
+    )
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        default=REPO_ROOT / ".env",
+        help="settings file (default: .env, as `just cloud-env` writes it)",
+    )
     parser.add_argument(
         "--verbose", action="store_true", help="also print the run's event log (Dagster INFO)"
     )

@@ -347,6 +347,13 @@ def _response(status: int, body: str, content_type: str = "application/json") ->
     return response
 
 
+def test_the_cli_refuses_a_row_count_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        smoke.main(["--rows", "0"])
+    assert exit_.value.code == 2
+    assert "--rows: must be between 1 and 1000000" in capsys.readouterr().err
+
+
 def test_a_pipes_delivery_failure_names_the_runtime_bucket_grant() -> None:
     report = smoke.SmokeReport("https://f", "me", "https://f", "pipes-bucket")
     report.calls.record_response(
