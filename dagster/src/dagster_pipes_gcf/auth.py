@@ -16,6 +16,7 @@ from google.oauth2 import id_token
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 DEVSTORAGE_READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
+DEVSTORAGE_READ_WRITE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 # Refresh this long before expiry: a retried call may reuse the token minutes later.
 DEFAULT_REFRESH_MARGIN = timedelta(minutes=5)
 
@@ -112,6 +113,12 @@ def impersonated_storage_credentials(target_principal: str) -> Any:
     """Read-only GCS credentials of ``target_principal`` (the Pipes reader runs as the
     orchestrator account)."""
     return _impersonated(target_principal, DEVSTORAGE_READ_ONLY_SCOPE)
+
+
+def impersonated_marker_credentials(target_principal: str) -> Any:
+    """Read-write GCS credentials of ``target_principal``, used only to create cancellation
+    markers (IAM lets the orchestrator create objects named ``*/cancel`` and nothing else)."""
+    return _impersonated(target_principal, DEVSTORAGE_READ_WRITE_SCOPE)
 
 
 def _utcnow() -> datetime:

@@ -39,7 +39,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from dagster_pipes_gcf.auth import impersonated_storage_credentials
+from dagster_pipes_gcf.auth import (
+    impersonated_marker_credentials,
+    impersonated_storage_credentials,
+)
+from dagster_pipes_gcf.cancellation import CancelOutcome, write_cancel_markers
 
 logger = logging.getLogger(__name__)
 
@@ -339,6 +343,11 @@ class PipesAttemptStreams:
         )
         return self.params()
 
+    def unanswered_prefixes(self) -> list[str]:
+        """Key prefixes of the attempts that may still be running, the live one first."""
+        with self._state:
+            return [a.stream.key_prefix for a in reversed(self._attempts) if not a.answered]
+
     def answered(self) -> None:
         """The live attempt answered the call: its results are the call's results."""
         with self._state:
@@ -453,7 +462,9 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         bucket: name of the Pipes bucket (the orchestrator needs object read on it only).
         client: a ``google.cloud.storage.Client``; created on first use when omitted.
         impersonate_service_account: when the client is created here, read as this service
-            account (the orchestrator's), minted from the caller's credentials.
+            account (the orchestrator's), minted from the caller's credentials. Cancellation
+            markers are then written with a read-write-scoped client of the same account
+            (created when a run is terminated; IAM limits it to objects named ``*/cancel``).
         prefix: folder under which each session gets a unique key prefix.
         polling: polling and drain settings.
         log_coalescing: how log floods are delivered (``None``: one entry per line always).
@@ -475,6 +486,7 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         self.log_coalescing = log_coalescing
         self.impersonate_service_account = impersonate_service_account
         self._client = client
+        self._marker_client: storage.Client | None = None
         self._sessions: dict[str, PipesAttemptStreams] = {}
         self._sessions_lock = threading.Lock()
 
@@ -488,6 +500,25 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
             else:
                 self._client = storage.Client()
         return self._client
+
+    def _marker_bucket(self) -> storage.Bucket:
+        """The Pipes bucket through a client that may create objects: the reader's own unless
+        it reads with read-only impersonated credentials."""
+        if not self.impersonate_service_account or self._client is not None:
+            return self.client.bucket(self.bucket)
+        if self._marker_client is None:
+            credentials = impersonated_marker_credentials(self.impersonate_service_account)
+            self._marker_client = storage.Client(credentials=credentials, project=None)
+        return self._marker_client.bucket(self.bucket)
+
+    def request_cancellation(self, params: PipesParams, reason: dict[str, str]) -> CancelOutcome:
+        """Ask the function to stop the session's call: write ``<prefix>/cancel`` for every
+        attempt that may still be running. Bounded in time; never raises."""
+        try:
+            prefixes = self.attempts(params).unanswered_prefixes()
+        except DagsterPipesExecutionError as exc:
+            return CancelOutcome((), (str(exc),))
+        return write_cancel_markers(self._marker_bucket, prefixes, reason=reason)
 
     def new_key_prefix(self) -> str:
         """A new session prefix ``<prefix>/<32 hex>``; attempts write below it."""

@@ -1,0 +1,227 @@
+"""Forwarding a run's termination: the cancel marker, bounded in time, never masking the
+interrupt (in-memory GCS). The real stack (``dagster dev`` terminating a run) is
+dagster/tests/integration/test_termination.py."""
+
+import json
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import dagster as dg
+import pytest
+from dagster._core.errors import DagsterExecutionInterruptedError
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+
+from dagster_pipes_gcf import PipesCloudFunctionClient, PipesCloudStorageMessageReader, auth
+from dagster_pipes_gcf import message_reader as reader_module
+from dagster_pipes_gcf.cancellation import (
+    CancelOutcome,
+    cancel_marker_key,
+    forwarding_termination,
+    write_cancel_markers,
+)
+from devstack.fake_gcs import FakeClient, always_fail
+
+BUCKET = "pipes"
+REASON = {"reason": "run terminated"}
+
+
+@pytest.fixture
+def gcs() -> FakeClient:
+    fake = FakeClient()
+    fake.create_bucket(BUCKET)
+    return fake
+
+
+def markers(gcs: FakeClient) -> list[str]:
+    return sorted(key for key in gcs.objects[BUCKET] if key.endswith("/cancel"))
+
+
+def test_markers_are_created_once_per_prefix_in_order(gcs: FakeClient) -> None:
+    gcs.objects[BUCKET]["p/s/1/cancel"] = "{}"  # cancelled before: still fine
+    outcome = write_cancel_markers(
+        lambda: gcs.bucket(BUCKET),  # type: ignore[arg-type,return-value]
+        ["p/s/2", "p/s/1"],
+        reason=REASON,
+    )
+    assert outcome == CancelOutcome(("gs://pipes/p/s/2/cancel", "gs://pipes/p/s/1/cancel"), ())
+    assert outcome.ok and "asked the function to cancel" in outcome.describe()
+    assert json.loads(gcs.objects[BUCKET]["p/s/2/cancel"]) == REASON
+    assert gcs.objects[BUCKET]["p/s/1/cancel"] == "{}"  # never overwritten
+    assert cancel_marker_key("p/s/2") == "p/s/2/cancel"
+
+
+def test_a_refused_marker_is_reported_not_raised(gcs: FakeClient) -> None:
+    gcs.fault = always_fail(gexc.Forbidden("storage.objects.create denied"))
+    outcome = write_cancel_markers(lambda: gcs.bucket(BUCKET), ["p/s/1"], reason=REASON)  # type: ignore[arg-type,return-value]
+    assert not outcome.ok
+    assert "gs://pipes/p/s/1/cancel: Forbidden" in outcome.describe()
+    assert "may run to its end and commit" in outcome.describe()
+
+
+def test_a_client_that_cannot_be_made_is_reported_not_raised() -> None:
+    def no_client() -> Any:
+        raise RuntimeError("no credentials")
+
+    outcome = write_cancel_markers(no_client, ["p/s/1"], reason=REASON)
+    assert outcome.problems == ("no client for the Pipes bucket (RuntimeError: no credentials)",)
+
+
+def test_a_hanging_gcs_holds_the_step_no_longer_than_the_timeout(gcs: FakeClient) -> None:
+    gcs.fault = lambda op, key: time.sleep(3)
+    started = time.monotonic()
+    outcome = write_cancel_markers(
+        lambda: gcs.bucket(BUCKET),  # type: ignore[arg-type,return-value]
+        ["p/s/1"],
+        reason=REASON,
+        timeout=0.3,
+    )
+    assert time.monotonic() - started < 1.0
+    assert outcome.problems == ("GCS did not confirm within 0.3s",)
+
+
+@pytest.mark.parametrize("interrupt", [DagsterExecutionInterruptedError, KeyboardInterrupt])
+def test_termination_is_forwarded_and_the_interrupt_goes_on(
+    interrupt: type[BaseException],
+) -> None:
+    reports: list[str] = []
+    calls: list[str] = []
+
+    def cancel() -> CancelOutcome:
+        calls.append("cancel")
+        return CancelOutcome(("gs://pipes/p/s/1/cancel",), ())
+
+    with pytest.raises(interrupt), forwarding_termination(cancel, reports.append):
+        raise interrupt()
+    assert calls == ["cancel"]
+    assert reports == [
+        "[pipes] run terminated while the function was working: asked the function to "
+        "cancel (gs://pipes/p/s/1/cancel)"
+    ]
+
+
+def test_a_failing_cancel_never_masks_the_interrupt() -> None:
+    def cancel() -> CancelOutcome:
+        raise OSError("broken")
+
+    with pytest.raises(KeyboardInterrupt), forwarding_termination(cancel, print):
+        raise KeyboardInterrupt
+
+
+def test_an_ordinary_failure_is_no_termination() -> None:
+    calls: list[str] = []
+    with pytest.raises(ValueError), forwarding_termination(lambda: calls.append("x"), print):  # type: ignore[arg-type,return-value]
+        raise ValueError("the call failed")
+    assert calls == []
+
+
+# --- the reader: which prefixes, which client -------------------------------------------------
+
+
+class Handler:
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self._context = SimpleNamespace(
+            log=SimpleNamespace(log=lambda level, text: self.notes.append(text))
+        )
+
+    def handle_message(self, message: dict[str, Any]) -> None:
+        pass
+
+
+def test_every_attempt_that_may_still_run_gets_a_marker_the_live_one_first(
+    gcs: FakeClient,
+) -> None:
+    reader = PipesCloudStorageMessageReader(bucket=BUCKET, client=gcs)  # type: ignore[arg-type]
+    reader.new_key_prefix = lambda: "p/s"  # type: ignore[method-assign]
+    with reader.read_messages(Handler()) as params:  # type: ignore[arg-type]
+        reader.attempts(params).begin_attempt(2, "connection reset after sending")
+        outcome = reader.request_cancellation(params, REASON)
+        reader.attempts(params).answered()  # (the drain then ends the session quickly)
+        gcs.objects[BUCKET]["p/s/2/1.json"] = json.dumps({"method": "closed", "params": {}})
+    assert outcome.written == ("gs://pipes/p/s/2/cancel", "gs://pipes/p/s/1/cancel")
+    assert markers(gcs) == ["p/s/1/cancel", "p/s/2/cancel"]
+
+
+def test_an_unknown_session_is_reported_not_raised(gcs: FakeClient) -> None:
+    reader = PipesCloudStorageMessageReader(bucket=BUCKET, client=gcs)  # type: ignore[arg-type]
+    outcome = reader.request_cancellation({"bucket": BUCKET, "key_prefix": "nope"}, REASON)
+    assert not outcome.ok and "no open Pipes session" in outcome.describe()
+
+
+def test_impersonated_markers_use_a_read_write_client_of_the_orchestrator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scopes: list[tuple[str, str]] = []
+
+    def impersonated(principal: str, scope: str) -> AnonymousCredentials:
+        scopes.append((principal, scope))
+        return AnonymousCredentials()  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(auth, "_impersonated", impersonated)
+    reader = PipesCloudStorageMessageReader(
+        bucket=BUCKET, impersonate_service_account="orchestrator@p.iam.gserviceaccount.com"
+    )
+    reader._marker_bucket()
+    reader.client  # noqa: B018 - the reader's own client
+    assert scopes == [
+        ("orchestrator@p.iam.gserviceaccount.com", auth.DEVSTORAGE_READ_WRITE_SCOPE),
+        ("orchestrator@p.iam.gserviceaccount.com", auth.DEVSTORAGE_READ_ONLY_SCOPE),
+    ]
+    assert reader_module.impersonated_marker_credentials is auth.impersonated_marker_credentials
+
+
+# --- the client: a run terminated while the call waits ---------------------------------------
+
+
+class InterruptedInvoker:
+    """Starts attempt 1 (as the real invoker does), then the run is terminated."""
+
+    def __init__(self, interrupt: type[BaseException]) -> None:
+        self.interrupt = interrupt
+
+    def invoke(self, url: str, payload: Any, **_: Any) -> Any:
+        payload(1, None)
+        raise self.interrupt()
+
+
+def run_with(client: PipesCloudFunctionClient) -> tuple[dg.ExecuteInProcessResult, list[str]]:
+    @dg.asset
+    def called(context: dg.AssetExecutionContext, pipes: PipesCloudFunctionClient) -> Any:
+        return pipes.run(context=context, function_url="http://127.0.0.1:1/").get_results()
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [called], resources={"pipes": client}, instance=instance, raise_on_error=False
+    )
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    return result, logs
+
+
+@pytest.mark.parametrize("forward", [True, False])
+def test_a_terminated_run_writes_the_marker_of_its_attempt(gcs: FakeClient, forward: bool) -> None:
+    reader = PipesCloudStorageMessageReader(bucket=BUCKET, client=gcs)  # type: ignore[arg-type]
+    client = PipesCloudFunctionClient(
+        message_reader=reader,
+        invoker=InterruptedInvoker(DagsterExecutionInterruptedError),  # type: ignore[arg-type]
+        forward_termination=forward,
+    )
+    started = time.monotonic()
+    result, logs = run_with(client)
+
+    assert time.monotonic() - started < 30
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "DagsterExecutionInterruptedError" in str(failure.step_failure_data.error)
+    forwarded = [line for line in logs if "run terminated while the function" in line]
+    if forward:
+        (marker,) = markers(gcs)
+        assert marker.endswith("/1/cancel") and marker.startswith("dagster-pipes/")
+        assert json.loads(gcs.objects[BUCKET][marker])["run_id"] == result.run_id
+        assert forwarded == [
+            "[pipes] run terminated while the function was working: asked the function to "
+            f"cancel (gs://{BUCKET}/{marker})"
+        ]
+    else:
+        assert markers(gcs) == [] and forwarded == []
