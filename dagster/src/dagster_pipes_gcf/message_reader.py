@@ -64,6 +64,10 @@ RESULT_METHODS = frozenset(
 # How long stopping the background poller may block the step (a terminated run must end fast).
 STOP_JOIN_TIMEOUT_S = 1.0
 _CHUNK_NAME = re.compile(r"/?(\d+)\.json$")
+_PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+# The function accepts key prefixes up to 512 characters; the reader's prefix leaves room for
+# "/<32 hex session>/<attempt>".
+MAX_READER_PREFIX = 512 - 1 - 32 - 1 - 6
 
 
 @dataclass(frozen=True)
@@ -451,6 +455,21 @@ class _Poller:
             self._stop.wait(interval)
 
 
+def validated_prefix(prefix: str) -> str:
+    """``prefix`` without outer slashes, if the function accepts it as the start of a key
+    prefix (segments of ``[A-Za-z0-9._-]``, not ``.`` or ``..``; room for session and attempt)."""
+    stripped = prefix.strip("/")
+    segments = stripped.split("/") if stripped else []
+    if len(stripped) > MAX_READER_PREFIX or not all(
+        _PREFIX_SEGMENT.fullmatch(segment) and segment not in (".", "..") for segment in segments
+    ):
+        raise ValueError(
+            f"Pipes message prefix {prefix!r} must be at most {MAX_READER_PREFIX} characters "
+            "of '/'-separated segments of letters, digits, '.', '_' or '-' (not '.' or '..')"
+        )
+    return stripped
+
+
 class PipesCloudStorageMessageReader(PipesMessageReader):
     """Reads Pipes messages that the Cloud Function writes to a GCS bucket.
 
@@ -481,7 +500,7 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         impersonate_service_account: str | None = None,
     ):
         self.bucket = bucket
-        self.prefix = prefix.strip("/")
+        self.prefix = validated_prefix(prefix)
         self.polling = polling or PollingPolicy()
         self.log_coalescing = log_coalescing
         self.impersonate_service_account = impersonate_service_account

@@ -369,3 +369,18 @@ def test_a_terminated_run_stops_within_two_seconds_on_a_slow_bucket(client: Fake
             interrupted = time.monotonic()
             raise KeyboardInterrupt
     assert time.monotonic() - interrupted < 2.0
+
+
+@pytest.mark.parametrize("prefix", ["a/../b", "a//b", "with space", "x" * 500, "a/./b", "é"])
+def test_a_prefix_the_function_would_refuse_is_refused_up_front(prefix: str) -> None:
+    with pytest.raises(ValueError, match="Pipes message prefix"):
+        PipesCloudStorageMessageReader(bucket=BUCKET, prefix=prefix)
+
+
+def test_a_custom_prefix_leads_each_session(client: FakeClient) -> None:
+    reader = PipesCloudStorageMessageReader(
+        bucket=BUCKET, client=client, prefix="/team-a/pipes.v1/", polling=FAST
+    )  # type: ignore[arg-type]
+    with reader.read_messages(RecordingHandler()) as params:  # type: ignore[arg-type]
+        assert re.fullmatch(r"team-a/pipes\.v1/[0-9a-f]{32}/1", params["key_prefix"])
+        put_chunk(client, params["key_prefix"], 1, message("closed"))
