@@ -115,6 +115,11 @@ resource "google_artifact_registry_repository_iam_member" "build_writer" {
 # provider's own cloudfunctions2 builder example waits 60 s the same way.
 resource "time_sleep" "build_grants_propagation" {
   create_duration = "60s"
+  # A re-made grant waits again before the function is next updated.
+  triggers = {
+    run_builder       = google_project_iam_member.build_run_builder.id
+    artifact_registry = google_artifact_registry_repository_iam_member.build_writer.id
+  }
 
   depends_on = [
     google_project_iam_member.build_run_builder,
