@@ -96,7 +96,8 @@ class RequestTrace:
             entry[TRACE_KEY] = (
                 f"projects/{project}/traces/{self.trace_id}" if project else self.trace_id
             )
-            entry[SPAN_KEY] = self.span_id
+            if self.span_id:
+                entry[SPAN_KEY] = self.span_id
             entry[SAMPLED_KEY] = self.sampled
         if self.labels:
             entry[LABELS_KEY] = dict(self.labels)
@@ -114,11 +115,13 @@ def _parse_traceparent(value: str) -> tuple[str, str, bool] | None:
     return match["trace"], match["span"], bool(int(match["flags"], 16) & 1)
 
 
-def _parse_cloud_trace(value: str) -> tuple[str, str, bool] | None:
+def _parse_cloud_trace(value: str) -> tuple[str, str | None, bool] | None:
     match = _CLOUD_TRACE.fullmatch(value.strip()) if len(value) <= 128 else None
     if match is None or match["trace"].lower() == _ZERO_TRACE:
         return None
-    span = int(match["span"] or 0)
+    if match["span"] is None:  # the span is optional in this format
+        return match["trace"].lower(), None, match["o"] == "1"
+    span = int(match["span"])
     if not 0 < span < 2**64:
         return None
     return match["trace"].lower(), f"{span:016x}", match["o"] == "1"

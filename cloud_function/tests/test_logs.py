@@ -50,6 +50,9 @@ def test_the_cloud_trace_header_is_the_fallback_with_a_decimal_span() -> None:
         {"traceparent": TRACEPARENT, "X-Cloud-Trace-Context": f"{'1' * 32}/5;o=1"}
     )
     assert both.trace_id == TRACE, "traceparent wins"
+    without_span = RequestTrace.from_headers({"X-Cloud-Trace-Context": TRACE})
+    assert (without_span.trace_id, without_span.span_id) == (TRACE, None)
+    assert SPAN_KEY not in without_span.fields("p")
 
 
 @pytest.mark.parametrize(
