@@ -368,7 +368,8 @@ def check_provider_pins(tf: Terraform) -> Problems:
 
 
 def check_function_env(tf: Terraform, expected: Sequence[str]) -> Problems:
-    """The function gets exactly the variables it reads; THREADS equals its concurrency."""
+    """The function gets exactly the variables it reads; THREADS is its concurrency,
+    PIPES_BUCKET the bucket Dagster reads, GOOGLE_CLOUD_PROJECT the deployed project."""
     env = function_env(tf)
     problems = [
         f"function reads {name} but Terraform does not set it"
