@@ -401,6 +401,10 @@ class PipesAttemptStreams:
 
     def record_background_error(self, exc: BaseException) -> None:
         """Report an error of the background poller in the run (once per kind of error)."""
+        report = getattr(self.handler, "report_pipes_framework_exception", None)
+        if report is not None and self.background_error is None and self.handler_error is None:
+            # The structured error (an engine event), as Dagster's threaded readers report it.
+            report(f"{type(self).__name__} background reader", (type(exc), exc, exc.__traceback__))
         if isinstance(exc, PipesHandlerError):
             if self.handler_error is None:
                 self.handler_error = exc

@@ -7,12 +7,18 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+import dagster as dg
 import pytest
 from dagster._core.errors import DagsterPipesExecutionError
 from dagster_pipes import PipesGCSMessageWriter
 from google.api_core import exceptions as gexc
 
-from dagster_pipes_gcf import LogCoalescing, PipesCloudStorageMessageReader, PollingPolicy
+from dagster_pipes_gcf import (
+    LogCoalescing,
+    PipesCloudFunctionEventContextInjector,
+    PipesCloudStorageMessageReader,
+    PollingPolicy,
+)
 from dagster_pipes_gcf.message_reader import PipesHandlerError, coalesce_logs
 from devstack.fake_gcs import FakeClient, always_fail, fail_first
 
@@ -384,3 +390,33 @@ def test_a_custom_prefix_leads_each_session(client: FakeClient) -> None:
     with reader.read_messages(RecordingHandler()) as params:  # type: ignore[arg-type]
         assert re.fullmatch(r"team-a/pipes\.v1/[0-9a-f]{32}/1", params["key_prefix"])
         put_chunk(client, params["key_prefix"], 1, message("closed"))
+
+
+def test_with_dagsters_handler_a_bad_message_is_reported_and_fails_the_step_at_the_end(
+    client: FakeClient,
+) -> None:
+    reader = reader_for(client)
+
+    @dg.asset
+    def bad_message(context: dg.AssetExecutionContext) -> dg.MaterializeResult[None]:
+        with dg.open_pipes_session(
+            context=context,
+            context_injector=PipesCloudFunctionEventContextInjector(),
+            message_reader=reader,
+        ) as session:
+            put_chunk(client, session.message_reader_params["key_prefix"], 1,
+                      message("opened"), message("no_such_method"),
+                      message("log", message="after the bad one", level="INFO"),
+                      message("closed"))  # fmt: skip
+        return dg.MaterializeResult()
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([bad_message], instance=instance, raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_failure_data.error is not None
+    assert "Unknown message method: no_such_method" in failure.step_failure_data.error.to_string()
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("fails after the call" in m for m in messages), "no warning in the run"
+    assert any("framework exception occurred" in m for m in messages)
+    assert sum("after the bad one" in m for m in messages) == 1
