@@ -1,11 +1,12 @@
 """The real people function whose first answer per invocation id is lost after it worked.
 
 The handler runs in full (Pipes logs, the Delta commit, the materialization, ``closed``);
-then the answer of the first request for each invocation id never reaches the caller:
+then the answer of the first request for each invocation id never reaches the caller, as the
+URL path says:
 
-- target ``drop_connection``: the connection is shut down instead of answering (as when an
+- ``/drop_connection``: the connection is shut down instead of answering (as when an
   instance dies or a proxy cuts the connection after the work was done);
-- target ``bare_500``: the platform-style bare ``500`` page replaces the function's answer.
+- ``/bare_500``: the platform-style bare ``500`` page replaces the function's answer.
 
 Each request is printed to the server's output (``CALL_LINE``) so a test can count them.
 """
@@ -33,19 +34,13 @@ def _first_request(request: flask.Request) -> bool:
 
 
 @functions_framework.http
-def drop_connection(request: flask.Request) -> tuple[object, int]:
+def main(request: flask.Request) -> tuple[object, int]:
     first = _first_request(request)
     answer = people_function.main(request)
-    if first:
+    if not first:
+        return answer
+    if request.path.strip("/") == "drop_connection":
         connection = request.environ["gunicorn.socket"]  # functions-framework serves gunicorn
         connection.shutdown(socket.SHUT_RDWR)
-    return answer
-
-
-@functions_framework.http
-def bare_500(request: flask.Request) -> tuple[object, int]:
-    first = _first_request(request)
-    answer = people_function.main(request)
-    if first:
-        return "<html><body>Internal Server Error</body></html>", 500
-    return answer
+        return answer  # never reaches the caller
+    return "<html><body>Internal Server Error</body></html>", 500

@@ -2,7 +2,6 @@
 messages, one Delta commit per invocation, and one invocation id per ``run()`` call."""
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,18 +32,19 @@ class Served:
         return self.log.read_text(errors="replace").count(CALL_LINE)
 
 
-@contextmanager
-def serve_answer_lost(stack: LocalStack, target: str, tmp_path: Path) -> Iterator[Served]:
-    """Serve ``answer_lost.py``'s ``target`` against the stack's emulator and lake."""
+@pytest.fixture(scope="module")
+def answer_lost(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """``answer_lost.py`` served against the stack's emulator and lake (one server for the
+    module: it loses the first answer of each invocation id, and every run has new ids)."""
     port = free_port()
-    served = Served(f"http://127.0.0.1:{port}", tmp_path / f"{target}.log")
+    served = Served(f"http://127.0.0.1:{port}", tmp_path_factory.mktemp("answer_lost") / "log")
     env = {
         "STORAGE_EMULATOR_HOST": stack.emulator_url,
         "PIPES_BUCKET": stack.pipes_bucket,
         "DATA_LAKE_URI": stack.data_lake_uri,
     }
-    command = function_command(port, source=ANSWER_LOST, target=target)
-    with running(target, command, port, env=env, log_path=served.log):
+    command = function_command(port, source=ANSWER_LOST)
+    with running("answer_lost", command, port, env=env, log_path=served.log):
         yield served
 
 
@@ -55,20 +55,20 @@ def data_commits(table: Path) -> list[int]:
 
 
 def run_with_lost_answer(
-    stack: LocalStack, target: str, tmp_path: Path, *, retry_ambiguous: bool
+    stack: LocalStack, served: Served, how: str, *, retry_ambiguous: bool
 ) -> tuple[PeopleRun, Path, int]:
-    """Materialize 9 rows against ``target``: the run, its table, and the calls served."""
+    """Materialize 9 rows, the first answer lost ``how``: the run, its table, calls served."""
     lake = fresh_lake(stack)
     policy = InvocationPolicy(attempts=3, initial_backoff=0.1, retry_ambiguous=retry_ambiguous)
-    with serve_answer_lost(stack, target, tmp_path) as served:
-        run = materialize_people(
-            stack,
-            num_rows=9,
-            client=pipes_client(stack, invocation=policy),
-            function_url=served.url,
-            data_lake_uri=str(lake),
-        )
-        return run, table_dir(stack, str(lake)), served.calls()
+    calls_before = served.calls()
+    run = materialize_people(
+        stack,
+        num_rows=9,
+        client=pipes_client(stack, invocation=policy),
+        function_url=f"{served.url}/{how}",
+        data_lake_uri=str(lake),
+    )
+    return run, table_dir(stack, str(lake)), served.calls() - calls_before
 
 
 LOST_ANSWERS = {
@@ -77,11 +77,11 @@ LOST_ANSWERS = {
 }
 
 
-@pytest.mark.parametrize("target", LOST_ANSWERS)
+@pytest.mark.parametrize("how", LOST_ANSWERS)
 def test_with_the_opt_in_a_lost_answer_is_retried_and_committed_once(
-    stack: LocalStack, tmp_path: Path, target: str
+    stack: LocalStack, answer_lost: Served, how: str
 ) -> None:
-    run, table, calls = run_with_lost_answer(stack, target, tmp_path, retry_ambiguous=True)
+    run, table, calls = run_with_lost_answer(stack, answer_lost, how, retry_ambiguous=True)
 
     assert run.success, run.failure_message()
     assert calls == 2
@@ -99,19 +99,19 @@ def test_with_the_opt_in_a_lost_answer_is_retried_and_committed_once(
     assert {"function_url", "invocation_id", "function_call_s"} <= set(metadata)
     assert not any({"function_url", "function_call_s"} & set(c.metadata) for c in checks)
     abandoned = [line for line in run.logs if "attempt 1 abandoned" in line]
-    assert len(abandoned) == 1 and LOST_ANSWERS[target] in abandoned[0], run.logs
+    assert len(abandoned) == 1 and LOST_ANSWERS[how] in abandoned[0], run.logs
     assert "following attempt 2 under" in abandoned[0] and abandoned[0].endswith("/2")
 
 
-@pytest.mark.parametrize("target", LOST_ANSWERS)
+@pytest.mark.parametrize("how", LOST_ANSWERS)
 def test_without_the_opt_in_a_lost_answer_fails_naming_the_ambiguity(
-    stack: LocalStack, tmp_path: Path, target: str
+    stack: LocalStack, answer_lost: Served, how: str
 ) -> None:
-    run, table, calls = run_with_lost_answer(stack, target, tmp_path, retry_ambiguous=False)
+    run, table, calls = run_with_lost_answer(stack, answer_lost, how, retry_ambiguous=False)
 
     assert not run.success
     message = run.failure_message()
-    assert "ambiguous outcome" in message and LOST_ANSWERS[target] in message
+    assert "ambiguous outcome" in message and LOST_ANSWERS[how] in message
     assert "InvocationPolicy(retry_ambiguous=True)" in message
     assert calls == 1
     assert len(data_commits(table)) == 1  # done once; the step says it cannot tell
