@@ -33,6 +33,7 @@ from dagster_pipes_gcf.invocation import (
     PayloadForAttempt,
 )
 from dagster_pipes_gcf.message_reader import PipesAttemptStreams, PipesCloudStorageMessageReader
+from dagster_pipes_gcf.partition_range import add_partition_range
 from dagster_pipes_gcf.tracing import CallTrace, FunctionLocation
 
 INVOCATION_ID_EXTRA = "invocation_id"
@@ -219,6 +220,7 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
             message_reader=self.message_reader,
             extras={**(extras or {}), INVOCATION_ID_EXTRA: invocation_id},
         ) as session:
+            add_partition_range(session.context_data, context)  # a range run's days
             attempts = self._attempt_streams(session)
             context.log.info(
                 f"[pipes] invoking Cloud Function {function_url} ({invocation_id}); "
