@@ -48,16 +48,24 @@ def _target(row: Row) -> str:
     return ("<= " if row.better == "lower" else ">= ") + _fmt(row.target, row.unit)
 
 
+def _versus(row: Row) -> str:
+    """How the value compares with the baseline, in words that carry the direction."""
+    if row.ratio is None:
+        return "-"
+    if row.ratio >= 1:
+        return f"{row.ratio:,.1f}x better"
+    return f"{1 / row.ratio:,.1f}x worse"
+
+
 def render(rows: Sequence[Row]) -> str:
-    # speed-up: how many times better than the baseline (below 1: slower than the baseline)
-    header = ("scenario", "metric", "value", "baseline", "speed-up", "target", "ok")
+    header = ("scenario", "metric", "value", "baseline", "vs baseline", "target", "ok")
     body = [
         (
             row.scenario,
             row.metric,
             _fmt(row.value, row.unit),
             f"{_fmt(row.baseline, row.unit)} {row.baseline_label}".strip(),
-            "-" if row.ratio is None else f"{row.ratio:.1f}x",
+            _versus(row),
             _target(row),
             {True: "yes", False: "NO", None: "-"}[row.met],
         )

@@ -14,7 +14,8 @@ import shutil
 import signal
 import sys
 import webbrowser
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from devstack.net import LOOPBACK, port_is_free, url_port
@@ -143,7 +144,42 @@ def run_stack(which: Sequence[str], dagster_port: int | None, open_browser: bool
     ready += [f"--{s.name}={s.url}" for s in services]
     ready += [f"--bucket={env['PIPES_BUCKET']}"]
     commands["ready"] = [*ready, *(["--open-browser"] if open_browser else [])]
-    return run_processes(commands, full_env, cwd=str(REPO_ROOT))
+    with terminal_foreground():
+        return run_processes(commands, full_env, cwd=str(REPO_ROOT))
+
+
+@contextmanager
+def terminal_foreground() -> Iterator[None]:
+    """Make the stack the terminal's foreground process group while it runs.
+
+    Ctrl-C then reaches the stack (which stops cleanly and exits 0) but not ``just`` above
+    it, which would otherwise end a clean shutdown with "error: interrupted by SIGINT".
+    Without a terminal (tests, CI) nothing changes.
+    """
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR)
+    except OSError:
+        yield
+        return
+    try:
+        previous = os.tcgetpgrp(tty)
+        if previous != os.getpgrp():  # not in the foreground (e.g. started with `&`)
+            yield
+            return
+        ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # tcsetpgrp from a background group
+        try:
+            os.setpgid(0, 0)
+            os.tcsetpgrp(tty, os.getpgrp())
+        except OSError:  # e.g. a session leader: Ctrl-C reaches `just` too, as before
+            pass
+        try:
+            yield
+        finally:
+            with suppress(OSError):
+                os.tcsetpgrp(tty, previous)
+            signal.signal(signal.SIGTTOU, ttou)
+    finally:
+        os.close(tty)
 
 
 def ready_checks(args: argparse.Namespace) -> list[Check]:

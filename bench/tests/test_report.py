@@ -27,8 +27,23 @@ def test_the_table_shows_missed_targets_and_rows_without_baseline() -> None:
             Row("info", "count", 1234.0, ""),
         ]
     ).splitlines()
-    assert table[0].split(" | ")[4].strip() == "speed-up"
+    assert table[0].split(" | ")[4].strip() == "vs baseline"
     fast, slow, info = (line.split(" | ") for line in table[2:])
-    assert [cell.strip() for cell in fast[2:]] == ["0.2 s", "8 s stock", "40.0x", "<= 0.5 s", "yes"]
+    assert [cell.strip() for cell in fast[2:]] == [
+        "0.2 s",
+        "8 s stock",
+        "40.0x better",
+        "<= 0.5 s",
+        "yes",
+    ]
     assert [cell.strip() for cell in slow[2:]] == ["1.5 s", "-", "-", "<= 1 s", "NO"]
     assert [cell.strip() for cell in info[2:]] == ["1,234", "-", "-", "-", "-"]
+
+
+def test_the_comparison_says_which_way_for_times_and_throughput() -> None:
+    slower = Row("o", "median", 0.016, "s", baseline=0.004, baseline_label="bare POST")
+    fewer = Row("g", "rows/s", 2.0, "", baseline=8.0, better="higher")
+    table = render([slower, fewer]).splitlines()
+    assert [line.split(" | ")[4].strip() for line in table[2:]] == ["4.0x worse", "4.0x worse"]
+    faster = Row("b", "s per day", 0.1, "s", baseline=5.0)
+    assert render([faster]).splitlines()[2].split(" | ")[4].strip() == "50.0x better"
