@@ -72,10 +72,13 @@ def derive_invocation_id(
     asset_keys: Sequence[str],
     partition: str,
     ordinal: int,
+    call_key: str | None = None,
 ) -> str:
-    """A UUID (matches ``[A-Za-z0-9][A-Za-z0-9._:-]{0,127}``) naming one call of one step."""
+    """A UUID (matches ``[A-Za-z0-9][A-Za-z0-9._:-]{0,127}``) naming one call of one step:
+    the ``ordinal``-th call, or the call named ``call_key`` when one is given."""
     assets = ",".join(sorted(asset_keys))
-    name = f"dagster://{run_id}/{step_key}/{assets}/{partition}/{ordinal}"
+    call = f"{ordinal}" if call_key is None else f"key={call_key}"
+    name = f"dagster://{run_id}/{step_key}/{assets}/{partition}/{call}"
     return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
 
 
@@ -107,8 +110,10 @@ class InvocationIds:
             ordinal = self._calls[key] = self._calls.get(key, 0) + 1
         return ordinal
 
-    def next_for(self, context: Context) -> str:
+    def next_for(self, context: Context, call_key: str | None = None) -> str:
         """The id of the call about to be made from ``context``'s step."""
+        if call_key is not None and not call_key:
+            raise ValueError("call_key must be a non-empty string (or None)")
         step_key = context.get_step_execution_context().step.key
         ordinal = self.next_ordinal(context.run_id, step_key, context.retry_number)
         return derive_invocation_id(
@@ -117,6 +122,7 @@ class InvocationIds:
             asset_keys=[key.to_user_string() for key in context.selected_asset_keys],
             partition=partition_of(context),
             ordinal=ordinal,
+            call_key=call_key,
         )
 
 
@@ -154,7 +160,9 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
     Invocation id (header ``X-Dagster-Invocation-Id``, Pipes extra ``invocation_id``): one id
     per ``run()`` call, the same for every HTTP retry of that call and for Dagster's step
     retries, derived from the run, step key, selected asset keys, partition (or range) and
-    the call's ordinal within the step (1st, 2nd, ... ``run()`` call). A from-failure
+    the call's ordinal within the step (1st, 2nd, ... ``run()`` call), so the n-th call must
+    mean the same work on every try; a step whose calls vary between tries (e.g. it skips
+    batches already done) names each call with ``call_key`` instead. A from-failure
     re-execution uses the run it resumes (its parent chain), so work that run committed is
     recognised and not done again; a full re-execution is new work with new ids.
 
@@ -198,15 +206,19 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
         event: Mapping[str, Any] | None = None,
         extras: PipesExtras | None = None,
         timeout: float | None = None,
+        call_key: str | None = None,
     ) -> PipesCloudFunctionCompletedInvocation:
         """Invoke the function at ``function_url`` with ``event`` and wait for it to finish.
+
+        ``call_key`` names this call within the step in place of its ordinal (see the class
+        docstring); ``timeout`` overrides the policy's per-attempt timeout.
 
         Raises:
             CloudFunctionError: the call failed (non-2xx, unreachable, timed out, or an
                 ambiguous outcome the policy does not retry); the message names the cause.
             DagsterPipesExecutionError: the function's messages ended without ``closed``.
         """
-        invocation_id = self.invocation_ids.next_for(context)
+        invocation_id = self.invocation_ids.next_for(context, call_key)
         trace = CallTrace.start(
             function_url,
             run_id=context.run_id,

@@ -132,6 +132,13 @@ def test_ids_differ_by_partition_and_match_the_contract_pattern() -> None:
     assert day == derive_invocation_id(partition="2024-01-01", **base)  # type: ignore[arg-type]
 
 
+def test_a_call_key_names_the_call_in_place_of_its_ordinal() -> None:
+    base = {"run_id": "r", "step_key": "s", "asset_keys": ["a"], "partition": ""}
+    batch_3 = derive_invocation_id(ordinal=3, call_key="batch-3", **base)  # type: ignore[arg-type]
+    assert batch_3 == derive_invocation_id(ordinal=1, call_key="batch-3", **base)  # type: ignore[arg-type]
+    assert batch_3 != derive_invocation_id(ordinal=3, **base)  # type: ignore[arg-type]
+
+
 def test_partition_of_names_a_key_a_range_or_nothing() -> None:
     assert partition_of(dg.build_asset_context(partition_key="2024-01-03")) == "2024-01-03"
     week = dg.PartitionKeyRange("2024-01-01", "2024-01-07")
