@@ -27,7 +27,7 @@ from faker import Faker
 
 COLUMNS = ("id", "name", "address", "email", "phone", "created_at")
 EVENT_WINDOW = dt.timedelta(days=365)
-CHUNK_ROWS = 250_000  # rows assembled at once: bounds the memory of the sampled parts
+CHUNK_ROWS = 125_000  # rows assembled at once: bounds the memory of the sampled parts
 VOCABULARY_SEED = 20240526
 _NOT_EMAIL_SAFE = re.compile(r"[^a-z]")
 

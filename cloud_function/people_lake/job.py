@@ -49,7 +49,7 @@ from people_lake.window import DayWindow
 logger = logging.getLogger(__name__)
 
 
-BATCH_ROWS = 250_000  # rows handed to the Delta writer at once (days are packed together)
+BATCH_ROWS = 125_000  # rows handed to the Delta writer at once (days are packed together)
 READ_BACK_BATCH_ROWS = 250_000
 
 
