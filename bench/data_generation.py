@@ -1,10 +1,15 @@
 """Fake-data benchmark: the people function's generator and Delta write at 1,000,000 rows.
 
-Targets (issue 4): 1M rows generated in <= 1 s and written to a local Delta table in <= 3 s,
+Targets: 1M rows generated in <= 1 s and written to a local Delta table in <= 3 s,
 >= 100x faster than a plain Faker per-row loop (measured in the same run on a sample and
 extrapolated), peak memory < 1 GiB. Generation and write run in fresh processes (cold: the
 Faker vocabularies are built inside the timing; peak RSS is that process's own), best of
 ``RUNS``; the warm figure is a second generation in the same process.
+
+Peak memory of one request at the row limit (5,000,000 rows; target <= 700 MiB, the figure
+the Terraform memory default is sized from): the whole request through the function's
+handler (validation, batched generation, checks, one Delta commit, metadata, Pipes
+messages) in a fresh process, for one unpartitioned write and for 366 days of a range.
 """
 
 import json
@@ -75,6 +80,88 @@ def child(table_dir: str) -> dict[str, float]:
     }
 
 
+LIMIT_ROWS = 5_000_000
+PEAK_TARGET_MIB = 700.0
+RANGE_DAYS = 366
+
+
+def request_child(lake: str, rows_per_day: int, days: int) -> dict[str, float]:
+    """One request of ``rows_per_day`` x ``days`` through the function's handler, in-process.
+
+    Pipes messages go to the in-memory GCS stand-in (a few kilobytes); the lake is local.
+    """
+    import datetime as dt
+    import os
+
+    import flask
+    from dagster_pipes import (
+        DAGSTER_PIPES_CONTEXT_ENV_VAR,
+        DAGSTER_PIPES_MESSAGES_ENV_VAR,
+        encode_param,
+    )
+
+    from devstack.fake_gcs import FakeClient
+    from gcf_pipes import handle_pipes_request
+    from people_lake.job import write_people
+
+    os.environ.update({"DATA_LAKE_URI": lake, "ALLOWED_DATA_LAKE_ROOTS": lake})
+    os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    first = dt.date(2024, 1, 1)
+    last = first + dt.timedelta(days=days - 1)
+    key_range = {"start": first.isoformat(), "end": last.isoformat()} if days > 1 else None
+    window = (
+        {"start": f"{first}T00:00:00+00:00", "end": f"{last + dt.timedelta(days=1)}T00:00:00+00:00"}
+        if key_range
+        else None
+    )
+    asset = "daily_people" if key_range else "people"
+    context = {
+        "asset_keys": [asset], "code_version_by_asset_key": {asset: None},
+        "provenance_by_asset_key": {asset: None}, "partition_key": None,
+        "partition_key_range": key_range, "partition_time_window": window, "run_id": "bench",
+        "job_name": "bench", "retry_number": 0, "extras": {"invocation_id": "bench-peak"},
+    }  # fmt: skip
+    body = {
+        "num_rows": rows_per_day,
+        "seed": 1,
+        DAGSTER_PIPES_CONTEXT_ENV_VAR: encode_param({"data": context}),
+        DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param({"bucket": "pipes", "key_prefix": "b/1"}),
+    }
+    gcs = FakeClient()
+    gcs.create_bucket("pipes")
+    started = time.perf_counter()
+    with flask.Flask(__name__).test_request_context("/", method="POST", json=body):
+        response, status = handle_pipes_request(
+            flask.request, write_people, storage_client=gcs, pipes_bucket="pipes"
+        )
+    elapsed = time.perf_counter() - started
+    result = json.loads(response.get_data())
+    assert status == 200, result
+    assert result["result"]["rows_written"] == rows_per_day * days, result
+    return {
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "request_s": elapsed,
+    }
+
+
+def _run_child(*args: str) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.data_generation", *args],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,  # the result; a failure's traceback goes to our stderr
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _request_peak(rows_per_day: int, days: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="bench-request-") as tmp:
+        return _run_child("--request", tmp, str(rows_per_day), str(days))
+
+
 def _measure_in_fresh_process() -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-people-") as tmp:
         done = subprocess.run(
@@ -99,6 +186,8 @@ def run() -> list[Row]:
 
     generate_s = best("generate_s")
     label = f"Faker loop ({faker_rate:,.0f} rows/s x 1M)"
+    one_write = _request_peak(LIMIT_ROWS, 1)
+    year = _request_peak(LIMIT_ROWS // RANGE_DAYS, RANGE_DAYS)  # just under the limit
     return [
         Row(SCENARIO, "generate 1M rows, fresh process", generate_s, "s", faker_s, label, 1.0),
         Row(SCENARIO, "generate 1M rows, warm", best("warm_generate_s"), "s", faker_s, label),
@@ -120,6 +209,21 @@ def run() -> list[Row]:
         ),
         Row(
             SCENARIO,
+            "peak memory, 5,000,000 rows (one request)",
+            one_write["peak_mib"],
+            "MiB",
+            target=PEAK_TARGET_MIB,
+        ),
+        Row(
+            SCENARIO,
+            f"peak memory, 5,000,000 rows in {RANGE_DAYS} days (one request)",
+            year["peak_mib"],
+            "MiB",
+            target=PEAK_TARGET_MIB,
+        ),
+        Row(SCENARIO, "request of 5,000,000 rows, wall time", one_write["request_s"], "s"),
+        Row(
+            SCENARIO,
             f"generate 1M rows, median of {RUNS}",
             statistics.median(r["generate_s"] for r in runs),
             "s",
@@ -128,7 +232,10 @@ def run() -> list[Row]:
 
 
 def _main(argv: list[str]) -> None:
-    outcome: dict[str, Any] = child(argv[0])
+    if argv[0] == "--request":
+        outcome: dict[str, Any] = request_child(argv[1], int(argv[2]), int(argv[3]))
+    else:
+        outcome = child(argv[0])
     print(json.dumps(outcome))
 
 
