@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from devstack.dagster_dev import prepare_home
 from devstack.net import LOOPBACK, free_port
 from devstack.services import REPO_ROOT, dagster_command, running
 from devstack.stack import local_stack
@@ -25,6 +26,7 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 PIPES_BUCKET = "dagster-pipes-ui-test"
+FUNCTION_THREADS = 4  # the function's request threads, and so the pool limit
 
 
 @dataclass(frozen=True)
@@ -49,10 +51,11 @@ def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
     """devstack's local stack (emulator + function) plus ``dagster dev`` on a free port."""
     work = tmp_path_factory.mktemp("ui-stack")
     home = work / "dagster_home"
-    home.mkdir()
-    # No first-run "join the community" modal over the page, no telemetry from CI.
-    (home / "dagster.yaml").write_text("nux:\n  enabled: false\ntelemetry:\n  enabled: false\n")
-    with local_stack(work, pipes_bucket=PIPES_BUCKET, function_env={"THREADS": "4"}) as stack:
+    # `just dd`'s instance config (pool, run queue), without the first-run "join the
+    # community" modal over the page and without telemetry from CI.
+    prepare_home(home, FUNCTION_THREADS, quiet=True)
+    function_env = {"THREADS": str(FUNCTION_THREADS)}
+    with local_stack(work, pipes_bucket=PIPES_BUCKET, function_env=function_env) as stack:
         dagster_port = free_port()
         env = {
             "STORAGE_EMULATOR_HOST": stack.emulator_url,
@@ -60,6 +63,7 @@ def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
             "PIPES_BUCKET": PIPES_BUCKET,
             "DATA_LAKE_URI": stack.data_lake_uri,
             "DAGSTER_HOME": str(home),
+            "PEOPLE_FUNCTION_POOL_LIMIT": str(FUNCTION_THREADS),
         }
         command = dagster_command(dagster_port)
         log_path = work / "dagster.log"

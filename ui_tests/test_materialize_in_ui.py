@@ -8,13 +8,15 @@ import deltalake  # noqa: F401 - before polars
 import polars as pl
 from playwright.sync_api import Locator, Page, expect
 
+from bench.dagster_graphql import DagsterApi
+from gcf_demo.defs.assets import DEFAULT_ROWS
 from ui_tests.conftest import ARTIFACTS, UiStack
 
 ASSET = "cloud_function_pipes_asset"
 RUN_TIMEOUT_MS = 120_000
 RUN_SCREENSHOT = ARTIFACTS / "ui-run.png"
 ASSET_SCREENSHOT = ARTIFACTS / "ui-asset.png"
-ROWS = 1000  # the asset's default num_rows; the session's lake starts empty
+ROWS = DEFAULT_ROWS  # the asset's default num_rows; the session's lake starts empty
 # Scroll the element's nearest scrollable ancestor so that the element is at its top.
 SCROLL_TO_TOP = """(element) => {
   let box = element.parentElement;
@@ -76,6 +78,22 @@ def scroll_log_to(page: Page, text: str) -> None:
     page.get_by_text(text).evaluate(SCROLL_TO_TOP)
 
 
+RUN_LOGS = """
+query Logs($runId: ID!) {
+  logsForRun(runId: $runId) {
+    ... on EventConnection { events { ... on MessageEvent { message } } }
+  }
+}"""
+
+
+def run_messages(stack: UiStack, run_id: str) -> list[str]:
+    """The run's event log messages, in order (the webserver's GraphQL API)."""
+    data = DagsterApi(stack.dagster_url, stack.log_dir / "dagster.log", stack.log_dir).query(
+        RUN_LOGS, runId=run_id
+    )
+    return [event.get("message", "") for event in data["logsForRun"]["events"]]
+
+
 def test_materialize_in_the_ui(ui_stack: UiStack, page: Page) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     run_path = launch_run(page, ui_stack)
@@ -94,6 +112,14 @@ def test_materialize_in_the_ui(ui_stack: UiStack, page: Page) -> None:
     expect(
         page.get_by_text(re.compile(rf"people function \S+: writing {ROWS} rows to {table}$"))
     ).to_be_visible()
+    show_events(page, "streamed to Delta")
+    first_batch = re.compile(r"^batch 1: \d+ of \d+ rows streamed to Delta$")
+    expect(page.get_by_text(first_batch)).to_be_visible()
+    # Streaming: at the default row count the function's batch lines reach the run before
+    # the client sees the function's answer (the event log's order).
+    messages = run_messages(ui_stack, run_path.rsplit("/", 1)[1])
+    answered = next(i for i, m in enumerate(messages) if "Cloud Function answered HTTP 200" in m)
+    assert any(m.startswith("batch 1: ") for m in messages[:answered]), messages
     show_events(page, f"Delta table {table}")
     delta_line = page.get_by_text(re.compile(rf"^Delta table {table} is at version \d+$"))
     expect(delta_line).to_be_visible()
