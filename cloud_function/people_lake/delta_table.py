@@ -73,8 +73,6 @@ ARROW_BATCH_ROWS = 16_384
 # once per commit attempt, since a retried commit writes its data again).
 Rows = pl.DataFrame | Callable[[], Iterable[pl.DataFrame]]
 
-__all__ = ["PARTITION_COLUMN", "DayWindow"]
-
 
 @dataclass(frozen=True)
 class TableWrite:
@@ -277,9 +275,9 @@ def write_people_table(
         stream = _arrow_stream(rows)
         if window is not None and PARTITION_COLUMN not in stream.schema.names:
             raise ValueError(f"partitioned writes need the {PARTITION_COLUMN!r} column")
-        snapshot = open_table(table) or create_table(
-            table, stream.schema, partitioned=window is not None
-        )
+        snapshot = open_table(table)
+        if snapshot is None:  # created empty first, so that the data commit below is checked
+            snapshot = create_table(table, stream.schema, partitioned=window is not None)
         if invocation_id and (done := _committed(snapshot, table, invocation_id)):
             logger.info("invocation %s already committed version %d", marker, done.version)
             return done
