@@ -11,8 +11,9 @@ import pytest
 from dagster_pipes import PipesContext
 
 from gcf_pipes import RequestError
+from people_lake import checks as checks_module
 from people_lake import fake_people
-from people_lake.checks import EMAIL_PATTERN
+from people_lake.checks import EMAIL_PATTERN, DataChecks, ids_with_hashes
 from people_lake.fake_people import COLUMNS, generate_people, people_batches
 from people_lake.request import (
     MAX_NUM_ROWS,
@@ -21,6 +22,7 @@ from people_lake.request import (
     parse_partition_window,
     parse_people_request,
 )
+from people_lake.settings import MAX_ROWS_PER_REQUEST_VAR, FunctionSettings
 from people_lake.window import MAX_RANGE_DAYS, DayWindow
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -253,3 +255,46 @@ def test_invocation_ids_are_validated() -> None:
         with pytest.raises(RequestError) as raised:
             parse_invocation_id(pipes(extras={"invocation_id": bad}))
         assert raised.value.field == "invocation_id"
+
+
+def test_checks_fed_in_batches_find_duplicates_across_batches_and_nulls() -> None:
+    people = generate_people(300, seed=8)
+    repeated = people.head(4).with_columns(pl.Series("email", ["x"] * 4))
+    nulls = people.head(2).with_columns(pl.lit(None, dtype=pl.String).alias("id"))
+    everything = pl.concat([people, repeated, nulls])
+    checks = DataChecks()
+    for batch in (people, repeated, nulls):
+        checks.add(batch)
+
+    ids, emails = checks.outcomes(lambda hashes: ids_with_hashes(everything["id"], hashes))
+
+    assert (ids.passed, ids.metadata) == (False, {"null_ids": 2, "duplicate_ids": 4})
+    assert emails.metadata["invalid_emails"] == 4 and emails.metadata["examples"].count("'x'") == 4
+    assert checks.rows == 306
+
+
+def test_equal_hashes_of_different_ids_are_not_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hashes only narrow the search: colliding ids are compared exactly."""
+    people = generate_people(50, seed=9)
+    constant = pl.Series([7] * 50, dtype=pl.UInt64)
+    monkeypatch.setattr(checks_module, "id_hashes", lambda ids: constant)
+    checks = DataChecks()
+    checks.add(people)
+    looked_up: list[pl.Series] = []
+
+    def lookup(hashes: pl.Series) -> pl.Series:
+        looked_up.append(hashes)
+        return people["id"]  # every id has the colliding hash
+
+    ids, _ = checks.outcomes(lookup)
+
+    assert looked_up[0].to_list() == [7]
+    assert ids.passed and ids.metadata["duplicate_ids"] == 0
+
+
+def test_the_row_limit_comes_from_the_environment() -> None:
+    assert FunctionSettings.from_env({}).max_rows_per_request == 5_000_000
+    assert FunctionSettings.from_env({MAX_ROWS_PER_REQUEST_VAR: " 70 "}).max_rows_per_request == 70
+    for bad in ("0", "-1", "1e6", "many"):
+        with pytest.raises(ValueError, match=MAX_ROWS_PER_REQUEST_VAR):
+            FunctionSettings.from_env({MAX_ROWS_PER_REQUEST_VAR: bad})
