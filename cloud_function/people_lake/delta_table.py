@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 APP_ID_PREFIX = "dagster-pipes-gcf/"
 TXN_VERSION = 1  # one txn per invocation: "done" is version 1
 COMMIT_ATTEMPTS = 6
+# Times delta-rs rebases a commit over concurrent ones it does not conflict with (appends,
+# other days) before giving up; more than the racers one instance group sends at once.
+COMMIT_REBASES = 50
 # Keep the recorded txn ids a month (retries come within minutes), not forever.
 TABLE_CONFIGURATION: Mapping[str, str | None] = {
     "delta.setTransactionRetentionDuration": "interval 30 days"
@@ -227,7 +230,7 @@ def _commit_once(
     commit made since that snapshot.
     """
     options: dict[str, Any] = {
-        "commit_properties": CommitProperties(**commit),
+        "commit_properties": CommitProperties(**commit, max_commit_retries=COMMIT_REBASES),
         **_writer_options(window.days if window else 1),
     }
     if window is None:
