@@ -13,6 +13,7 @@ from dagster_pipes_gcf import PollingPolicy
 from devstack.net import free_port
 from devstack.services import REPO_ROOT, running
 from devstack.stack import LocalStack
+from gcf_demo.defs.assets import DEFAULT_ROWS
 
 from .conftest import fresh_lake, materialize_people, pipes_client, table_dir
 
@@ -99,5 +100,5 @@ def test_the_code_location_materializes_from_the_cli_with_env_config(
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output[-4000:]
     assert "RUN_SUCCESS" in output
-    assert "writing 1000 rows" in output
-    assert pl.read_delta(str(lake / "cloud_function_pipes_asset")).height == 1000
+    assert f"writing {DEFAULT_ROWS} rows" in output  # the asset's default config
+    assert pl.read_delta(str(lake / "cloud_function_pipes_asset")).height == DEFAULT_ROWS
