@@ -266,3 +266,19 @@ def test_a_stream_that_fails_midway_commits_nothing(tmp_path: Path) -> None:
 
     assert len(data_commits(table.uri)) == 1 and pl.read_delta(table.uri).height == 2
     assert previous_write(table, "broken") is None
+
+
+def test_the_arrow_stream_makes_batches_only_as_they_are_read() -> None:
+    """What bounds memory: delta-rs pulls the batches one by one, none is made ahead."""
+    made: list[int] = []
+
+    def batches() -> Iterator[pl.DataFrame]:
+        for i in range(50):
+            made.append(i)
+            yield people(10, seed=i)
+
+    stream = delta_table._arrow_stream(batches)
+    assert made == [0]  # the first batch gives the schema
+    stream.read_next_batch()
+    stream.read_next_batch()
+    assert made == [0, 1]
