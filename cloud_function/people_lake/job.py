@@ -248,8 +248,9 @@ def _materialization_metadata(plan: Plan, outcome: _Outcome) -> dict[str, PipesM
             "days": {"raw_value": plan.window.days, "type": "int"},
             "rows_per_day": {"raw_value": plan.request.num_rows, "type": "int"},
         }
-    if plan.window is not None and plan.window.days == 1:
-        metadata["dagster/partition_row_count"] = {"raw_value": written.rows_written, "type": "int"}
+    if plan.window is not None:  # Dagster records the materialization for each day of a range
+        per_day = written.rows_written // plan.window.days
+        metadata["dagster/partition_row_count"] = {"raw_value": per_day, "type": "int"}
     return metadata
 
 

@@ -234,7 +234,7 @@ def test_a_range_of_days_is_one_commit_with_the_rows_of_each_day(
     meta = {key: value["raw_value"] for key, value in materialization["metadata"].items()}
     assert meta["partition_window"] == "2024-03-01..2024-03-07"
     assert (meta["days"], meta["rows_per_day"], meta["rows_written"]) == (7, 10, 70)
-    assert meta["dagster/row_count"] == 76 and "dagster/partition_row_count" not in meta
+    assert meta["dagster/row_count"] == 76 and meta["dagster/partition_row_count"] == 10
     checks = {c["check_name"]: c for c in of(gcs, "report_asset_check", "t/2")}
     assert all(check["passed"] for check in checks.values()), checks
     assert checks[ROW_COUNT_CHECK]["metadata"]["requested_rows"]["raw_value"] == 70
