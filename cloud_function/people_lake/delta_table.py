@@ -114,7 +114,10 @@ def create_table(table: TableRef, schema: Schema, *, partitioned: bool) -> Delta
     """Create the table empty, or open it when it exists (also when a racing creator won).
 
     Creation never retries its commit: delta-rs would otherwise rebase a losing creation
-    onto the winner's table as a second commit.
+    onto the winner's table as a second commit. One winner per version relies on the store's
+    create-if-absent put of the log entry (a rename locally, a generation precondition on
+    GCS); the local tests prove it on directories only, since delta-rs cannot write gs://
+    tables to the local GCS emulator (its uploads are refused there).
     """
     if table.is_local:
         Path(table.uri).mkdir(parents=True, exist_ok=True)
