@@ -143,3 +143,14 @@ def test_devstack_registers_the_pool_of_the_function_assets() -> None:
     assert POOL == PEOPLE_FUNCTION_POOL
     for asset in (cloud_function_pipes_asset, daily_people):
         assert asset.op.pool == POOL
+
+
+def test_a_backfill_run_never_asks_the_function_for_more_than_it_accepts() -> None:
+    from gcf_demo.defs.assets import DEFAULT_ROWS_PER_DAY, MAX_DAYS_PER_RUN, daily_people
+    from people_lake.settings import DEFAULT_MAX_ROWS_PER_REQUEST
+    from people_lake.window import MAX_RANGE_DAYS
+
+    assert daily_people.backfill_policy is not None
+    assert daily_people.backfill_policy.max_partitions_per_run == MAX_DAYS_PER_RUN
+    assert MAX_DAYS_PER_RUN == MAX_RANGE_DAYS
+    assert MAX_DAYS_PER_RUN * DEFAULT_ROWS_PER_DAY <= DEFAULT_MAX_ROWS_PER_REQUEST
