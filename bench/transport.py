@@ -44,7 +44,19 @@ from devstack.stack import local_stack
 
 STREAMER = Path(__file__).parent / "functions" / "streamer.py"
 BUCKET = "bench-pipes"
-BARE_CONTEXT = {"asset_keys": ["bench"], "run_id": "bare", "extras": {}}
+# Every key Dagster's context data has (the function accepts nothing less).
+BARE_CONTEXT = {
+    "asset_keys": ["bench"],
+    "code_version_by_asset_key": None,
+    "provenance_by_asset_key": None,
+    "partition_key": None,
+    "partition_key_range": None,
+    "partition_time_window": None,
+    "run_id": "bare",
+    "job_name": None,
+    "retry_number": 0,
+    "extras": {},
+}
 
 
 @dataclass
