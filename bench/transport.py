@@ -45,7 +45,7 @@ from devstack.stack import local_stack
 STREAMER = Path(__file__).parent / "functions" / "streamer.py"
 BUCKET = "bench-pipes"
 # Every key Dagster's context data has (the function accepts nothing less).
-BARE_CONTEXT = {
+BARE_CONTEXT: dict[str, Any] = {
     "asset_keys": ["bench"],
     "code_version_by_asset_key": None,
     "provenance_by_asset_key": None,
