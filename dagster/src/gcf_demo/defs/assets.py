@@ -30,7 +30,7 @@ DAILY_PARTITIONS = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_off
 MAX_DAYS_PER_RUN = 366
 PEOPLE_FUNCTION_POOL = "people_function"
 # Defaults: enough rows that the function works for a second or two in several batches (one
-# log line per 250,000 rows, people_lake.job.BATCH_ROWS), so its lines stream in before it
+# log line per 125,000 rows, people_lake.job.BATCH_ROWS), so its lines stream in before it
 # answers; per day, few enough that a year (366 x rows per day) is one quick call.
 DEFAULT_ROWS = 1_000_000
 DEFAULT_ROWS_PER_DAY = 1_000
