@@ -95,6 +95,7 @@ class Cancellation:
         self._warned = False
         self.looks = 0
         self.interrupted = False  # raise_if_cancelled raised: the job stopped on it
+        self._stop_error: Exception | None = None  # the request must stop, not cancelled
         # Also told about a failed look (the request's Pipes log, so Dagster shows it).
         self.warn: Callable[[str], None] = lambda message: None
 
@@ -139,9 +140,18 @@ class Cancellation:
             logger.warning("cancelled by the orchestrator (%s)", self.location)
         return True
 
+    def stop_with(self, error: Exception) -> None:
+        """Make every later check raise ``error``: the request's outcome can no longer reach
+        Dagster (its Pipes messages could not be delivered), so committing would be a success
+        nobody sees. Set by the message writer; not a cancellation (no 409)."""
+        self._stop_error = error
+
     def raise_if_cancelled(self, *, fresh: bool = False) -> None:
         """Raise :class:`RequestCancelled` when cancelled; ``fresh``: look at the marker now
-        instead of trusting the last look (for the check right before a commit)."""
+        instead of trusting the last look (for the check right before a commit). Raises the
+        error given to :meth:`stop_with` first, when there is one."""
+        if self._stop_error is not None:
+            raise self._stop_error
         if fresh:
             self.look()
         if self._event.is_set():
@@ -160,6 +170,8 @@ class Cancellation:
         except Exception as exc:
             if self.interrupted:
                 raise self._error() from exc
+            if self._stop_error is not None and exc is not self._stop_error:
+                raise self._stop_error from exc
             raise
 
     def _error(self) -> RequestCancelled:

@@ -133,15 +133,24 @@ class PipesCloudStorageMessageWriterChannel(PipesMessageWriterChannel):
         try:
             self._upload_once(key, payload)
         except PipesMessageDeliveryError as exc:
-            self.delivery_error = exc
+            self._failed(exc)
             return
         except Exception as exc:  # noqa: BLE001 - reported through delivery_error
-            self.delivery_error = PipesMessageDeliveryError(
-                f"could not write Pipes chunk gs://{self._bucket.name}/{key}: "
-                f"{type(exc).__name__}: {exc}"
+            self._failed(
+                PipesMessageDeliveryError(
+                    f"could not write Pipes chunk gs://{self._bucket.name}/{key}: "
+                    f"{type(exc).__name__}: {exc}"
+                )
             )
             return
         self._next_index += 1
+
+    def _failed(self, error: PipesMessageDeliveryError) -> None:
+        """Record the failure; the job stops at its next check instead of committing work
+        whose results Dagster would never receive."""
+        self.delivery_error = error
+        if self._cancellation is not None:
+            self._cancellation.stop_with(error)
 
     def _upload_once(self, key: str, payload: str) -> None:
         retrying = Retrying(

@@ -23,6 +23,7 @@ from devstack.fake_gcs import FakeClient, always_fail
 from gcf_pipes import (
     Cancellation,
     CancellationPolicy,
+    PipesMessageDeliveryError,
     RequestCancelled,
     WriterSettings,
     cancelled,
@@ -357,3 +358,42 @@ def test_a_people_job_cancelled_before_it_writes_creates_no_table(
     status, body = call(gcs, write_people, people(50, "inv-1"))
     assert status == 409, body
     assert list(lake.iterdir()) == []
+
+
+def test_a_people_job_whose_messages_cannot_be_delivered_stops_before_committing(
+    gcs: FakeClient, lake: Path, monkeypatch: pytest.MonkeyPatch, small_batches: int
+) -> None:
+    assert call(gcs, write_people, people(50, "inv-0", key_prefix="t/0"))[0] == 200
+    before = version_of(lake)
+    original = job._between_batches
+
+    def hook(pipes: PipesContext, plan: Any, batch: int, rows: int, c: Cancellation) -> None:
+        if batch == 2:  # from now on no chunk can be written: Dagster would never see a result
+            gcs.fault = lambda op, key: _refuse_uploads(op)
+            pipes.log.info("this line cannot be delivered")
+            deadline = time.monotonic() + 5
+            while not _stops(c) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        original(pipes, plan, batch, rows, c)
+
+    monkeypatch.setattr(job, "_between_batches", hook)
+
+    status, body = call(gcs, write_people, people(400, "inv-1"))
+
+    assert status == 502, body
+    assert body["error"]["type"] == "PipesMessageDeliveryError"
+    assert body["error"]["job_outcome"]["error"]["type"] == "PipesMessageDeliveryError"
+    assert version_of(lake) == before  # nothing committed that Dagster could not be told of
+
+
+def _refuse_uploads(op: str) -> None:
+    if op == "upload":
+        raise gexc.Forbidden("no storage.objects.create")
+
+
+def _stops(cancellation: Cancellation) -> bool:
+    try:
+        cancellation.raise_if_cancelled()
+    except PipesMessageDeliveryError:
+        return True
+    return False
