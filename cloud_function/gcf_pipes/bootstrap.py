@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from dagster_pipes import (
 from gcf_pipes.context_data import validate_context_data
 from gcf_pipes.errors import RequestError
 from gcf_pipes.gcs_names import MAX_KEY_PREFIX_CHARS, is_bucket_name, is_key_prefix
+from gcf_pipes.strict_json import StrictJSONError, loads_strict, refuse_lone_surrogates
 
 CONTEXT_PARAM = DAGSTER_PIPES_CONTEXT_ENV_VAR
 MESSAGES_PARAM = DAGSTER_PIPES_MESSAGES_ENV_VAR
@@ -73,9 +73,13 @@ def decode_bounded_param(
     if not inflater.eof or inflater.unused_data:
         raise RequestError(f"{name} is not one complete zlib stream", field=name)
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise RequestError(f"{name} does not decode to JSON", field=name) from None
+        value = loads_strict(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RequestError(f"{name} does not decode to UTF-8 text", field=name) from None
+    except StrictJSONError as exc:
+        raise RequestError(f"{name} is not strict JSON: {exc.reason}", field=name) from None
+    refuse_lone_surrogates(value, name)
+    return value
 
 
 def _inline_context(value: object) -> PipesContextData:

@@ -32,6 +32,7 @@ from gcf_pipes.context import open_request_pipes
 from gcf_pipes.errors import RequestError
 from gcf_pipes.logs import traced_request
 from gcf_pipes.redact import Redactor
+from gcf_pipes.strict_json import StrictJSONError, loads_strict, refuse_lone_surrogates
 from gcf_pipes.writer import PipesCloudStorageMessageWriter, WriterSettings
 
 logger = logging.getLogger(__name__)
@@ -74,12 +75,17 @@ def read_body(request: flask.Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object: UTF-8, strict JSON (:mod:`gcf_pipes.strict_json`), Unicode
+    text throughout; 400 naming ``body`` (or the top-level key holding a lone surrogate)."""
     try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        body = None
+        body = loads_strict(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RequestError("request body is not UTF-8", field="body") from None
+    except StrictJSONError as exc:
+        raise RequestError(f"request body is not strict JSON: {exc.reason}", field="body") from None
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object", field="body")
+    refuse_lone_surrogates(body, "body")
     return body
 
 
