@@ -34,7 +34,7 @@ MAX_EXTRAS_BYTES = 64 * 1024
 MAX_EXTRAS_DEPTH = 8
 
 CONTEXT_KEYS = tuple(PipesContextData.__annotations__)
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
 _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
                float: "number", type(None): "null"}  # fmt: skip
 
@@ -217,6 +217,18 @@ def _extras(value: object, path: tuple[str, ...]) -> dict[str, Any]:
     return extras
 
 
+def _check_partition_scope(
+    key: str | None, key_range: PipesPartitionKeyRange | None, window: PipesTimeWindow | None
+) -> None:
+    """As Dagster sends them: a partition key comes with the range ``key..key``, a time window
+    with a range. Otherwise a step would run unpartitioned, or on other partitions than the
+    key it names."""
+    if key is not None and key_range != {"start": key, "end": key}:
+        raise _refuse(("partition_key",), "must come with partition_key_range from it to itself")
+    if window is not None and key_range is None:
+        raise _refuse(("partition_time_window",), "must come with a partition_key_range")
+
+
 def validate_context_data(value: object) -> PipesContextData:
     """A copy of the context data built from checked values; RequestError (400) otherwise."""
     data: Mapping[str, Any] = _object(value, (), CONTEXT_KEYS)
@@ -227,17 +239,17 @@ def validate_context_data(value: object) -> PipesContextData:
             return None
         return _per_asset(data[key], (key,), asset_keys, parse)
 
+    partition_key = _string(data["partition_key"], ("partition_key",), nullable=True)
+    key_range = _nullable(data["partition_key_range"], ("partition_key_range",), _key_range)
+    window = _nullable(data["partition_time_window"], ("partition_time_window",), _time_window)
+    _check_partition_scope(partition_key, key_range, window)
     return {
         "asset_keys": asset_keys,
         "code_version_by_asset_key": per_asset("code_version_by_asset_key", _code_version),
         "provenance_by_asset_key": per_asset("provenance_by_asset_key", _provenance),
-        "partition_key": _string(data["partition_key"], ("partition_key",), nullable=True),
-        "partition_key_range": _nullable(
-            data["partition_key_range"], ("partition_key_range",), _key_range
-        ),
-        "partition_time_window": _nullable(
-            data["partition_time_window"], ("partition_time_window",), _time_window
-        ),
+        "partition_key": partition_key,
+        "partition_key_range": key_range,
+        "partition_time_window": window,
         "run_id": _required_string(data["run_id"], ("run_id",)),
         "job_name": _string(data["job_name"], ("job_name",), nullable=True),
         "retry_number": _retry_number(data["retry_number"], ("retry_number",)),

@@ -196,7 +196,7 @@ def context(**overrides: Any) -> dict[str, Any]:
                 "is_user_provided": False,
             }
         },
-        "partition_key": "2024-01-01",
+        "partition_key": None,  # a range run's (one key: the range from it to itself)
         "partition_key_range": {"start": "2024-01-01", "end": "2024-01-07"},
         "partition_time_window": {
             "start": "2024-01-01T00:00:00+00:00",
@@ -216,6 +216,13 @@ def test_a_context_as_dagster_sends_it_is_kept_as_is() -> None:
         partition_key=None, partition_key_range=None, partition_time_window=None
     )
     assert validate_context_data(unpartitioned) == unpartitioned
+    one_day = context(
+        partition_key="2024-01-01",
+        partition_key_range={"start": "2024-01-01", "end": "2024-01-01"},
+        partition_time_window={"start": "2024-01-01T00:00:00+00:00",
+                               "end": "2024-01-02T00:00:00+00:00"},
+    )  # fmt: skip
+    assert validate_context_data(one_day) == one_day
     no_assets = context(
         asset_keys=None, code_version_by_asset_key=None, provenance_by_asset_key=None
     )
@@ -239,6 +246,10 @@ def test_a_context_as_dagster_sends_it_is_kept_as_is() -> None:
          "provenance_by_asset_key.daily_people.code_version"),
         ({"provenance_by_asset_key": []}, "provenance_by_asset_key"),
         ({"partition_key": 20240101}, "partition_key"),
+        ({"partition_key": "2024-01-01"}, "partition_key"),
+        ({"partition_key": "2024-01-01", "partition_key_range": None,
+          "partition_time_window": None}, "partition_key"),
+        ({"partition_key_range": None}, "partition_time_window"),
         ({"partition_key": "x" * 1025}, "partition_key"),
         ({"partition_key_range": {"start": "a"}}, "partition_key_range.end"),
         ({"partition_key_range": {"start": "a", "end": "b", "x": 1}}, "partition_key_range.x"),
