@@ -16,6 +16,7 @@ from typing import Any
 from dagster_pipes import PipesContext
 
 from gcf_pipes import RequestError
+from gcf_pipes.strict_json import MAX_QUOTED_CHARS, quoted
 from people_lake.window import MAX_RANGE_DAYS, DayWindow
 
 DEFAULT_NUM_ROWS = 100
@@ -86,9 +87,10 @@ def parse_people_request(event: Mapping[str, Any], default_lake_uri: str | None)
     """Validate ``event``; raise :class:`RequestError` (HTTP 400) naming the bad field."""
     unknown = sorted(set(event) - set(EVENT_FIELDS))
     if unknown:
+        name = unknown[0][:MAX_QUOTED_CHARS]  # the caller's text: quoted only this far
         raise RequestError(
-            f"unknown field {unknown[0]!r}; the function accepts {', '.join(EVENT_FIELDS)}",
-            field=unknown[0],
+            f"unknown field {quoted(unknown[0])}; the function accepts {', '.join(EVENT_FIELDS)}",
+            field=name,
         )
     num_rows = _optional_int(event, "num_rows", 1, MAX_NUM_ROWS)
     return PeopleRequest(
