@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,19 @@ from gcf_pipes.gcs_names import is_bucket_name
 GCS_SCHEME = "gs://"
 FILE_SCHEME = "file://"
 MAX_LAKE_URI_CHARS = 1024
+# A file or directory name (Linux NAME_MAX); one segment of a lake URI.
+MAX_SEGMENT_BYTES = 255
+# A table's path (gs://: its object prefix), leaving room for the names of the files in it:
+# Cloud Storage object names are at most 1024 bytes, local paths at most 4096.
+MAX_TABLE_PATH_BYTES = 896
+DELTA_LOG = "_delta_log"
 
 # Refused anywhere in a lake URI: percent-escapes (delta-rs decodes them, so "%2e%2e" would
 # become ".." after every check), backslashes, URL delimiters and control characters.
 _UNSAFE_CHARS = re.compile(r"[%\\?#\x00-\x1f\x7f]")
+# Also refused: characters that are not visible text (control, format such as bidi overrides
+# and zero-width, lone surrogates, private use, unassigned, line and paragraph separators).
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _DOT_SEGMENTS = frozenset({".", ".."})
 # One table-path segment from an asset key: no separators, no dot-only or hidden names.
 _KEY_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -76,9 +86,12 @@ def parse_lake_uri(uri: str, *, field: str = "dl_bucket") -> LakeLocation:
     text = uri.strip()
     if len(text) > MAX_LAKE_URI_CHARS:
         raise _refuse(f"longer than {MAX_LAKE_URI_CHARS} characters", field)
-    if _UNSAFE_CHARS.search(text):
+    if _UNSAFE_CHARS.search(text) or any(
+        unicodedata.category(char) in _UNSAFE_CATEGORIES for char in text
+    ):
         raise _refuse(
-            "percent-escapes, backslashes, '?', '#' and control characters are not accepted",
+            "percent-escapes, backslashes, '?', '#', control characters and invisible "
+            "characters are not accepted",
             field,
         )
     if text.startswith(GCS_SCHEME):
@@ -86,33 +99,71 @@ def parse_lake_uri(uri: str, *, field: str = "dl_bucket") -> LakeLocation:
         if not is_bucket_name(bucket):
             raise _refuse("not a valid Cloud Storage bucket name", field)
         segments = [part for part in prefix.split("/") if part]
-        if _DOT_SEGMENTS.intersection(segments):
-            raise _refuse("'.' and '..' segments are not accepted", field)
+        _check_segments(segments, field)
         return LakeLocation(remote=True, segments=(bucket, *segments))
     if "://" in text and not text.startswith(FILE_SCHEME):
         raise _refuse("only gs:// URIs and local paths are supported", field)
     path = text.removeprefix(FILE_SCHEME)
     if not path:
         raise _refuse("the path is empty", field)
-    if _DOT_SEGMENTS.intersection(path.split("/")):
-        raise _refuse("'.' and '..' segments are not accepted", field)
+    _check_segments(path.split("/"), field)
     return _local(Path(path))
 
 
-def _symlink_below(directory: Path) -> bool:
-    """Whether the tree under ``directory`` holds a symlink (links are never followed)."""
-    pending = [directory]
+def _check_segments(segments: Iterable[str], field: str) -> None:
+    """No ``.``/``..`` (also as look-alikes that NFKC folds to them, e.g. fullwidth dots), no
+    Delta log directory (a table there would write into another table's log), no segment
+    longer than a file name may be."""
+    for segment in segments:
+        if unicodedata.normalize("NFKC", segment) in _DOT_SEGMENTS:
+            raise _refuse("'.' and '..' segments are not accepted", field)
+        if segment == DELTA_LOG:
+            raise _refuse(f"a {DELTA_LOG} segment is another table's log", field)
+        if len(segment.encode()) > MAX_SEGMENT_BYTES:
+            raise _refuse(f"a segment is longer than {MAX_SEGMENT_BYTES} bytes", field)
+
+
+def _found_below(directory: Path) -> str | None:
+    """What under ``directory`` makes it no place for a table (links are never followed): a
+    symbolic link, or another table (a Delta log deeper than the table's own)."""
+    pending = [(directory, 0)]
     while pending:
+        current, depth = pending.pop()
         try:
-            entries = list(os.scandir(pending.pop()))
+            entries = list(os.scandir(current))
         except (FileNotFoundError, NotADirectoryError):
             continue
         for entry in entries:
             if entry.is_symlink():
-                return True
+                return "a symbolic link, which could lead out of the allowed data-lake roots"
+            if entry.name == DELTA_LOG and depth > 0:
+                return "another Delta table"
             if entry.is_dir(follow_symlinks=False):
-                pending.append(Path(entry.path))
-    return False
+                pending.append((Path(entry.path), depth + 1))
+    return None
+
+
+def _check_local_table_path(table: Path) -> None:
+    """Locally, the table directory can be made (no file on its way), is not inside another
+    table (whose files a vacuum would take for its own) and holds no link or other table."""
+    existing = next(path for path in (table, *table.parents) if path.exists())
+    if not existing.is_dir():
+        raise RequestError(
+            "dl_bucket is not a valid data-lake location: a file is in the way of the table path",
+            field="dl_bucket",
+        )
+    if any(os.path.lexists(parent / DELTA_LOG) for parent in table.parents):
+        raise RequestError(
+            "dl_bucket is not allowed: the table location is inside another Delta table",
+            field="dl_bucket",
+            status=403,
+        )
+    if (found := _found_below(table)) is not None:
+        raise RequestError(
+            f"dl_bucket is not allowed: the table directory contains {found}",
+            field="dl_bucket",
+            status=403,
+        )
 
 
 def ensure_allowed(location: LakeLocation, allowed_roots: Iterable[str]) -> None:
@@ -122,6 +173,8 @@ def ensure_allowed(location: LakeLocation, allowed_roots: Iterable[str]) -> None
     what is really read and written. Below a local table nothing may be a symlink: delta-rs
     would follow one out of the lake (a ``_delta_log`` or partition directory elsewhere).
     Locally a link created between this check and the write is not caught; GCS has no links.
+    A table inside another (or around one) is refused locally; on ``gs://`` that would take
+    listing every level of the path, so there only the ``_delta_log`` name rule holds.
     """
     roots = [parse_lake_uri(root, field="ALLOWED_DATA_LAKE_ROOTS") for root in allowed_roots]
     if not any(location.is_within(root) for root in roots):
@@ -131,13 +184,8 @@ def ensure_allowed(location: LakeLocation, allowed_roots: Iterable[str]) -> None
             field="dl_bucket",
             status=403,
         )
-    if not location.remote and _symlink_below(Path(location.uri)):
-        raise RequestError(
-            "dl_bucket is not allowed: the table directory contains a symbolic link, which "
-            "could lead out of the allowed data-lake roots",
-            field="dl_bucket",
-            status=403,
-        )
+    if not location.remote:
+        _check_local_table_path(Path(location.uri))
 
 
 def table_location(lake: LakeLocation, asset_key_path: Sequence[str]) -> LakeLocation:
@@ -145,13 +193,22 @@ def table_location(lake: LakeLocation, asset_key_path: Sequence[str]) -> LakeLoc
     if not asset_key_path:
         raise RequestError("the asset key is empty", field="asset_key")
     for part in asset_key_path:
-        if not _KEY_SEGMENT.fullmatch(part):
+        if not _KEY_SEGMENT.fullmatch(part) or part == DELTA_LOG:
             raise RequestError(
-                "an asset key part is not a valid table path segment "
-                "(letters, digits, '_', '-', '.'; not starting with '.' or '-'; at most 128)",
+                "an asset key part is not a valid table path segment (letters, digits, '_', "
+                f"'-', '.'; not starting with '.' or '-'; at most 128; not {DELTA_LOG})",
                 field="asset_key",
             )
-    return lake.joinpath(*asset_key_path)
+    table = lake.joinpath(*asset_key_path)
+    path = "/".join(table.segments[1:] if table.remote else ("", *table.segments))
+    if len(path.encode()) > MAX_TABLE_PATH_BYTES:
+        field = "dl_bucket" if len(lake.uri.encode()) > MAX_TABLE_PATH_BYTES else "asset_key"
+        raise RequestError(
+            f"the table path (data-lake location and asset key) is longer than "
+            f"{MAX_TABLE_PATH_BYTES} bytes",
+            field=field,
+        )
+    return table
 
 
 @dataclass(frozen=True)
