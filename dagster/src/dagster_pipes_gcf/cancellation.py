@@ -25,6 +25,8 @@ from dagster._core.errors import DagsterExecutionInterruptedError
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
+from dagster_pipes_gcf.invocation import CloudFunctionError
+
 CANCEL_MARKER = "cancel"
 # Bound on writing the markers (client creation and token refresh included): the run must
 # end as canceled within seconds of the terminate click.
@@ -108,17 +110,28 @@ def write_cancel_markers(
 
 @contextmanager
 def forwarding_termination(
-    cancel: Callable[[], CancelOutcome] | None, report: Callable[[str], None]
+    cancel: Callable[[str], CancelOutcome] | None, report: Callable[[str], None]
 ) -> Iterator[None]:
     """When the run is terminated inside the block (Dagster's interrupt, or Ctrl-C), call
-    ``cancel`` and ``report`` its outcome, then let the interrupt go on unchanged."""
+    ``cancel`` with the reason and ``report`` its outcome, then let the interrupt go on unchanged.
+
+    The same when the call fails while the function may still be working on it (a read
+    timeout, a connection lost after sending): the step fails, so work that would commit
+    later is stopped too. The call's error goes on unchanged."""
     try:
         yield
     except (DagsterExecutionInterruptedError, KeyboardInterrupt):
-        if cancel is not None:
-            with contextlib.suppress(Exception):  # the interrupt is what must propagate
-                outcome = cancel()
-                report(
-                    f"[pipes] run terminated while the function was working: {outcome.describe()}"
-                )
+        _cancel(cancel, report, "run terminated while the function was working")
         raise
+    except CloudFunctionError as error:
+        if error.function_may_still_run:
+            _cancel(cancel, report, "the call failed while the function may still be working")
+        raise
+
+
+def _cancel(
+    cancel: Callable[[str], CancelOutcome] | None, report: Callable[[str], None], why: str
+) -> None:
+    if cancel is not None:
+        with contextlib.suppress(Exception):  # the error that ended the call must propagate
+            report(f"[pipes] {why}: {cancel(why).describe()}")

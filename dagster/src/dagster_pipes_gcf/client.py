@@ -173,10 +173,11 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
             :class:`CloudFunctionInvoker` with its default policy.
         function_location: project/region/service of the function for the Cloud Logging
             link of each call, where its URL does not say (``run.app`` URLs lack the project).
-        forward_termination: when the run is terminated while the call waits, ask the
-            function to cancel (marker ``<key_prefix>/cancel`` in the Pipes bucket, see
-            :mod:`dagster_pipes_gcf.cancellation`) before the step ends; with
-            :class:`PipesCloudStorageMessageReader` only.
+        forward_termination: when the run is terminated while the call waits, or the call
+            fails while the function may still be working on it (a read timeout, a connection
+            lost after sending), ask the function to cancel (marker ``<key_prefix>/cancel`` in
+            the Pipes bucket, see :mod:`dagster_pipes_gcf.cancellation`) before the step ends;
+            with :class:`PipesCloudStorageMessageReader` only.
     """
 
     def __init__(
@@ -266,13 +267,18 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
 
     def _canceller(
         self, session: PipesSession, run_id: str, invocation_id: str
-    ) -> Callable[[], CancelOutcome] | None:
-        """How to ask the function to stop this call, if this client forwards termination."""
+    ) -> Callable[[str], CancelOutcome] | None:
+        """How to ask the function to stop this call (told why), if this client forwards
+        termination."""
         reader = self.message_reader
         if not self.forward_termination or not isinstance(reader, PipesCloudStorageMessageReader):
             return None
-        reason = {"reason": "run terminated", "run_id": run_id, "invocation_id": invocation_id}
-        return lambda: reader.request_cancellation(session.message_reader_params, reason)
+
+        def cancel(why: str) -> CancelOutcome:
+            reason = {"reason": why, "run_id": run_id, "invocation_id": invocation_id}
+            return reader.request_cancellation(session.message_reader_params, reason)
+
+        return cancel
 
     def _attempt_streams(self, session: PipesSession) -> PipesAttemptStreams | None:
         """Per-attempt message streams; None for other readers, whose retries share one

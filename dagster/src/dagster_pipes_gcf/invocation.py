@@ -96,7 +96,19 @@ class FunctionResponse:
 
 
 class CloudFunctionError(Failure):
-    """The function call failed; the description names the cause (remote error included)."""
+    """The function call failed; the description names the cause (remote error included).
+
+    ``function_may_still_run`` is True when an attempt may still be working on the call (a
+    read timeout, a connection lost after sending, a platform error that does not say
+    whether the handler ran): the client then asks the function to cancel.
+    """
+
+    function_may_still_run: bool = False
+
+
+def _may_still_run(error: CloudFunctionError, may: bool = True) -> CloudFunctionError:
+    error.function_may_still_run = may
+    return error
 
 
 # Builds the request body of attempt ``n`` (1-based), told why the previous attempt was
@@ -276,7 +288,7 @@ class CloudFunctionInvoker:
             ),
             reraise=True,
         )
-        attempts, abandoned = 0, None
+        attempts, abandoned, ambiguous = 0, None, False
         try:
             for attempt in retrying:
                 with attempt:
@@ -287,25 +299,33 @@ class CloudFunctionInvoker:
                         response = self._post(url, data, headers, read_timeout)
                     except _FailedAttempt as failed:
                         abandoned = failed.reason
+                        ambiguous = ambiguous or failed.outcome is Outcome.AMBIGUOUS
                         raise
         except _FailedAttempt as failed:
-            raise self._failure(url, failed, attempts, clock) from failed.error
-        except requests.Timeout as exc:
-            raise CloudFunctionError(
-                description=f"Cloud Function at {url} did not answer within "
-                f"{read_timeout:g}s ({type(exc).__name__}: {exc})"
+            raise _may_still_run(self._failure(url, failed, attempts, clock), ambiguous) from (
+                failed.error
+            )
+        except requests.Timeout as exc:  # a read timeout: the function may still be working
+            raise _may_still_run(
+                CloudFunctionError(
+                    description=f"Cloud Function at {url} did not answer within "
+                    f"{read_timeout:g}s ({type(exc).__name__}: {exc})"
+                )
             ) from exc
         except requests.RequestException as exc:
-            raise CloudFunctionError(
-                description=f"calling the Cloud Function at {url} failed: "
-                f"{type(exc).__name__}: {exc}"
+            raise _may_still_run(
+                CloudFunctionError(
+                    description=f"calling the Cloud Function at {url} failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ),
+                ambiguous,
             ) from exc
         except BaseException:
             # Run terminated mid-call: drop the connection now instead of leaving it open.
             self.session.close()
             raise
-        if not response.ok:
-            raise describe_error_response(url, response)
+        if not response.ok:  # this attempt's final answer; an ambiguous earlier one may run on
+            raise _may_still_run(describe_error_response(url, response), ambiguous)
         return FunctionResponse(
             status=response.status_code,
             body=_json_body(response) or {},

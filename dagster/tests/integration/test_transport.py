@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import deltalake  # noqa: F401 - before polars
+import deltalake  # before polars
 import polars as pl
 import pytest
 from dagster._core.errors import DagsterPipesExecutionError
@@ -32,6 +32,7 @@ from devstack.services import REPO_ROOT, function_command, running
 from devstack.stack import LocalStack
 
 from .conftest import PeopleRun, fresh_lake, materialize_people, pipes_client, table_dir
+from .test_termination import wait_for_line as wait_for_function_line
 
 pytestmark = pytest.mark.integration
 TEST_FUNCTIONS = REPO_ROOT / "cloud_function" / "tests" / "functions"
@@ -158,6 +159,27 @@ def test_a_slow_function_times_out_with_a_clear_error_and_is_not_retried(
     calls = server_log(tmp_path, "slow.py").read_text().count(SLOW_CALL_LINE)
     assert calls == 1, f"a read timeout must not be retried: the server got {calls} requests"
     assert elapsed < 15, f"read timeouts must not be retried (took {elapsed:.1f}s)"
+
+
+def test_a_call_that_times_out_is_cancelled_and_commits_nothing_afterwards(
+    stack: LocalStack,
+) -> None:
+    lake = fresh_lake(stack)
+    assert materialize_people(stack, data_lake_uri=str(lake)).success
+    table = table_dir(stack, str(lake))
+    version_before = deltalake.DeltaTable(str(table)).version()
+    rows = 4_000_000  # the function works for many seconds: far longer than the timeout
+    client = pipes_client(stack, invocation=InvocationPolicy(timeout=2.0, attempts=3))
+
+    run = materialize_people(stack, data_lake_uri=str(lake), client=client, num_rows=rows)
+
+    assert not run.success and "did not answer within 2s" in run.failure_message()
+    (asked,) = [line for line in run.logs if "may still be working" in line]
+    assert "asked the function to cancel (gs://" in asked, asked
+    answer = wait_for_function_line(stack, run.result.run_id, "answered HTTP", timeout=60)
+    assert answer.startswith("answered HTTP 409"), answer
+    time.sleep(1)  # the request has ended; look again a little later all the same
+    assert deltalake.DeltaTable(str(table)).version() == version_before
 
 
 def test_invalid_input_fails_with_the_http_status_and_the_field(stack: LocalStack) -> None:

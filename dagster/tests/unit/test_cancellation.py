@@ -13,7 +13,12 @@ from dagster._core.errors import DagsterExecutionInterruptedError
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 
-from dagster_pipes_gcf import PipesCloudFunctionClient, PipesCloudStorageMessageReader, auth
+from dagster_pipes_gcf import (
+    CloudFunctionError,
+    PipesCloudFunctionClient,
+    PipesCloudStorageMessageReader,
+    auth,
+)
 from dagster_pipes_gcf import message_reader as reader_module
 from dagster_pipes_gcf.cancellation import (
     CancelOutcome,
@@ -88,13 +93,13 @@ def test_termination_is_forwarded_and_the_interrupt_goes_on(
     reports: list[str] = []
     calls: list[str] = []
 
-    def cancel() -> CancelOutcome:
-        calls.append("cancel")
+    def cancel(why: str) -> CancelOutcome:
+        calls.append(why)
         return CancelOutcome(("gs://pipes/p/s/1/cancel",), ())
 
     with pytest.raises(interrupt), forwarding_termination(cancel, reports.append):
         raise interrupt()
-    assert calls == ["cancel"]
+    assert calls == ["run terminated while the function was working"]
     assert reports == [
         "[pipes] run terminated while the function was working: asked the function to "
         "cancel (gs://pipes/p/s/1/cancel)"
@@ -102,16 +107,44 @@ def test_termination_is_forwarded_and_the_interrupt_goes_on(
 
 
 def test_a_failing_cancel_never_masks_the_interrupt() -> None:
-    def cancel() -> CancelOutcome:
+    def cancel(why: str) -> CancelOutcome:
         raise OSError("broken")
 
     with pytest.raises(KeyboardInterrupt), forwarding_termination(cancel, print):
         raise KeyboardInterrupt
 
 
+@pytest.mark.parametrize("may_still_run", [True, False])
+def test_a_call_that_failed_while_the_function_may_still_work_is_cancelled(
+    may_still_run: bool,
+) -> None:
+    reports: list[str] = []
+    calls: list[str] = []
+
+    def cancel(why: str) -> CancelOutcome:
+        calls.append(why)
+        return CancelOutcome(("gs://pipes/p/s/1/cancel",), ())
+
+    failure = CloudFunctionError(description="did not answer within 1s")
+    failure.function_may_still_run = may_still_run
+    with (
+        pytest.raises(CloudFunctionError) as raised,
+        forwarding_termination(cancel, reports.append),
+    ):
+        raise failure
+    assert raised.value is failure  # the call's own error goes on
+    why = "the call failed while the function may still be working"
+    assert calls == ([why] if may_still_run else [])
+    assert reports == (
+        [f"[pipes] {why}: asked the function to cancel (gs://pipes/p/s/1/cancel)"]
+        if may_still_run
+        else []
+    )
+
+
 def test_an_ordinary_failure_is_no_termination() -> None:
     calls: list[str] = []
-    with pytest.raises(ValueError), forwarding_termination(lambda: calls.append("x"), print):  # type: ignore[arg-type,return-value]
+    with pytest.raises(ValueError), forwarding_termination(calls.append, print):  # type: ignore[arg-type]
         raise ValueError("the call failed")
     assert calls == []
 

@@ -25,6 +25,7 @@ AMBIGUOUS_OK = InvocationPolicy(
     attempts=3, initial_backoff=0.01, max_backoff=0.05, timeout=5, retry_ambiguous=True
 )
 DROP = object()  # scripted "answer": close the connection without a response
+SLOW = object()  # scripted "answer": none for 2 s, then close
 HANDLER_ERROR = {
     "status": "error",
     "error": {"type": "ValueError", "message": "bad", "traceback": "TB"},
@@ -46,7 +47,8 @@ class ScriptedServer:
                     {"headers": dict(self.headers), "body": json.loads(self.rfile.read(length))}
                 )
                 status, body = server.script.pop(0) if len(server.script) > 1 else server.script[0]
-                if body is DROP:
+                if body is DROP or body is SLOW:
+                    time.sleep(2 if body is SLOW else 0)
                     self.close_connection = True
                     return
                 data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
@@ -107,6 +109,7 @@ def test_ambiguous_platform_errors_fail_naming_the_ambiguity_without_the_opt_in(
     description = str(error.value.description)
     assert "ambiguous outcome" in description and f"HTTP {status}" in description
     assert "retry_ambiguous=True" in description and "<html>oops</html>" in description
+    assert error.value.function_may_still_run  # the client asks the function to cancel
 
 
 @pytest.mark.parametrize("status", [500, 502, 504])
@@ -240,3 +243,26 @@ def test_deployed_urls_get_an_id_token_for_the_base_url() -> None:
         "Authorization": "Bearer t0ken"
     }
     assert auth.audience == "https://fn-abc-ew.a.run.app"
+
+
+def test_a_read_timeout_may_leave_the_function_running() -> None:
+    invoker = CloudFunctionInvoker(policy=InvocationPolicy(timeout=0.3, attempts=3))
+    with ScriptedServer([(200, SLOW)]) as server, pytest.raises(CloudFunctionError) as error:
+        invoker.invoke(server.url, {})
+    assert len(server.requests) == 1 and "did not answer within 0.3s" in str(error.value)
+    assert error.value.function_may_still_run
+
+
+def test_a_final_answer_leaves_nothing_running_unless_an_earlier_attempt_was_ambiguous() -> None:
+    with (
+        ScriptedServer([(400, HANDLER_ERROR)]) as server,
+        pytest.raises(CloudFunctionError) as refused,
+    ):
+        CloudFunctionInvoker(policy=FAST).invoke(server.url, {})
+    assert not refused.value.function_may_still_run
+    with (
+        ScriptedServer([(502, "<html>lost</html>"), (400, HANDLER_ERROR)]) as server,
+        pytest.raises(CloudFunctionError) as after_retry,
+    ):
+        CloudFunctionInvoker(policy=AMBIGUOUS_OK).invoke(server.url, {})
+    assert after_retry.value.function_may_still_run  # attempt 1 may still be working
