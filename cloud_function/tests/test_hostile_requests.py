@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import base64
 import functools
+import gzip
 import json
 import os
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,17 @@ def nested(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
 
 
+def with_raw(payload: dict[str, Any], raw_member: bytes) -> bytes:
+    """``payload`` as JSON with ``raw_member`` (JSON text as an attacker writes it) added."""
+    return json.dumps(payload).encode()[:-1] + b", " + raw_member + b"}"
+
+
+def raw_context_text(text: str) -> str:
+    """A context param carrying ``text`` verbatim after the valid context's opening."""
+    valid = json.dumps({"data": context_data()})
+    return raw_param(valid[:-2].encode() + text.encode() + b"}}")
+
+
 @dataclass(frozen=True)
 class Case:
     """One hostile request and how it must be refused."""
@@ -148,6 +161,7 @@ class Case:
     status: int
     field: str  # the field named, or its prefix (``DAGSTER_PIPES_CONTEXT.partition_key_range``)
     reaches_job: bool = False  # refused by the business logic, after Pipes opened
+    headers: tuple[tuple[str, str], ...] = ()
 
     def param(self) -> Any:
         return pytest.param(self, id=self.id)
@@ -156,8 +170,16 @@ class Case:
 Make = Callable[[Target], Any]
 
 
-def case(name: str, status: int, field: str, make: Make, *, job: bool = False) -> Any:
-    return Case(name, make, status, field, job).param()
+def case(
+    name: str,
+    status: int,
+    field: str,
+    make: Make,
+    *,
+    job: bool = False,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> Any:
+    return Case(name, make, status, field, job, headers).param()
 
 
 def bucket_case(name: str, status: int, bucket: object) -> Any:
@@ -208,6 +230,21 @@ INLINE_ONLY = [
     case("messages-extra-key", 400, MESSAGES, lambda t: body(**msgs(path="/tmp/x"))),
     case("messages-missing-prefix", 400, MESSAGES,
          lambda t: body(messages={"bucket": PIPES_BUCKET})),
+    # One param, one meaning: a repeated key is not "the last one wins".
+    raw_context_case("context-data-key-twice", 400,
+                     lambda: raw_context_text(', "data": {"path": "/dev/zero"}')),
+    case("messages-bucket-twice", 400, MESSAGES, lambda t: body(raw_messages=raw_param(
+        f'{{"bucket": "{OTHER_BUCKET}", "key_prefix": "{new_key_prefix()}", '
+        f'"bucket": "{PIPES_BUCKET}"}}'.encode()))),
+    raw_context_case("context-nan", 400, lambda: raw_context_text(', "x": NaN')),
+    raw_context_case("context-lone-surrogate", 400, lambda: raw_context_text(', "x": "\\udfff"')),
+    raw_context_case("context-base64-with-newlines", 400,
+                     lambda: base64.encodebytes(zlib.compress(b'{"data": {}}')).decode()),
+    raw_context_case("context-gzip-not-zlib", 400,
+                     lambda: base64.b64encode(gzip.compress(b'{"data": {}}')).decode()),
+    raw_context_case("context-zlib-preset-dictionary", 400, lambda: base64.b64encode(
+        (packer := zlib.compressobj(zdict=b"data")).compress(b'{"data": {}}') + packer.flush()
+    ).decode()),
 ]  # fmt: skip
 
 PIPES_BUCKET_ONLY = [
@@ -231,6 +268,18 @@ PIPES_BUCKET_ONLY = [
     prefix_case("prefix-backslash", "a\\..\\1"),
     prefix_case("prefix-newline", "a\n1"),
     prefix_case("prefix-null", None),
+    bucket_case(
+        "bucket-222-chars-dotted", 403, ".".join(["a" * 63] * 3) + ".abcdefghijklmnopqrstu"
+    ),
+    bucket_case("bucket-unicode-hyphen", 400, "hostile\u2010pipes"),
+    bucket_case("bucket-google-inside", 400, "my-g00gle-pipes"),
+    bucket_case("bucket-two-chars", 400, "ab"),
+    bucket_case("bucket-array", 400, [PIPES_BUCKET]),
+    prefix_case("prefix-unicode", "dagster-pipes/\u00e9t\u00e9/1"),
+    prefix_case("prefix-dot-start", "./dagster-pipes/1"),
+    prefix_case("prefix-number", 5),
+    prefix_case("prefix-empty", ""),
+    prefix_case("prefix-fullwidth-dots", "a/\uff0e\uff0e/1"),
 ]
 
 DAY = "2024-01-02T00:00:00+00:00"
@@ -265,6 +314,21 @@ CONTEXT_SHAPES = [
     context_case("partition-key-number", "partition_key", partition_key=5),
     context_case("partition-key-control-chars", "partition_key", partition_key="2024\x00-01"),
     context_case("job-name-object", "job_name", job_name={}),
+    # A partition key alone ran the step unpartitioned; one outside its range wrote other days.
+    context_case("partition-key-without-range", "partition_key", partition_key="2024-01-01"),
+    context_case("partition-key-outside-range", "partition_key", partition_key="2024-01-05",
+                 partition_key_range={"start": "2024-01-01", "end": "2024-01-01"}),
+    context_case("time-window-without-range", "partition_time_window",
+                 partition_time_window={"start": "2024-01-01T00:00:00+00:00", "end": DAY}),
+    context_case("time-window-naive-and-aware", "partition_time_window",
+                 partition_time_window={"start": "2024-01-01T00:00:00", "end": DAY}),
+    context_case("run-id-c1-control", "run_id", run_id="run\x85id"),
+    context_case("retry-number-negative", "retry_number", retry_number=-1),
+    context_case("retry-number-float", "retry_number", retry_number=1.0),
+    context_case("input-versions-2000", "provenance_by_asset_key", provenance_by_asset_key={
+        "people": {"code_version": None, "is_user_provided": False,
+                   "input_data_versions": {str(i): "v" for i in range(2000)}}}),
+    context_case("extras-list", "extras", extras=[1]),
 ]  # fmt: skip
 
 LAKE_PATHS = [
@@ -293,6 +357,35 @@ LAKE_PATHS = [
     case("asset-key-dotdot", 400, "asset_key", lambda t: body(**ctx(asset="../outside")), job=True),
     case("asset-key-escaped-slash", 400, "asset_key",
          lambda t: body(**ctx(asset="a\\/..\\/..")), job=True),
+    # What a file system or a reader may fold, hide or cut.
+    lake_case("lake-fullwidth-dotdot", 400, lambda t: f"{t.lake}/\uff0e\uff0e/outside"),
+    lake_case("lake-one-dot-leaders", 400, lambda t: f"{t.lake}/\u2024\u2024/outside"),
+    lake_case("lake-bidi-override", 400, lambda t: f"{t.lake}/\u202eelpoep"),
+    lake_case("lake-zero-width-space", 400, lambda t: f"{t.lake}/a\u200bb"),
+    lake_case("lake-c1-control", 400, lambda t: f"{t.lake}/a\x85b"),
+    lake_case("lake-segment-300-bytes", 400, lambda t: f"{t.lake}/{'a' * 300}"),
+    lake_case("lake-path-1000-bytes", 400, lambda t: f"{t.lake}" + f"/{'a' * 200}" * 5),
+    lake_case("lake-gs-fullwidth-dotdot", 400, lambda t: f"gs://{OTHER_BUCKET}/\uff0e\uff0e"),
+    lake_case("lake-gs-bucket-with-port", 400, lambda t: f"gs://{OTHER_BUCKET}:443/lake"),
+    lake_case("lake-gs-user-info", 400, lambda t: f"gs://user@{OTHER_BUCKET}/lake"),
+    lake_case("lake-gs-uppercase-scheme", 400, lambda t: f"GS://{OTHER_BUCKET}/lake"),
+    lake_case("lake-file-uri-host", 403, lambda t: f"file://elsewhere{t.outside}"),
+    lake_case("lake-relative", 403, lambda t: "lake"),
+    lake_case("lake-home", 403, lambda t: "~/lake"),
+    lake_case("lake-dev-null", 403, lambda t: "/dev/null"),
+    # A table inside another table's directory or log (a vacuum would take its files for
+    # the other table's), around one, or where a file is in the way.
+    lake_case("lake-in-delta-log", 400, lambda t: f"{t.lake}/tables/people/_delta_log"),
+    lake_case("lake-gs-in-delta-log", 400, lambda t: f"gs://{OTHER_BUCKET}/t/_delta_log"),
+    lake_case("lake-inside-a-table", 403, lambda t: f"{t.lake}/tables/people"),
+    case("asset-around-a-table", 403, "dl_bucket", lambda t: body(**ctx(asset="tables")),
+         job=True),
+    case("asset-key-delta-log", 400, "asset_key",
+         lambda t: body(**ctx(asset="people/_delta_log")), job=True),
+    lake_case("lake-file-in-the-way", 400, lambda t: f"{t.lake}/plain-file"),
+    lake_case("lake-below-a-file", 400, lambda t: f"{t.lake}/plain-file/x"),
+    case("asset-key-path-too-long", 400, "asset_key",
+         lambda t: body(**ctx(asset="/".join(["k" * 120] * 8))), job=True),
 ]  # fmt: skip
 
 BODIES = [
@@ -303,6 +396,40 @@ BODIES = [
     case("body-content-length-over-limit", 413, "body",
          lambda t: b"{" + b" " * MAX_BODY_BYTES + b"}"),
     case("event-unknown-field", 400, "padding", lambda t: body(padding="x"), job=True),
+    case("event-unknown-field-900-kib", 400, "k" * 64,
+         lambda t: body(**{"k" * 900_000: 1}), job=True),
+    # Strict JSON: one body, one meaning, Unicode text throughout.
+    case("body-key-twice", 400, "body", lambda t: with_raw(body(num_rows=1), b'"num_rows": 9')),
+    case("body-nan", 400, "body", lambda t: with_raw(body(), b'"invalid_email_rate": NaN')),
+    case("body-infinity", 400, "body", lambda t: with_raw(body(), b'"seed": -Infinity')),
+    case("body-int-5000-digits", 400, "body",
+         lambda t: with_raw(body(), b'"seed": ' + b"9" * 5000)),
+    case("body-lone-surrogate-in-dl-bucket", 400, "dl_bucket",
+         lambda t: with_raw(body(), b'"dl_bucket": "\\ud800"')),
+    case("body-lone-surrogate-key", 400, "body", lambda t: with_raw(body(), b'"\\udc00": 1')),
+    case("body-bom", 400, "body", lambda t: b"\xef\xbb\xbf" + json.dumps(body()).encode()),
+    case("body-utf-16", 400, "body", lambda t: json.dumps(body()).encode("utf-16")),
+    case("body-empty", 400, "body", lambda t: b""),
+    case("body-null", 400, "body", lambda t: b"null"),
+    # A compressed body is never inflated (a bomb stays a few kilobytes of junk).
+    case("body-gzip-encoded", 400, "body",
+         lambda t: gzip.compress(json.dumps(body(num_rows=1)).encode()),
+         headers=(("Content-Encoding", "gzip"),)),
+    case("body-deflate-encoded", 400, "body",
+         lambda t: zlib.compress(json.dumps(body(num_rows=1)).encode()),
+         headers=(("Content-Encoding", "deflate"),)),
+    # Event values of the wrong type or range.
+    case("num-rows-bool", 400, "num_rows", lambda t: body(num_rows=True), job=True),
+    case("num-rows-float", 400, "num_rows", lambda t: body(num_rows=1.0), job=True),
+    case("num-rows-string", 400, "num_rows", lambda t: body(num_rows="1"), job=True),
+    case("num-rows-10-pow-30", 400, "num_rows", lambda t: body(num_rows=10**30), job=True),
+    case("num-rows-zero", 400, "num_rows", lambda t: body(num_rows=0), job=True),
+    case("seed-negative", 400, "seed", lambda t: body(seed=-1), job=True),
+    case("email-rate-above-one", 400, "invalid_email_rate",
+         lambda t: body(invalid_email_rate=1.5), job=True),
+    case("email-rate-string", 400, "invalid_email_rate",
+         lambda t: body(invalid_email_rate="0.1"), job=True),
+    case("dl-bucket-object", 400, "dl_bucket", lambda t: body(dl_bucket={"path": "/"}), job=True),
 ]  # fmt: skip
 
 # --- the stack and what is checked around each request ---------------------------------------
@@ -353,6 +480,8 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         entry.unlink()
     delta_log.rmdir()
     delta_log.symlink_to(outside / "people" / "_delta_log")
+    make_table(lake / "tables" / "people")  # a table of the lake, never written here
+    (lake / "plain-file").write_text("not a directory")
     context_file = work / "context.json"
     context_file.write_text(json.dumps(context_data()))
     with local_stack(work, pipes_bucket=PIPES_BUCKET, function_env={"THREADS": "4"}) as stack:
@@ -365,14 +494,17 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         yield Target(stack, work, lake, outside, gcs, context_file)
 
 
-def post(target: Target, payload: dict[str, Any] | bytes, **kwargs: Any) -> requests.Response:
+def post(
+    target: Target,
+    payload: dict[str, Any] | bytes,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> requests.Response:
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     return requests.post(
         target.stack.function_url,
         data=data,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **dict(headers)},
         timeout=60,
-        **kwargs,
     )
 
 
@@ -390,8 +522,13 @@ def assert_refusal_reveals_nothing(target: Target, answer: requests.Response) ->
     assert not leaked, f"the refusal shows {leaked}: {text}"
 
 
+# A refusal names the field and a reason; it never echoes the request back.
+MAX_REFUSAL_BYTES = 1024
+
+
 def check_refused(target: Target, case: Case, answer: requests.Response) -> None:
     assert answer.status_code == case.status, answer.text
+    assert len(answer.content) <= MAX_REFUSAL_BYTES, answer.text[:2000]
     error = answer.json()["error"]
     assert error["field"].startswith(case.field), error
     assert error["message"], error
@@ -405,7 +542,7 @@ def test_a_hostile_request_is_refused_and_changes_nothing(target: Target, case: 
     payload = case.make(target)
     lake, buckets = snapshot_lake(target), snapshot_buckets(target.gcs)
 
-    answer = post(target, payload)
+    answer = post(target, payload, case.headers)
 
     check_refused(target, case, answer)
     assert snapshot_lake(target) == lake
@@ -441,7 +578,33 @@ def test_a_chunked_body_over_the_limit_is_413(target: Target) -> None:
 
 def test_the_escapes_did_not_reach_the_table_next_to_the_lake(target: Target) -> None:
     assert pl.read_delta(str(target.outside / "people")).height == 3
+    assert pl.read_delta(str(target.lake / "tables" / "people")).height == 3
     assert not (target.work / "lake-evil").exists()
+
+
+def test_hostile_requests_in_parallel_leave_valid_ones_unaffected(target: Target) -> None:
+    attacks: list[Callable[[], dict[str, Any] | bytes]] = [
+        lambda: body(raw_context=bomb(300 * MiB)),
+        lambda: body(context={"path": "/dev/zero"}),
+        lambda: nested(400_000),
+        lambda: body(**{"k" * 900_000: 1}),
+        lambda: body(dl_bucket=f"{target.lake}/%2e%2e/outside"),
+        lambda: body(**msgs(bucket=OTHER_BUCKET)),
+    ]
+    tables = [f"parallel_{i}" for i in range(3)]
+    with ThreadPoolExecutor(max_workers=2 * len(attacks) + len(tables)) as pool:
+        refused = [pool.submit(post, target, attack()) for attack in attacks * 2]
+        valid = [pool.submit(post, target, body(**ctx(asset=name), num_rows=25)) for name in tables]
+        answers = [future.result() for future in valid]
+        refusals = [future.result() for future in refused]
+
+    assert [answer.status_code for answer in answers] == [200] * len(tables), answers[0].text
+    for name in tables:
+        assert pl.read_delta(str(target.lake / name)).height == 25
+    assert all(400 <= answer.status_code < 500 for answer in refusals), [
+        (answer.status_code, answer.text[:200]) for answer in refusals
+    ]
+    assert not any("Traceback" in answer.text for answer in refusals)
 
 
 # --- memory -------------------------------------------------------------------------------------
