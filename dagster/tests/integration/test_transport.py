@@ -296,3 +296,54 @@ def test_terminating_the_run_stops_waiting_promptly(stack: LocalStack, tmp_path:
     assert stopped_after < 10, f"took {stopped_after:.1f}s to stop:\n{output[-3000:]}"
     assert "slow function started" in output, output[-3000:]
     assert json.loads(output.strip().splitlines()[-1])["elapsed"] < 20
+
+
+BACKLOG_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    import dagster as dg
+    from dagster_pipes_gcf import PipesCloudFunctionClient, PipesCloudStorageMessageReader
+
+    url, bucket, lines = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+    @dg.asset
+    def flood(context: dg.AssetExecutionContext, client: PipesCloudFunctionClient):
+        event = {"lines": lines, "sleep_s": 60}
+        return client.run(context=context, function_url=url, event=event).get_results()
+
+    # One event per line (no coalescing) on the SQLite event log: a backlog of many seconds.
+    reader = PipesCloudStorageMessageReader(bucket=bucket, log_coalescing=None)
+    instance = dg.DagsterInstance.get()
+    try:
+        result = dg.materialize([flood], resources={"client": PipesCloudFunctionClient(
+            message_reader=reader)}, instance=instance, raise_on_error=False)
+    finally:
+        ended = time.monotonic()  # CLOCK_MONOTONIC: comparable with the test's clock
+    delivered = sum("flood line" in (e.user_message or "") for e in instance.all_logs(
+        result.run_id))
+    print(json.dumps({"ended": ended, "delivered": delivered}), flush=True)
+    """
+)
+
+
+def test_a_terminated_run_with_a_backlog_of_messages_ends_within_two_seconds(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    script, lines = tmp_path / "backlog.py", 10_000
+    script.write_text(BACKLOG_SCRIPT)
+    with serve(stack, "flood.py", tmp_path) as url:
+        process = subprocess.Popen(
+            [sys.executable, str(script), url, stack.pipes_bucket, str(lines)],
+            env={**os.environ, "STORAGE_EMULATOR_HOST": stack.emulator_url,
+                 "DAGSTER_HOME": str(tmp_path)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        wait_for_line(server_log(tmp_path, "flood.py"), "flood.py: every line is in the Pipes")
+        time.sleep(1)  # the reader is busy delivering the backlog
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        sent = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    report = json.loads(output.strip().splitlines()[-1])
+    assert report["ended"] - sent < 2.0, f"ended {report['ended'] - sent:.2f}s after the signal"
+    assert 0 < report["delivered"] < lines, report  # a backlog was there, and was left
