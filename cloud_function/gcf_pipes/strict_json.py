@@ -72,8 +72,11 @@ def loads_strict(text: str) -> object:
 def refuse_lone_surrogates(value: object, field: str) -> None:
     """Refuse (400, ``field``) a value holding a string that is not Unicode text; in an
     object, name the top-level key holding it (``field.key`` unless ``field`` is ``body``)."""
-    if _is_text(value):
-        return
+    try:
+        if _is_text(value):
+            return
+    except RecursionError:  # within what ``loads_strict`` took, but the check's frames add up
+        raise RequestError(f"{field} is nested too deeply", field=field) from None
     if isinstance(value, dict):
         for key, item in value.items():
             if _is_text(key) and not _is_text(item):
