@@ -75,10 +75,12 @@ def derive_invocation_id(
     call_key: str | None = None,
 ) -> str:
     """A UUID (matches ``[A-Za-z0-9][A-Za-z0-9._:-]{0,127}``) naming one call of one step:
-    the ``ordinal``-th call, or the call named ``call_key`` when one is given."""
+    the ``ordinal``-th call of the step's selected ``asset_keys``, or the call named
+    ``call_key`` when one is given (then whatever subset of a multi-asset the step
+    materializes: a from-failure re-execution may select only the assets that failed)."""
     assets = ",".join(sorted(asset_keys))
-    call = f"{ordinal}" if call_key is None else f"key={call_key}"
-    name = f"dagster://{run_id}/{step_key}/{assets}/{partition}/{call}"
+    call = f"{assets}/{ordinal}" if call_key is None else f"key={call_key}"
+    name = f"dagster://{run_id}/{step_key}/{partition}/{call}"
     return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
 
 
@@ -96,7 +98,8 @@ class InvocationIds:
     """Invocation ids per ``run()`` call: the n-th call of a step attempt gets ordinal n.
 
     Thread-safe. The ordinal restarts with each step retry, so a retried step's calls get the
-    ids of the first try's calls in the same order.
+    ids of the first try's calls in the same order. Clients share one counter
+    (:data:`STEP_CALLS`): a step calling through two clients still counts its calls once.
     """
 
     def __init__(self) -> None:
@@ -124,6 +127,9 @@ class InvocationIds:
             ordinal=ordinal,
             call_key=call_key,
         )
+
+
+STEP_CALLS = InvocationIds()  # the calls of every step in this process, whichever client
 
 
 class PipesCloudFunctionCompletedInvocation(PipesClientCompletedInvocation):
@@ -162,7 +168,9 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
     retries, derived from the run, step key, selected asset keys, partition (or range) and
     the call's ordinal within the step (1st, 2nd, ... ``run()`` call), so the n-th call must
     mean the same work on every try; a step whose calls vary between tries (e.g. it skips
-    batches already done) names each call with ``call_key`` instead. A from-failure
+    batches already done, calls from several threads, or is a subsettable multi-asset)
+    names each call with ``call_key`` instead, unique within the step; the id then no longer
+    depends on which of the step's assets are selected. A from-failure
     re-execution uses the run it resumes (its parent chain), so work that run committed is
     recognised and not done again; a full re-execution is new work with new ids.
 
@@ -193,7 +201,7 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
         self.message_reader = message_reader
         self.context_injector = context_injector or PipesCloudFunctionEventContextInjector()
         self.invoker = invoker or CloudFunctionInvoker()
-        self.invocation_ids = InvocationIds()
+        self.invocation_ids = STEP_CALLS
 
     @classmethod
     def _is_dagster_maintained(cls) -> bool:

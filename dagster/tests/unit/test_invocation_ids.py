@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 from dagster._core.storage.tags import RESUME_RETRY_TAG
 
+from dagster_pipes_gcf import PipesCloudFunctionClient, PipesCloudStorageMessageReader
 from dagster_pipes_gcf.client import InvocationIds, derive_invocation_id, partition_of
 
 IDS = InvocationIds()
@@ -137,6 +138,30 @@ def test_a_call_key_names_the_call_in_place_of_its_ordinal() -> None:
     batch_3 = derive_invocation_id(ordinal=3, call_key="batch-3", **base)  # type: ignore[arg-type]
     assert batch_3 == derive_invocation_id(ordinal=1, call_key="batch-3", **base)  # type: ignore[arg-type]
     assert batch_3 != derive_invocation_id(ordinal=3, **base)  # type: ignore[arg-type]
+
+
+def test_a_call_key_names_the_call_whatever_assets_of_the_step_are_selected() -> None:
+    base = {"run_id": "r", "step_key": "s", "partition": "", "ordinal": 2}
+    all_assets = derive_invocation_id(asset_keys=["x", "y"], call_key="y", **base)  # type: ignore[arg-type]
+    failed_only = derive_invocation_id(asset_keys=["y"], call_key="y", **base)  # type: ignore[arg-type]
+    assert all_assets == failed_only, "a subset re-execution must not write y twice"
+    by_ordinal = derive_invocation_id(asset_keys=["x", "y"], **base)  # type: ignore[arg-type]
+    assert by_ordinal != derive_invocation_id(asset_keys=["y"], **base)  # type: ignore[arg-type]
+
+
+def test_a_step_calling_through_two_clients_counts_its_calls_once() -> None:
+    seen: list[str] = []
+    reader = PipesCloudStorageMessageReader(bucket="pipes", client=object())  # type: ignore[arg-type]
+
+    @dg.asset
+    def two_clients(context: dg.AssetExecutionContext) -> None:
+        first, second = (PipesCloudFunctionClient(message_reader=reader) for _ in range(2))
+        seen.extend(
+            [first.invocation_ids.next_for(context), second.invocation_ids.next_for(context)]
+        )
+
+    assert dg.materialize([two_clients]).success
+    assert len(set(seen)) == 2, "two calls of one step through two clients are two invocations"
 
 
 def test_partition_of_names_a_key_a_range_or_nothing() -> None:
