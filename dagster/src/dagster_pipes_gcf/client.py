@@ -105,6 +105,7 @@ class InvocationIds:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[tuple[str, str, int], int] = {}
+        self._keys: set[tuple[str, str, int, str]] = set()
 
     def next_ordinal(self, run_id: str, step_key: str, retry_number: int) -> int:
         """1 for the first call of this step attempt, then 2, 3, ..."""
@@ -113,11 +114,25 @@ class InvocationIds:
             ordinal = self._calls[key] = self._calls.get(key, 0) + 1
         return ordinal
 
+    def claim_call_key(self, run_id: str, step_key: str, retry_number: int, call_key: str) -> None:
+        """Refuse a ``call_key`` used before in this step attempt: the second call would be
+        taken for a repeat of the first and write nothing."""
+        key = (run_id, step_key, retry_number, call_key)
+        with self._lock:
+            if key in self._keys:
+                raise ValueError(
+                    f"call_key {call_key!r} was used already in step {step_key}: each call "
+                    "of a step needs its own (a repeated key would be taken for a retry)"
+                )
+            self._keys.add(key)
+
     def next_for(self, context: Context, call_key: str | None = None) -> str:
         """The id of the call about to be made from ``context``'s step."""
         if call_key is not None and not call_key:
             raise ValueError("call_key must be a non-empty string (or None)")
         step_key = context.get_step_execution_context().step.key
+        if call_key is not None:
+            self.claim_call_key(context.run_id, step_key, context.retry_number, call_key)
         ordinal = self.next_ordinal(context.run_id, step_key, context.retry_number)
         return derive_invocation_id(
             run_id=idempotency_run_id(context.run, context.instance),

@@ -164,6 +164,24 @@ def test_a_step_calling_through_two_clients_counts_its_calls_once() -> None:
     assert len(set(seen)) == 2, "two calls of one step through two clients are two invocations"
 
 
+def test_a_call_key_used_twice_in_one_step_is_refused() -> None:
+    ids = InvocationIds()
+    errors: list[str] = []
+
+    @dg.asset(retry_policy=dg.RetryPolicy(max_retries=1))
+    def same_key_twice(context: dg.AssetExecutionContext) -> None:
+        ids.next_for(context, call_key="batch-1")  # again on the retry: that is fine
+        try:
+            ids.next_for(context, call_key="batch-1")
+        except ValueError as exc:
+            errors.append(str(exc))
+        if context.retry_number == 0:
+            raise RuntimeError("try again")
+
+    assert dg.materialize([same_key_twice]).success
+    assert len(errors) == 2 and "call_key 'batch-1' was used already" in errors[0]
+
+
 def test_partition_of_names_a_key_a_range_or_nothing() -> None:
     assert partition_of(dg.build_asset_context(partition_key="2024-01-03")) == "2024-01-03"
     week = dg.PartitionKeyRange("2024-01-01", "2024-01-07")
