@@ -49,6 +49,12 @@ class PeopleRequest:
     invalid_email_rate: float = 0.0
 
 
+def _number(value: float) -> str:
+    """A number as a refusal shows it: a 4,000-digit integer is not echoed."""
+    text = str(value)
+    return text if len(text) <= 24 else f"a number of {len(text)} characters"
+
+
 def _optional_int(event: Mapping[str, Any], field: str, low: int, high: int) -> int | None:
     value = event.get(field)
     if value is None:
@@ -56,7 +62,9 @@ def _optional_int(event: Mapping[str, Any], field: str, low: int, high: int) -> 
     if isinstance(value, bool) or not isinstance(value, int):
         raise RequestError(f"'{field}' must be an integer, got {type(value).__name__}", field=field)
     if not low <= value <= high:
-        raise RequestError(f"'{field}' must be between {low} and {high}, got {value}", field=field)
+        raise RequestError(
+            f"'{field}' must be between {low} and {high}, got {_number(value)}", field=field
+        )
     return value
 
 
@@ -67,7 +75,7 @@ def _rate(event: Mapping[str, Any], field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RequestError(f"'{field}' must be a number, got {type(value).__name__}", field=field)
     if not 0.0 <= value <= 1.0:  # also refuses NaN
-        raise RequestError(f"'{field}' must be between 0 and 1, got {value}", field=field)
+        raise RequestError(f"'{field}' must be between 0 and 1, got {_number(value)}", field=field)
     return float(value)
 
 
