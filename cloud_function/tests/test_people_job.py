@@ -215,8 +215,10 @@ def rows_by_day(path: Path) -> dict[str, int]:
 def test_a_range_of_days_is_one_commit_with_the_rows_of_each_day(
     gcs: FakeClient, lake: Path
 ) -> None:
-    call(gcs, body({"num_rows": 3}, partition="2024-02-29", invocation_id="before"))
-    call(gcs, body({"num_rows": 3}, partition="2024-03-08", invocation_id="after"))
+    before = body({"num_rows": 3}, partition="2024-02-29", invocation_id="before", key_prefix="t/0")
+    assert call(gcs, before)[0] == 200
+    after = body({"num_rows": 3}, partition="2024-03-08", invocation_id="after", key_prefix="t/9")
+    assert call(gcs, after)[0] == 200
     ranged = body(
         {"num_rows": 10, "seed": 4},
         partition_range=WEEK,
