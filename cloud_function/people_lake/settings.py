@@ -6,7 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gcf_pipes import RequestError
 from gcf_pipes.gcs_names import is_bucket_name
+from people_lake.storage import parse_lake_uri
 
 # Names of the environment variables the function reads (Terraform sets each one).
 DATA_LAKE_URI_VAR = "DATA_LAKE_URI"
@@ -61,6 +63,12 @@ class FunctionSettings:
     max_rows_per_request: int = DEFAULT_MAX_ROWS_PER_REQUEST
 
     def __post_init__(self) -> None:
+        lakes = ((DATA_LAKE_URI_VAR, self.data_lake_uri),) if self.data_lake_uri else ()
+        for name, uri in (*lakes, *((ALLOWED_DATA_LAKE_ROOTS_VAR, r) for r in self.allowed_roots)):
+            try:  # the rules a request's dl_bucket is held to, so no request is refused for them
+                parse_lake_uri(uri, field=name)
+            except RequestError as exc:
+                raise ValueError(exc.message) from None
         if self.pipes_bucket is not None and not is_bucket_name(self.pipes_bucket):
             raise ValueError(f"{PIPES_BUCKET_VAR} is not a valid Cloud Storage bucket name")
         if self.max_rows_per_request < 1:

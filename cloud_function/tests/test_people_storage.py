@@ -164,10 +164,24 @@ def test_settings_default_the_allow_list_to_the_data_lake() -> None:
     only_lake = FunctionSettings.from_env({"DATA_LAKE_URI": "gs://lake"})
     assert only_lake.allowed_roots == ("gs://lake",)
     explicit = FunctionSettings.from_env(
-        {"DATA_LAKE_URI": "gs://lake", "ALLOWED_DATA_LAKE_ROOTS": " gs://a , /b/c,, "}
+        {"DATA_LAKE_URI": "gs://lake", "ALLOWED_DATA_LAKE_ROOTS": " gs://aaa , /b/c,, "}
     )
-    assert explicit.allowed_roots == ("gs://a", "/b/c")
+    assert explicit.allowed_roots == ("gs://aaa", "/b/c")
     nothing = FunctionSettings.from_env({})
     assert (nothing.data_lake_uri, nothing.allowed_roots, nothing.storage_emulator_host) == (
         None, (), None,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DATA_LAKE_URI", "gs://a/lake"),
+        ("DATA_LAKE_URI", "s3://lake"),
+        ("ALLOWED_DATA_LAKE_ROOTS", "gs://lake,/srv/../etc"),
+        ("ALLOWED_DATA_LAKE_ROOTS", "/srv/%2e%2e"),
+    ],
+)
+def test_settings_refuse_a_lake_uri_a_request_could_not_name(variable: str, value: str) -> None:
+    with pytest.raises(ValueError, match=variable):
+        FunctionSettings.from_env({"DATA_LAKE_URI": "gs://lake", variable: value})
