@@ -1,8 +1,10 @@
 """The local GCS emulator (fake-gcs-server) enforces what GCS enforces: no overwrite of an
-existing object under ``if_generation_match=0``, and the function's writer meets that 412."""
+existing object under ``if_generation_match=0``, and the function's writer meets that 412
+(and its job then commits nothing)."""
 
 import uuid
 
+import deltalake
 import pytest
 import requests
 from dagster_pipes import (
@@ -43,9 +45,10 @@ def test_the_function_answers_502_naming_a_chunk_that_already_exists(stack: Loca
         "partition_key_range": None, "partition_time_window": None, "run_id": "r",
         "job_name": "j", "retry_number": 0, "extras": {"invocation_id": uuid.uuid4().hex},
     }  # fmt: skip
+    lake = fresh_lake(stack)
     body = {
-        "dl_bucket": str(fresh_lake(stack)),
-        "num_rows": 5,
+        "dl_bucket": str(lake),
+        "num_rows": 1_000_000,  # eight batches: the job reaches a check after the failure
         DAGSTER_PIPES_CONTEXT_ENV_VAR: encode_param({"data": context}),
         DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param(
             {"bucket": stack.pipes_bucket, "key_prefix": key_prefix}
@@ -58,3 +61,8 @@ def test_the_function_answers_502_naming_a_chunk_that_already_exists(stack: Loca
     assert answer.json()["error"]["type"] == "PipesMessageDeliveryError"
     assert f"/{key_prefix}/1.json already exists" in answer.json()["error"]["message"]
     assert stale.download_as_text() == '{"stale": true}\n'
+    # Dagster could never hear of a commit: the job stopped before making one.
+    assert answer.json()["error"]["job_outcome"]["error"]["type"] == "PipesMessageDeliveryError"
+    table = lake / "people"
+    history = deltalake.DeltaTable(str(table)).history() if table.is_dir() else []
+    assert [c["operation"] for c in history if c["operation"] != "CREATE TABLE"] == []
