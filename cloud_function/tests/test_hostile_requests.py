@@ -591,6 +591,32 @@ def test_the_escapes_did_not_reach_the_table_next_to_the_lake(target: Target) ->
     assert not (target.work / "lake-evil").exists()
 
 
+def test_header_values_cannot_forge_log_fields(target: Target) -> None:
+    forged = f'people", "severity": "CRITICAL", "x": "{uuid.uuid4().hex}'
+    headers = {
+        "X-Dagster-Asset-Key": forged,
+        "X-Dagster-Run-Id": "r" * 5000,  # over the label limit: left out
+        "traceparent": f"00-{'a' * 32}-{'b' * 16}-01-{'x' * 600}",  # malformed: ignored
+        "X-Cloud-Trace-Context": "not-a-trace/1;o=1",
+    }
+    answer = requests.post(
+        target.stack.function_url,
+        data=json.dumps(body(**ctx(asset="canary"), num_rows=1)),
+        headers={"Content-Type": "application/json", **headers},
+        timeout=60,
+    )
+
+    assert answer.status_code == 200, answer.text
+    lines = (target.work / "function.log").read_text().splitlines()
+    entries = [json.loads(line) for line in lines if forged[-32:] in line]
+    assert entries, "the request wrote no log line"
+    for entry in entries:
+        assert entry["severity"] in {"INFO", "WARNING"} and "x" not in entry
+        assert entry["logging.googleapis.com/labels"] == {"dagster_asset_key": forged}
+        assert "logging.googleapis.com/trace" not in entry
+    assert not any("r" * 5000 in line for line in lines)
+
+
 def test_hostile_requests_in_parallel_leave_valid_ones_unaffected(target: Target) -> None:
     attacks: list[Callable[[], dict[str, Any] | bytes]] = [
         lambda: body(raw_context=bomb(300 * MiB)),
