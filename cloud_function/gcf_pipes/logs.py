@@ -49,7 +49,9 @@ _TRACEPARENT = re.compile(
     r"(?:-.*)?"
 )
 # TRACE_ID/SPAN_ID;o=OPTIONS, the span a decimal unsigned 64-bit integer.
-_CLOUD_TRACE = re.compile(r"(?P<trace>[0-9a-fA-F]{32})(?:/(?P<span>\d{1,20}))?(?:;o=(?P<o>[0-9]))?")
+_CLOUD_TRACE = re.compile(
+    r"(?P<trace>[0-9a-fA-F]{32})(?:/(?P<span>[0-9]{1,20}))?(?:;o=(?P<o>[0-9]))?"
+)  # ASCII digits only (``\d`` would take any script's, and int() reads them)
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 

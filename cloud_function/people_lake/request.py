@@ -25,7 +25,7 @@ MAX_SEED = 2**63 - 1
 EVENT_FIELDS = ("dl_bucket", "num_rows", "seed", "invalid_email_rate")
 INVOCATION_ID_EXTRA = "invocation_id"  # set by the Dagster client, equal on every retry
 _INVOCATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-_DAILY_KEY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DAILY_KEY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII digits only
 RANGE_FIELD = "partition_key_range"
 WINDOW_FIELD = "partition_time_window"
 
