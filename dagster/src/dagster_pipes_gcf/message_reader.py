@@ -300,6 +300,9 @@ class PipesAttemptStreams:
         self._reading = threading.Lock()  # one reader at a time: poller or drain
         self.background_error: BaseException | None = None
         self.handler_error: PipesHandlerError | None = None
+        # Tells the background poller to stop (set while it runs): a terminated run lets it
+        # wind down while the cancel marker is written, not after.
+        self.stop_polling: Callable[[], None] = lambda: None
 
     def _new_attempt(self, number: int) -> _Attempt:
         stream = ChunkStream(
@@ -434,15 +437,25 @@ class _Poller:
     def __init__(self, streams: PipesAttemptStreams):
         self._streams = streams
         self._stop = threading.Event()
+        self._stop_asked: float | None = None
         self._thread = threading.Thread(target=self._run, name="pipes-gcs-reader", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop and wait a bounded time: a download in flight ends on its own timeout."""
+    def signal_stop(self) -> None:
+        """Ask the thread to stop, without waiting for it."""
+        if self._stop_asked is None:
+            self._stop_asked = time.monotonic()
         self._stop.set()
-        self._thread.join(timeout=STOP_JOIN_TIMEOUT_S)
+
+    def stop(self) -> None:
+        """Stop and wait at most :data:`STOP_JOIN_TIMEOUT_S` since the stop was first asked
+        for: a download in flight ends on its own timeout."""
+        self.signal_stop()
+        assert self._stop_asked is not None
+        waited = time.monotonic() - self._stop_asked
+        self._thread.join(timeout=max(0.0, STOP_JOIN_TIMEOUT_S - waited))
 
     def _run(self) -> None:
         policy = self._streams.policy
@@ -538,9 +551,11 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         """Ask the function to stop the session's call: write ``<prefix>/cancel`` for every
         attempt that may still be running. Bounded in time; never raises."""
         try:
-            prefixes = self.attempts(params).unanswered_prefixes()
+            streams = self.attempts(params)
         except DagsterPipesExecutionError as exc:
             return CancelOutcome((), (str(exc),))
+        streams.stop_polling()  # it winds down while the markers are written
+        prefixes = streams.unanswered_prefixes()
         return write_cancel_markers(self._marker_bucket, prefixes, reason=reason)
 
     def new_key_prefix(self) -> str:
@@ -584,6 +599,7 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
 
     def _stream(self, streams: PipesAttemptStreams, params: PipesParams) -> Iterator[PipesParams]:
         poller = _Poller(streams)
+        streams.stop_polling = poller.signal_stop
         poller.start()
         try:
             yield params

@@ -258,3 +258,35 @@ def test_a_terminated_run_writes_the_marker_of_its_attempt(gcs: FakeClient, forw
         ]
     else:
         assert markers(gcs) == [] and forwarded == []
+
+
+def test_a_terminated_run_on_a_hung_bucket_stops_waiting_within_two_seconds(
+    gcs: FakeClient,
+) -> None:
+    """The marker write and the poller's stop both meet the hung bucket: they overlap."""
+    times: dict[str, float] = {}
+
+    class LateInterrupt:
+        def invoke(self, url: str, payload: Any, **_: Any) -> Any:
+            payload(1, None)
+            time.sleep(0.3)  # the poller is now inside a download that hangs
+            times["interrupted"] = time.monotonic()
+            raise DagsterExecutionInterruptedError()
+
+    def hung(operation: str, key: str) -> None:
+        time.sleep(5)
+
+    gcs.fault = hung
+    reader = PipesCloudStorageMessageReader(bucket=BUCKET, client=gcs)  # type: ignore[arg-type]
+    client = PipesCloudFunctionClient(message_reader=reader, invoker=LateInterrupt())  # type: ignore[arg-type]
+
+    @dg.asset
+    def called(context: dg.AssetExecutionContext, pipes: PipesCloudFunctionClient) -> Any:
+        try:
+            return pipes.run(context=context, function_url="http://127.0.0.1:1/").get_results()
+        finally:
+            times["returned"] = time.monotonic()
+
+    result = dg.materialize([called], resources={"pipes": client}, raise_on_error=False)
+    assert not result.success
+    assert times["returned"] - times["interrupted"] < 2.0, times
