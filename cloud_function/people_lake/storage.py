@@ -104,8 +104,8 @@ def parse_lake_uri(uri: str, *, field: str = "dl_bucket") -> LakeLocation:
     if "://" in text and not text.startswith(FILE_SCHEME):
         raise _refuse("only gs:// URIs and local paths are supported", field)
     path = text.removeprefix(FILE_SCHEME)
-    if not path:
-        raise _refuse("the path is empty", field)
+    if not path.startswith("/"):  # relative to wherever the server runs, or a file:// host
+        raise _refuse("a local path must be absolute (and a file URI names no host)", field)
     _check_segments(path.split("/"), field)
     return _local(Path(path))
 

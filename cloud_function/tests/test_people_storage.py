@@ -90,6 +90,17 @@ def test_a_symlink_that_stays_inside_the_root_is_followed(lake: Path) -> None:
         "gs://goog-lake/x",
         "gs://192.168.1.1/x",
         "/srv/" + "x" * 1100,
+        "relative/lake",
+        "~/lake",
+        "file://host/srv/lake",
+        "/srv/lake/\uff0e\uff0e/x",
+        "gs://lake/\u2024\u2024/x",
+        "/srv/lake/a\u202eb",
+        "/srv/lake/a\u200bb",
+        "/srv/lake/a\x85b",
+        "/srv/lake/t/_delta_log",
+        "gs://lake/t/_delta_log/x",
+        "/srv/lake/" + "x" * 256,
     ],
 )
 def test_unsupported_or_unsafe_uris_are_400(uri: str) -> None:
