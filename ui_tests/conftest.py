@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from devstack.dagster_dev import prepare_home
-from devstack.net import LOOPBACK, free_port
-from devstack.services import REPO_ROOT, dagster_command, running
+from devstack.dagster_api import DagsterApi, dagster_dev
+from devstack.services import REPO_ROOT
 from devstack.stack import local_stack
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
@@ -33,10 +32,14 @@ FUNCTION_THREADS = 4  # the function's request threads, and so the pool limit
 class UiStack:
     """Where the browser test's stack listens and logs."""
 
-    dagster_url: str
+    api: DagsterApi
     function_url: str
     data_lake_uri: str
     log_dir: Path
+
+    @property
+    def dagster_url(self) -> str:
+        return self.api.url
 
     def logs(self) -> str:
         """Every service's log, for failure messages."""
@@ -50,30 +53,14 @@ class UiStack:
 def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
     """devstack's local stack (emulator + function) plus ``dagster dev`` on a free port."""
     work = tmp_path_factory.mktemp("ui-stack")
-    home = work / "dagster_home"
-    # `just dd`'s instance config (pool, run queue), without the first-run "join the
-    # community" modal over the page and without telemetry from CI.
-    prepare_home(home, FUNCTION_THREADS, quiet=True)
     function_env = {"THREADS": str(FUNCTION_THREADS)}
-    with local_stack(work, pipes_bucket=PIPES_BUCKET, function_env=function_env) as stack:
-        dagster_port = free_port()
-        env = {
-            "STORAGE_EMULATOR_HOST": stack.emulator_url,
-            "CLOUD_FUNCTION_URL": stack.function_url,
-            "PIPES_BUCKET": PIPES_BUCKET,
-            "DATA_LAKE_URI": stack.data_lake_uri,
-            "DAGSTER_HOME": str(home),
-            "PEOPLE_FUNCTION_POOL_LIMIT": str(FUNCTION_THREADS),
-        }
-        command = dagster_command(dagster_port)
-        log_path = work / "dagster.log"
-        with running("dagster", command, dagster_port, env=env, log_path=log_path, timeout=120):
-            yield UiStack(
-                f"http://{LOOPBACK}:{dagster_port}",
-                stack.function_url,
-                stack.data_lake_uri,
-                work,
-            )
+    with (
+        local_stack(work, pipes_bucket=PIPES_BUCKET, function_env=function_env) as stack,
+        # `just dd`'s instance config (pool, run queue), without the first-run modal over the
+        # page and without telemetry from CI.
+        dagster_dev(stack, work, pool_limit=FUNCTION_THREADS, timeout=120) as api,
+    ):
+        yield UiStack(api, stack.function_url, stack.data_lake_uri, work)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import deltalake  # noqa: F401 - before polars
 import polars as pl
 from playwright.sync_api import Page, expect
 
-from bench.dagster_graphql import DagsterApi
 from gcf_demo.defs.assets import DEFAULT_ROWS_PER_DAY
 from ui_tests.conftest import ARTIFACTS, UiStack
 
@@ -74,7 +73,7 @@ def test_a_week_backfilled_from_the_ui_is_one_run_and_every_day(
     page.screenshot(path=BACKFILL_SCREENSHOT)
     print(f"\nscreenshot of the backfilled partitions: {BACKFILL_SCREENSHOT}")
 
-    api = DagsterApi(ui_stack.dagster_url, ui_stack.log_dir / "dagster.log", ui_stack.log_dir)
+    api = ui_stack.api
     (run,) = api.backfill_runs(backfill_id)  # the whole week in one run
     assert run.status == "SUCCESS"
     assert run.tags["dagster/asset_partition_range_start"] == days[0]

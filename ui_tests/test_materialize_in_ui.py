@@ -8,7 +8,6 @@ import deltalake  # noqa: F401 - before polars
 import polars as pl
 from playwright.sync_api import Locator, Page, expect
 
-from bench.dagster_graphql import DagsterApi
 from gcf_demo.defs.assets import DEFAULT_ROWS
 from ui_tests.conftest import ARTIFACTS, UiStack
 
@@ -78,20 +77,9 @@ def scroll_log_to(page: Page, text: str) -> None:
     page.get_by_text(text).evaluate(SCROLL_TO_TOP)
 
 
-RUN_LOGS = """
-query Logs($runId: ID!) {
-  logsForRun(runId: $runId) {
-    ... on EventConnection { events { ... on MessageEvent { message } } }
-  }
-}"""
-
-
 def run_messages(stack: UiStack, run_id: str) -> list[str]:
     """The run's event log messages, in order (the webserver's GraphQL API)."""
-    data = DagsterApi(stack.dagster_url, stack.log_dir / "dagster.log", stack.log_dir).query(
-        RUN_LOGS, runId=run_id
-    )
-    return [event.get("message", "") for event in data["logsForRun"]["events"]]
+    return stack.api.run_messages(run_id)
 
 
 def test_materialize_in_the_ui(ui_stack: UiStack, page: Page) -> None:

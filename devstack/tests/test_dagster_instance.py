@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.dagster_graphql import DagsterApi, Run, dagster_dev
+from devstack.dagster_api import DagsterApi, Run, dagster_dev
 from devstack.dagster_dev import instance_config, prepare_home
 from devstack.stack import local_stack
 

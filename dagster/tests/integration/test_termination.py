@@ -15,7 +15,7 @@ import deltalake
 import pytest
 from google.cloud import storage
 
-from bench.dagster_graphql import DagsterApi, dagster_dev
+from devstack.dagster_api import DagsterApi, dagster_dev
 from devstack.stack import LocalStack
 
 from .conftest import fresh_lake

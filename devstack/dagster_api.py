@@ -1,8 +1,9 @@
 """A real ``dagster dev`` (webserver + daemon) on the local stack, driven over GraphQL as the UI.
 
-Used by the backfill benchmark and by the tests of the instance configuration: runs and
-backfills are launched with the mutations the UI sends (``launchPipelineExecution``,
-``launchPartitionBackfill``) and followed through the runs' own timestamps.
+Used by the backfill benchmark, the browser tests and the tests of the instance configuration
+and of termination: runs and backfills are launched with the mutations the UI sends
+(``launchPipelineExecution``, ``launchPartitionBackfill``) and followed through the runs' own
+timestamps.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ mutation LaunchRun($executionParams: ExecutionParams!) {
     ... on LaunchRunSuccess { run { runId } }
     ... on Error { message }
     ... on RunConfigValidationInvalid { errors { message } }
+  }
+}"""
+RUN_LOGS = """
+query Logs($runId: ID!) {
+  logsForRun(runId: $runId) {
+    __typename
+    ... on EventConnection { events { __typename ... on MessageEvent { message } } }
+    ... on Error { message }
   }
 }"""
 LAUNCH_BACKFILL = """
@@ -145,6 +154,13 @@ class DagsterApi:
         if result["__typename"] != "LaunchBackfillSuccess":
             raise GraphQLError(f"backfilling {asset}: {result}")
         return str(result["backfillId"])
+
+    def run_messages(self, run_id: str) -> list[str]:
+        """The run's event-log messages, in order (as the run page shows them)."""
+        result = self.query(RUN_LOGS, runId=run_id)["logsForRun"]
+        if result["__typename"] != "EventConnection":
+            raise GraphQLError(f"logsForRun({run_id}): {result.get('message', result)}")
+        return [event.get("message") or "" for event in result["events"]]
 
     def runs(self, **filter_: Any) -> list[Run]:
         result = self.query(RUNS, filter=filter_)["runsOrError"]
