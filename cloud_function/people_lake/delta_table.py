@@ -39,6 +39,7 @@ from arro3.core import RecordBatch, RecordBatchReader, Schema
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties
 from deltalake.exceptions import CommitFailedError
 
+from gcf_pipes import RequestError
 from people_lake.storage import TableRef
 from people_lake.window import PARTITION_COLUMN, DayWindow
 
@@ -108,6 +109,18 @@ def open_table(table: TableRef, version: int | None = None) -> DeltaTable | None
     if not DeltaTable.is_deltatable(table.uri, storage_options=table.storage_options):
         return None
     return DeltaTable(table.uri, version=version, storage_options=table.storage_options)
+
+
+def _check_layout(snapshot: DeltaTable, window: DayWindow | None) -> None:
+    """A table keeps the layout it was made with: days go only to a table partitioned by day,
+    and an unpartitioned append only to an unpartitioned table (delta-rs would crash)."""
+    by_day = snapshot.metadata().partition_columns == [PARTITION_COLUMN]
+    if by_day != (window is not None):
+        table_kind = "is partitioned by day" if by_day else "is not partitioned by day"
+        raise RequestError(
+            f"this asset's table {table_kind}, unlike the request (partition_key_range)",
+            field="partition_key_range",
+        )  # 400, not 409: a 409 means the orchestrator cancelled the request
 
 
 def create_table(table: TableRef, schema: Schema, *, partitioned: bool) -> DeltaTable:
@@ -284,6 +297,7 @@ def write_people_table(
         snapshot = open_table(table)
         if snapshot is None:  # created empty first, so that the data commit below is checked
             snapshot = create_table(table, stream.schema, partitioned=window is not None)
+        _check_layout(snapshot, window)
         if invocation_id and (done := _committed(snapshot, table, invocation_id)):
             logger.info("invocation %s already committed version %d", marker, done.version)
             return done

@@ -591,6 +591,25 @@ def test_the_escapes_did_not_reach_the_table_next_to_the_lake(target: Target) ->
     assert not (target.work / "lake-evil").exists()
 
 
+def test_days_for_an_unpartitioned_table_are_refused_and_change_nothing(target: Target) -> None:
+    first = post(target, body(**ctx(asset="layout"), num_rows=2))
+    assert first.status_code == 200, first.text
+    lake = snapshot_lake(target)
+    days = ctx(
+        asset="layout",
+        partition_key="2024-01-01",
+        partition_key_range={"start": "2024-01-01", "end": "2024-01-01"},
+        partition_time_window={"start": "2024-01-01T00:00:00+00:00", "end": DAY},
+    )
+
+    answer = post(target, body(**days, num_rows=2))  # was a 500 from delta-rs
+
+    check_refused(target, Case("layout", lambda t: b"", 400, "partition_key_range"), answer)
+    assert snapshot_lake(target) == lake
+    assert pl.read_delta(str(target.lake / "layout")).height == 2
+    assert_valid_request_succeeds(target)
+
+
 def test_header_values_cannot_forge_log_fields(target: Target) -> None:
     forged = f'people", "severity": "CRITICAL", "x": "{uuid.uuid4().hex}'
     headers = {
