@@ -4,7 +4,8 @@ Every request below is what a caller holding ``run.invoker`` could send. For eac
 status and the field named; a refusal body without traceback, path or environment value;
 nothing changed in the lake, in the directory next to it or in any bucket but the Pipes
 bucket (and nothing at all there when the request is refused before Pipes opens); and the
-next valid request still succeeds. Two cases also bound the worker's memory.
+next valid request still succeeds. Two cases also bound the worker's memory; hostile requests
+also run in parallel with valid ones, and header values are shown not to forge log fields.
 """
 
 from __future__ import annotations
