@@ -7,6 +7,7 @@ written in batches (memory does not grow with the request), all in one Delta com
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import deltalake  # imported before polars (crash at exit otherwise)
 import polars as pl
 from dagster_pipes import PipesContext, PipesMetadataValue, to_asset_key_path
 
-from gcf_pipes import Cancellation, current_cancellation
+from gcf_pipes import Cancellation, RequestError, current_cancellation
 from people_lake import __version__
 from people_lake.checks import (
     CheckOutcome,
@@ -36,6 +37,7 @@ from people_lake.delta_table import (
 from people_lake.fake_people import people_batches
 from people_lake.metadata import PREVIEW_ROWS, column_schema, markdown_preview
 from people_lake.request import (
+    INVOCATION_ID_EXTRA,
     PeopleRequest,
     check_row_limit,
     parse_invocation_id,
@@ -174,12 +176,42 @@ def _preview_of_commit(plan: Plan, written: TableWrite) -> pl.DataFrame:
     return committed_rows(plan.table, written.version).head(PREVIEW_ROWS).collect()
 
 
+def _asked(plan: Plan) -> str:
+    """What the request asks for, as recorded with its commit: a repeat of its invocation
+    must ask the same."""
+    request = plan.request
+    asked = {
+        "num_rows": request.num_rows,
+        "seed": request.seed,
+        "invalid_email_rate": request.invalid_email_rate,
+        "partition_window": plan.window.text if plan.window else None,
+    }
+    return json.dumps(asked, sort_keys=True, separators=(",", ":"))
+
+
 def _commit_metadata(plan: Plan) -> dict[str, str]:
     """Recorded in the commit (Delta history) next to the invocation id."""
     recorded = {"rows_per_day" if plan.window else "rows": str(plan.request.num_rows)}
     if plan.window:
         recorded["partition_window"] = plan.window.text
+    recorded["request"] = _asked(plan)
     return recorded
+
+
+def _same_request(plan: Plan, written: TableWrite) -> None:
+    """Refuse a repeat of an invocation id that asks for other work than its commit did: the
+    id was reused for another call (e.g. a step whose calls vary between tries without a
+    call_key), and reporting the earlier commit would be a silent success."""
+    earlier = written.commit_metadata.get("request")  # None: a commit of an older version
+    if earlier is None or earlier == _asked(plan):
+        return
+    raise RequestError(
+        f"invocation {plan.invocation_id} already committed version {written.version} for "
+        f"another request ({earlier}); this one asks {_asked(plan)}. Each call needs its own "
+        "invocation id (name the calls of a step with call_key)",
+        field=INVOCATION_ID_EXTRA,
+        status=409,
+    )
 
 
 @dataclass(frozen=True)
@@ -196,6 +228,7 @@ def _earlier(plan: Plan, written: TableWrite) -> _Outcome:
 def _write_once(pipes: PipesContext, plan: Plan) -> _Outcome:
     """Write unless this invocation already did: the write, its checks and a preview."""
     if plan.invocation_id is not None and (done := previous_write(plan.table, plan.invocation_id)):
+        _same_request(plan, done)
         pipes.log.info(
             f"invocation {plan.invocation_id} already wrote version {done.version}; "
             "not writing again"
@@ -218,6 +251,7 @@ def _write_once(pipes: PipesContext, plan: Plan) -> _Outcome:
             commit_metadata=_commit_metadata(plan),
         )
     if written.repeated:  # a racing copy of this invocation committed first
+        _same_request(plan, written)
         pipes.log.info(f"invocation {plan.invocation_id} was committed by a concurrent copy")
         return _earlier(plan, written)
     committed = attempts[-1]

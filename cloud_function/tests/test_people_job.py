@@ -113,7 +113,9 @@ def test_a_repeated_invocation_writes_nothing_and_reports_the_first_write(
     gcs: FakeClient, lake: Path
 ) -> None:
     first_status, first = call(gcs, body({"num_rows": 40, "invalid_email_rate": 0.1}))
-    again_status, again = call(gcs, body({"num_rows": 40}, key_prefix="t/2"))
+    again_status, again = call(
+        gcs, body({"num_rows": 40, "invalid_email_rate": 0.1}, key_prefix="t/2")
+    )
 
     assert first_status == again_status == 200
     assert again["result"]["repeated"] is True and first["result"]["repeated"] is False
@@ -126,6 +128,26 @@ def test_a_repeated_invocation_writes_nothing_and_reports_the_first_write(
     assert checks[EMAILS_CHECK] is False  # the first attempt's rows, read back
     status, _ = call(gcs, body({"num_rows": 40}, invocation_id="inv-2", key_prefix="t/3"))
     assert status == 200 and pl.read_delta(str(lake / "people")).height == 80
+
+
+@pytest.mark.parametrize(
+    "other",
+    [{"num_rows": 41}, {"num_rows": 40, "seed": 7}, {"num_rows": 40, "invalid_email_rate": 0.5}],
+)
+def test_an_invocation_id_reused_for_other_work_is_409_and_writes_nothing(
+    gcs: FakeClient, lake: Path, other: dict[str, Any]
+) -> None:
+    assert call(gcs, body({"num_rows": 40}))[0] == 200
+    version = deltalake.DeltaTable(str(lake / "people")).version()
+
+    status, answer = call(gcs, body(other, key_prefix="t/2"))
+
+    assert status == 409, answer
+    error = answer["error"]
+    assert error["field"] == "invocation_id" and "already committed version 1" in error["message"]
+    assert "call_key" in error["message"]
+    assert deltalake.DeltaTable(str(lake / "people")).version() == version
+    assert pl.read_delta(str(lake / "people")).height == 40
 
 
 WEEK = ("2024-03-01", "2024-03-07")
