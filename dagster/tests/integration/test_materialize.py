@@ -48,14 +48,16 @@ def test_a_crashing_function_fails_the_step_with_the_remote_error(
     stack: LocalStack, tmp_path: Path
 ) -> None:
     lake = fresh_lake(stack)
-    (lake / "cloud_function_pipes_asset").write_text("a file where the table directory should be")
+    log = lake / "cloud_function_pipes_asset" / "_delta_log"
+    log.mkdir(parents=True)
+    (log / "00000000000000000000.json").write_text("a Delta log entry that is not JSON\n")
 
     run = materialize_people(stack, data_lake_uri=str(lake))
 
     assert not run.success
     message = run.failure_message()
     assert "Cloud Function returned HTTP 500" in message
-    assert "FileExistsError" in message or "NotADirectoryError" in message, message
+    assert "DeltaError" in message and "Json error" in message, message
     assert "Remote traceback" in message
     assert any("writing 25 rows" in line for line in run.logs), "logs before the crash were lost"
 
