@@ -36,6 +36,7 @@ _UNSAFE_CHARS = re.compile(r"[%\\?#\x00-\x1f\x7f]")
 # and zero-width, lone surrogates, private use, unassigned, line and paragraph separators).
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _DOT_SEGMENTS = frozenset({".", ".."})
+_FOLDS_TO_SEPARATOR = re.compile(r"[/\\%]")  # in a segment: only after an NFKC fold
 # One table-path segment from an asset key: no separators, no dot-only or hidden names.
 _KEY_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -111,11 +112,13 @@ def parse_lake_uri(uri: str, *, field: str = "dl_bucket") -> LakeLocation:
 
 
 def _check_segments(segments: Iterable[str], field: str) -> None:
-    """No ``.``/``..`` (also as look-alikes that NFKC folds to them, e.g. fullwidth dots), no
-    Delta log directory (a table there would write into another table's log), no segment
-    longer than a file name may be."""
+    """No ``.``/``..`` (also as look-alikes that NFKC folds to them, e.g. fullwidth dots, or
+    to a separator or escape: fullwidth solidus, reverse solidus or percent), no Delta log
+    directory (a table there would write into another table's log), no segment longer than a
+    file name may be."""
     for segment in segments:
-        if unicodedata.normalize("NFKC", segment) in _DOT_SEGMENTS:
+        folded = unicodedata.normalize("NFKC", segment)
+        if folded in _DOT_SEGMENTS or _FOLDS_TO_SEPARATOR.search(folded):
             raise _refuse("'.' and '..' segments are not accepted", field)
         if segment == DELTA_LOG:
             raise _refuse(f"a {DELTA_LOG} segment is another table's log", field)

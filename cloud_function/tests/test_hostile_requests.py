@@ -361,6 +361,7 @@ LAKE_PATHS = [
     # What a file system or a reader may fold, hide or cut.
     lake_case("lake-fullwidth-dotdot", 400, lambda t: f"{t.lake}/\uff0e\uff0e/outside"),
     lake_case("lake-one-dot-leaders", 400, lambda t: f"{t.lake}/\u2024\u2024/outside"),
+    lake_case("lake-fullwidth-solidus", 400, lambda t: f"{t.lake}/x\uff0f..\uff0f..\uff0foutside"),
     lake_case("lake-bidi-override", 400, lambda t: f"{t.lake}/\u202eelpoep"),
     lake_case("lake-zero-width-space", 400, lambda t: f"{t.lake}/a\u200bb"),
     lake_case("lake-c1-control", 400, lambda t: f"{t.lake}/a\x85b"),
