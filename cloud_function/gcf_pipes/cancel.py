@@ -96,6 +96,7 @@ class Cancellation:
         self.looks = 0
         self.interrupted = False  # raise_if_cancelled raised: the job stopped on it
         self._stop_error: Exception | None = None  # the request must stop, not cancelled
+        self._stopped = False  # raise_if_cancelled raised _stop_error
         # Also told about a failed look (the request's Pipes log, so Dagster shows it).
         self.warn: Callable[[str], None] = lambda message: None
 
@@ -151,6 +152,7 @@ class Cancellation:
         instead of trusting the last look (for the check right before a commit). Raises the
         error given to :meth:`stop_with` first, when there is one."""
         if self._stop_error is not None:
+            self._stopped = True
             raise self._stop_error
         if fresh:
             self.look()
@@ -170,7 +172,7 @@ class Cancellation:
         except Exception as exc:
             if self.interrupted:
                 raise self._error() from exc
-            if self._stop_error is not None and exc is not self._stop_error:
+            if self._stopped and self._stop_error is not None and exc is not self._stop_error:
                 raise self._stop_error from exc
             raise
 
