@@ -176,7 +176,8 @@ def ensure_allowed(location: LakeLocation, allowed_roots: Iterable[str]) -> None
     what is really read and written. Below a local table nothing may be a symlink: delta-rs
     would follow one out of the lake (a ``_delta_log`` or partition directory elsewhere).
     Locally a link created between this check and the write is not caught; GCS has no links.
-    A table inside another (or around one) is refused locally; on ``gs://`` that would take
+    A table inside another (or around one) is refused locally, like a link as of this check
+    (a racing request's table made in between is not caught); on ``gs://`` that would take
     listing every level of the path, so there only the ``_delta_log`` name rule holds.
     """
     roots = [parse_lake_uri(root, field="ALLOWED_DATA_LAKE_ROOTS") for root in allowed_roots]
