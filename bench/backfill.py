@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import console
-from devstack.dagster_api import DagsterApi, Run, dagster_dev
 from bench.report import Row
+from devstack.dagster_api import DagsterApi, Run, dagster_dev
 from devstack.stack import local_stack
 from gcf_demo.defs.assets import DEFAULT_ROWS, DEFAULT_ROWS_PER_DAY
 
