@@ -247,7 +247,9 @@ def test_a_function_that_cannot_write_its_messages_names_the_runtime_grant(
 @pytest.mark.integration
 def test_a_crashing_function_fails_naming_the_remote_error(emulator: LocalStack) -> None:
     settings = settings_for(emulator)
-    (Path(settings.data_lake_uri) / "cloud_function_pipes_asset").write_text("not a table")
+    log = Path(settings.data_lake_uri) / "cloud_function_pipes_asset" / "_delta_log"
+    log.mkdir(parents=True)
+    (log / "00000000000000000000.json").write_text("a Delta log entry that is not JSON\n")
 
     report = run(settings)
 
