@@ -32,13 +32,6 @@ mutation Terminate($runId: String!) {
     ... on PythonError { message }
   }
 }"""
-RUN_LOGS = """
-query Logs($runId: ID!) {
-  logsForRun(runId: $runId) {
-    __typename
-    ... on EventConnection { events { __typename ... on MessageEvent { message } } }
-  }
-}"""
 
 
 def function_lines(stack: LocalStack, run_id: str) -> list[str]:
@@ -79,12 +72,6 @@ def wait_for_status(api: DagsterApi, run_id: str, status: str, timeout: float) -
     raise AssertionError(f"run {run_id} is {run.status}, not {status}, after {timeout:g} s")
 
 
-def run_messages(api: DagsterApi, run_id: str) -> list[str]:
-    result = api.query(RUN_LOGS, runId=run_id)["logsForRun"]
-    assert result["__typename"] == "EventConnection", result
-    return [str(event.get("message", "")) for event in result["events"]]
-
-
 def delta_version(table: Path) -> int | None:
     return deltalake.DeltaTable(str(table)).version() if (table / "_delta_log").is_dir() else None
 
@@ -118,7 +105,7 @@ def test_a_terminated_run_is_canceled_at_once_and_the_function_commits_nothing(
     time.sleep(2)
     assert delta_version(table) == version_before
 
-    messages = run_messages(api, run_id)
+    messages = api.run_messages(run_id)
     (forwarded,) = [m for m in messages if "run terminated while the function was working" in m]
     assert "asked the function to cancel (gs://" in forwarded, forwarded
     marker = forwarded.split("(gs://", 1)[1].rstrip(")").split("/", 1)
