@@ -1,8 +1,10 @@
 """Helpers of the function's unit tests: Pipes-bearing request bodies and written messages."""
 
 import json
+from pathlib import Path
 from typing import Any
 
+import pytest
 from dagster_pipes import (
     DAGSTER_PIPES_CONTEXT_ENV_VAR,
     DAGSTER_PIPES_MESSAGES_ENV_VAR,
@@ -11,8 +13,28 @@ from dagster_pipes import (
 
 from devstack.fake_gcs import FakeClient
 from gcf_pipes.writer import chunk_key
+from people_lake.settings import ALLOWED_DATA_LAKE_ROOTS_VAR, DATA_LAKE_URI_VAR
 
 PIPES_BUCKET = "pipes"
+
+
+@pytest.fixture
+def gcs() -> FakeClient:
+    """An in-memory GCS with the Pipes bucket."""
+    fake = FakeClient()
+    fake.create_bucket(PIPES_BUCKET)
+    return fake
+
+
+@pytest.fixture
+def lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The function's configured data lake (DATA_LAKE_URI), empty."""
+    root = tmp_path / "lake"
+    root.mkdir()
+    monkeypatch.setenv(DATA_LAKE_URI_VAR, str(root))
+    monkeypatch.delenv(ALLOWED_DATA_LAKE_ROOTS_VAR, raising=False)
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    return root
 
 
 def pipes_body(

@@ -35,7 +35,6 @@ from gcf_pipes.cancel import cancel_marker_key
 from gcf_pipes.writer import chunk_key
 from people_lake import fake_people, job
 from people_lake.job import write_people
-from people_lake.settings import ALLOWED_DATA_LAKE_ROOTS_VAR, DATA_LAKE_URI_VAR
 
 from .conftest import PIPES_BUCKET, pipes_body
 
@@ -43,23 +42,6 @@ app = flask.Flask(__name__)
 FAST = WriterSettings(flush_interval=0.01, upload_attempts=2)
 QUICK = CancellationPolicy(poll_interval=0.25)
 MARKER = cancel_marker_key("t/1")
-
-
-@pytest.fixture
-def gcs() -> FakeClient:
-    fake = FakeClient()
-    fake.create_bucket(PIPES_BUCKET)
-    return fake
-
-
-@pytest.fixture
-def lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "lake"
-    root.mkdir()
-    monkeypatch.setenv(DATA_LAKE_URI_VAR, str(root))
-    monkeypatch.delenv(ALLOWED_DATA_LAKE_ROOTS_VAR, raising=False)
-    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    return root
 
 
 def cancel(gcs: FakeClient, key: str = MARKER) -> None:

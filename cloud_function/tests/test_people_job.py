@@ -19,8 +19,6 @@ from people_lake.fake_people import generate_people
 from people_lake.job import write_people
 from people_lake.request import parse_people_request
 from people_lake.settings import (
-    ALLOWED_DATA_LAKE_ROOTS_VAR,
-    DATA_LAKE_URI_VAR,
     MAX_ROWS_PER_REQUEST_VAR,
 )
 from people_lake.storage import TableRef
@@ -34,23 +32,6 @@ FAST = WriterSettings(flush_interval=0.01, upload_attempts=2)
 def body(event: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
     """A request body of invocation ``inv-1`` unless ``invocation_id`` says otherwise."""
     return pipes_body(event, **{"invocation_id": "inv-1", **kwargs})
-
-
-@pytest.fixture
-def gcs() -> FakeClient:
-    fake = FakeClient()
-    fake.create_bucket(PIPES_BUCKET)
-    return fake
-
-
-@pytest.fixture
-def lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "lake"
-    root.mkdir()
-    monkeypatch.setenv(DATA_LAKE_URI_VAR, str(root))
-    monkeypatch.delenv(ALLOWED_DATA_LAKE_ROOTS_VAR, raising=False)
-    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    return root
 
 
 def call(gcs: FakeClient, payload: Any) -> tuple[int, dict[str, Any]]:
