@@ -164,16 +164,7 @@ def _request_peak(rows_per_day: int, days: int) -> dict[str, float]:
 
 def _measure_in_fresh_process() -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-people-") as tmp:
-        done = subprocess.run(
-            [sys.executable, "-m", "bench.data_generation", str(Path(tmp) / "people")],
-            cwd=Path(__file__).resolve().parents[1],
-            stdout=subprocess.PIPE,  # the result; a failure's traceback goes to our stderr
-            text=True,
-            check=True,
-            timeout=300,
-        )
-    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+        return _run_child(str(Path(tmp) / "people"))
 
 
 def run() -> list[Row]:
