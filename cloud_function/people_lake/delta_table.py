@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 APP_ID_PREFIX = "dagster-pipes-gcf/"
 TXN_VERSION = 1  # one txn per invocation: "done" is version 1
 COMMIT_ATTEMPTS = 6
+HISTORY_ATTEMPTS = 20  # listings of a table that other writers keep changing
 # Times delta-rs rebases a commit over concurrent ones it does not conflict with (appends,
 # other days) before giving up; more than the racers one instance group sends at once.
 COMMIT_REBASES = 50
@@ -151,10 +152,27 @@ def create_table(table: TableRef, schema: Schema, *, partitioned: bool) -> Delta
         return created
 
 
-def _find_commit(delta: DeltaTable, marker: str) -> dict[str, Any] | None:
+def _history(table: TableRef, limit: int | None) -> list[dict[str, Any]]:
+    """The table's newest ``limit`` commits, newest first, each with its true ``version``.
+
+    delta-rs (1.6) lists the commits from the store's newest but numbers them down from the
+    loaded snapshot's version (delta-rs issue 4488): a commit landing between the load and
+    the listing shifts every number, even below zero. A listing is kept only when the
+    newest version is the same before and after it.
+    """
+    for _ in range(HISTORY_ATTEMPTS):
+        delta = DeltaTable(table.uri, storage_options=table.storage_options)
+        commits = delta.history(limit)
+        latest = DeltaTable(table.uri, storage_options=table.storage_options).version()
+        if latest == delta.version():
+            return commits
+    raise RuntimeError(f"{table.uri} kept changing while its history was read")
+
+
+def _find_commit(table: TableRef, marker: str) -> dict[str, Any] | None:
     """The newest commit whose commitInfo carries ``marker`` (recent commits first)."""
     for limit in (50, None):
-        for commit in delta.history(limit):
+        for commit in _history(table, limit):
             if commit.get(_META + "marker") == marker:
                 return commit
     return None
@@ -179,7 +197,7 @@ def _as_write(table: TableRef, commit: Mapping[str, Any], *, repeated: bool) -> 
 def _committed(delta: DeltaTable, table: TableRef, invocation_id: str) -> TableWrite | None:
     if (delta.transaction_version(app_id_for(invocation_id)) or 0) < TXN_VERSION:
         return None
-    commit = _find_commit(delta, invocation_id)
+    commit = _find_commit(table, invocation_id)
     if commit is None:  # txn recorded but its commitInfo is gone (log cleaned up)
         return TableWrite(table.uri, delta.version(), 0, repeated=True)
     return _as_write(table, commit, repeated=True)
@@ -310,8 +328,7 @@ def write_people_table(
             pause = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
             logger.info("commit conflict (%s); retrying in %.2fs", exc, pause)
             time.sleep(pause)
-    delta = DeltaTable(table.uri, storage_options=table.storage_options)
-    ours = _find_commit(delta, marker)
+    ours = _find_commit(table, marker)
     if ours is None:
         raise RuntimeError(f"committed to {table.uri} but cannot find the commit {marker}")
     return _as_write(table, ours, repeated=False)

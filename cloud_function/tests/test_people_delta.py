@@ -4,6 +4,7 @@ import datetime as dt
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import deltalake
 import polars as pl
@@ -202,9 +203,42 @@ def test_racing_first_writes_of_distinct_invocations_all_commit(tmp_path: Path) 
 
     outcomes = race(lambda i: write_people_table(people(3, seed=i), table, invocation_id=f"i{i}"))
 
-    assert all(isinstance(o, delta_table.TableWrite) and not o.repeated for o in outcomes)
+    writes = [o for o in outcomes if isinstance(o, delta_table.TableWrite) and not o.repeated]
+    assert len(writes) == RACERS, outcomes
+    assert sorted(w.version for w in writes) == list(range(1, RACERS + 1))
+    assert all(committed_rows(table, w.version).collect().height == 3 for w in writes)
     assert len(data_commits(table.uri)) == RACERS
     assert pl.read_delta(table.uri).height == 3 * RACERS
+
+
+def test_a_commit_landing_while_the_history_is_read_does_not_shift_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """delta-rs numbers a listing from the snapshot it loaded, not from the commits it
+    listed; another writer committing in between once made a write report version -1."""
+    table = TableRef(str(tmp_path / "people"))
+    listing = deltalake.DeltaTable.history
+    landed: list[int] = []
+
+    def history_with_a_commit_landing(
+        self: deltalake.DeltaTable, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        if len(landed) < 3:  # the first listings each see another writer's commit land
+            landed.append(1)
+            deltalake.write_deltalake(table.uri, people(2, seed=len(landed)), mode="append")
+        return listing(self, limit)
+
+    first = write_people_table(people(4), table, invocation_id="first")
+    monkeypatch.setattr(deltalake.DeltaTable, "history", history_with_a_commit_landing)
+    ours = write_people_table(people(5), table, invocation_id="ours")
+    again = write_people_table(people(5), table, invocation_id="ours")
+    monkeypatch.undo()
+
+    assert first.version == 1 and ours.rows_written == 5 and not ours.repeated
+    assert again.repeated and again.version == ours.version
+    commits = {c["version"]: c for c in deltalake.DeltaTable(table.uri).history()}
+    assert commits[ours.version]["dagster_pipes_gcf.marker"] == "ours"
+    assert committed_rows(table, ours.version).collect().height == 5
 
 
 def test_a_window_of_days_is_replaced_in_one_commit(tmp_path: Path) -> None:

@@ -394,6 +394,7 @@ def test_racing_first_requests_of_distinct_invocations_all_commit(stack: LocalSt
     results = post_at_once(stack, lake, [f"distinct-{i}" for i in range(RACERS)])
 
     assert not any(result["repeated"] for result in results)
+    assert sorted(result["delta_version"] for result in results) == list(range(1, RACERS + 1))
     assert len(data_commits(lake / "people")) == RACERS
     assert read_table(lake, "people").height == 17 * RACERS
 
