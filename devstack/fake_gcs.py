@@ -99,6 +99,12 @@ class FakeBlob:
                 raise gexc.PreconditionFailed(f"{self.name} exists")
             objects[self.name] = data
 
+    def exists(self, **_: Any) -> bool:
+        client = self.bucket.client
+        client._fault("exists", self.name)
+        with client.lock:
+            return self.name in client._bucket_objects(self.bucket.name)
+
     def download_as_text(self, **_: Any) -> str:
         client = self.bucket.client
         client._fault("download", self.name)

@@ -6,7 +6,8 @@ URL path says:
 
 - ``/drop_connection``: the connection is shut down instead of answering (as when an
   instance dies or a proxy cuts the connection after the work was done);
-- ``/bare_500``: the platform-style bare ``500`` page replaces the function's answer.
+- ``/bare_500``: the platform-style bare ``500`` page replaces the function's answer;
+- ``/bare_503``: a bare ``503``, as Cloud Run answers when an instance dies mid-request.
 
 Each request is printed to the server's output (``CALL_LINE``) so a test can count them.
 """
@@ -43,4 +44,6 @@ def main(request: flask.Request) -> tuple[object, int]:
         connection = request.environ["gunicorn.socket"]  # functions-framework serves gunicorn
         connection.shutdown(socket.SHUT_RDWR)
         return answer  # never reaches the caller
+    if request.path.strip("/") == "bare_503":
+        return "<html><body>Service Unavailable</body></html>", 503
     return "<html><body>Internal Server Error</body></html>", 500

@@ -273,6 +273,7 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
                     attempt_payloads(event, session, attempts),
                     headers={INVOCATION_ID_HEADER: invocation_id, **trace.headers},
                     timeout=timeout,
+                    handler_started=attempts.handler_started if attempts else None,
                 )
             if attempts is not None:
                 attempts.answered()

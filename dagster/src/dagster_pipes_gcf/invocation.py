@@ -4,6 +4,9 @@ Retries distinguish what provably never reached the function's handler (connecti
 connect timeout, 429, a platform 503) from ambiguous outcomes where the handler may have run
 (a platform 500/502/504, a connection reset after the request was sent). Only the first kind
 is retried by default; the second only with ``InvocationPolicy(retry_ambiguous=True)``.
+Cloud Run also answers a bare 503 when an instance dies mid-request, so a 429/503 counts as
+never reached only while the attempt shows no sign that its handler ran (the client checks
+for the attempt's Pipes messages).
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ def _may_still_run(error: CloudFunctionError, may: bool = True) -> CloudFunction
 # Builds the request body of attempt ``n`` (1-based), told why the previous attempt was
 # abandoned (None for the first): each attempt gets its own Pipes message prefix.
 PayloadForAttempt = Callable[[int, str | None], Mapping[str, Any]]
+# Whether attempt ``n``'s handler left evidence that it ran (e.g. its Pipes messages).
+HandlerStarted = Callable[[int], bool]
 
 
 class _FailedAttempt(Exception):
@@ -131,6 +136,15 @@ class _FailedAttempt(Exception):
         self.reason = reason
         self.response = response
         self.error = error
+
+    def rechecked(self, attempt: int, handler_started: HandlerStarted | None) -> _FailedAttempt:
+        """This failure, ambiguous after all when the platform refused an attempt (429/503)
+        whose handler nonetheless left evidence that it ran."""
+        refusal = self.outcome is Outcome.NOT_REACHED and self.response is not None
+        if not refusal or handler_started is None or not handler_started(attempt):
+            return self
+        reason = f"{self.reason} after the handler had started (its Pipes messages exist)"
+        return _FailedAttempt(Outcome.AMBIGUOUS, reason, self.response, self.error)
 
 
 def _json_body(response: requests.Response) -> Mapping[str, Any] | None:
@@ -267,10 +281,13 @@ class CloudFunctionInvoker:
         *,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        handler_started: HandlerStarted | None = None,
     ) -> FunctionResponse:
         """Call the function; return its 2xx response or raise :class:`CloudFunctionError`.
 
         ``payload`` is the JSON body, or a callable building the body of each attempt.
+        ``handler_started`` tells whether an attempt's handler ran; without it a platform
+        429/503 is always taken as never reached.
         """
         policy = self.policy
         attempt_timeout = timeout or policy.timeout
@@ -297,10 +314,13 @@ class CloudFunctionInvoker:
                     read_timeout = max(0.1, min(attempt_timeout, clock.remaining()))
                     try:
                         response = self._post(url, data, headers, read_timeout)
-                    except _FailedAttempt as failed:
+                    except _FailedAttempt as refused:
+                        failed = refused.rechecked(attempts, handler_started)
                         abandoned = failed.reason
                         ambiguous = ambiguous or failed.outcome is Outcome.AMBIGUOUS
-                        raise
+                        if failed is refused:
+                            raise
+                        raise failed from refused
         except _FailedAttempt as failed:
             raise _may_still_run(self._failure(url, failed, attempts, clock), ambiguous) from (
                 failed.error

@@ -248,6 +248,16 @@ class ChunkStream:
             ) from exc
         return None  # pragma: no cover - Retrying either returns or raises
 
+    def written(self) -> bool:
+        """Whether the writer stored any chunk (the first is always chunk 1). A check that
+        fails counts as yes: callers use it to decide that work may have started."""
+        if self.next_index > 1 or self._messages is not None:
+            return True
+        try:
+            return bool(self.bucket.blob(self.key(1)).exists(timeout=self.policy.request_timeout))
+        except (gexc.GoogleAPICallError, rexc.RequestException):
+            return True
+
     def present_chunk_indexes(self) -> list[int]:
         """Indexes of the chunks stored under the prefix (for diagnosing a gap)."""
         try:
@@ -349,6 +359,12 @@ class PipesAttemptStreams:
             f"following attempt {number} under {self.stream.location}",
         )
         return self.params()
+
+    def handler_started(self, number: int) -> bool:
+        """Whether attempt ``number``'s handler ran: it wrote Pipes messages."""
+        with self._state:
+            attempt = next(a for a in self._attempts if a.number == number)
+        return attempt.stream.written()
 
     def unanswered_prefixes(self) -> list[str]:
         """Key prefixes of the attempts that may still be running, the live one first."""

@@ -74,6 +74,7 @@ def run_with_lost_answer(
 LOST_ANSWERS = {
     "drop_connection": "connection lost after the request was sent",
     "bare_500": "HTTP 500 from the platform",
+    "bare_503": "HTTP 503 from the platform after the handler had started",
 }
 
 

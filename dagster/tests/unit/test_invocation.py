@@ -96,6 +96,33 @@ def test_platform_refusals_are_retried_by_default(
     assert response.attempts == 2 and len(server.requests) == 2
 
 
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_platform_refusal_after_the_handler_started_is_ambiguous(status: int) -> None:
+    """Cloud Run answers a bare 503 also when an instance dies mid-request: once the
+    attempt's handler left messages, the refusal no longer proves the work was not done."""
+    asked: list[int] = []
+
+    def handler_started(attempt: int) -> bool:
+        asked.append(attempt)
+        return True
+
+    script = [(status, "<html>busy</html>"), (200, {"status": "ok"})]
+    strict = CloudFunctionInvoker(policy=InvocationPolicy(attempts=3, initial_backoff=0.01))
+    with ScriptedServer(script) as server, pytest.raises(CloudFunctionError) as error:
+        strict.invoke(server.url, {}, handler_started=handler_started)
+    assert len(server.requests) == 1 and asked == [1]
+    description = str(error.value.description)
+    assert "ambiguous outcome" in description and "after the handler had started" in description
+    assert error.value.function_may_still_run
+
+    opted_in = InvocationPolicy(attempts=3, initial_backoff=0.01, retry_ambiguous=True)
+    with ScriptedServer(script) as server:
+        response = CloudFunctionInvoker(policy=opted_in).invoke(
+            server.url, {}, handler_started=handler_started
+        )
+    assert response.attempts == 2 and len(server.requests) == 2
+
+
 @pytest.mark.parametrize("status", [500, 502, 504])
 def test_ambiguous_platform_errors_fail_naming_the_ambiguity_without_the_opt_in(
     invoker: CloudFunctionInvoker, status: int

@@ -272,6 +272,22 @@ def test_session_params_are_attempt_scoped(client: FakeClient) -> None:
         put_chunk(client, second["key_prefix"], 1, message("closed"))
 
 
+def test_an_attempt_has_started_once_its_first_chunk_exists(client: FakeClient) -> None:
+    reader = reader_for(client)
+    with reader.read_messages(RecordingHandler()) as params:  # type: ignore[arg-type]
+        attempts = reader.attempts(params)
+        assert attempts.handler_started(1) is False
+        put_chunk(client, params["key_prefix"], 1, message("opened"))
+        assert attempts.handler_started(1) is True
+        second = attempts.begin_attempt(2, "HTTP 503 from the platform")
+        assert attempts.handler_started(2) is False
+        client.fault = fail_first("exists", 1, gexc.ServiceUnavailable("503"))
+        assert attempts.handler_started(2) is True, "unknown must count as started"
+        assert attempts.handler_started(2) is False
+        client.fault = None
+        put_chunk(client, second["key_prefix"], 1, message("closed"))
+
+
 def test_only_the_answering_attempt_contributes_results(client: FakeClient) -> None:
     reader = reader_for(client)
     handler = RecordingHandler()
