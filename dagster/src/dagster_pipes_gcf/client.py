@@ -200,7 +200,8 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
             fails while the function may still be working on it (a read timeout, a connection
             lost after sending), ask the function to cancel (marker ``<key_prefix>/cancel`` in
             the Pipes bucket, see :mod:`dagster_pipes_gcf.cancellation`) before the step ends;
-            with :class:`PipesCloudStorageMessageReader` only.
+            likewise, before a retry, the attempt given up. With
+            :class:`PipesCloudStorageMessageReader` only.
     """
 
     def __init__(
@@ -265,12 +266,16 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
             with (
                 trace.annotating_failures(),
                 forwarding_termination(
-                    self._canceller(session, context.run_id, invocation_id), context.log.warning
+                    self._canceller(session, context.run_id, invocation_id, abandoned_only=False),
+                    context.log.warning,
                 ),
             ):
+                cancel_abandoned = self._canceller(
+                    session, context.run_id, invocation_id, abandoned_only=True
+                )
                 response = self.invoker.invoke(
                     function_url,
-                    attempt_payloads(event, session, attempts),
+                    attempt_payloads(event, session, attempts, cancel_abandoned, context.log.info),
                     headers={INVOCATION_ID_HEADER: invocation_id, **trace.headers},
                     timeout=timeout,
                     handler_started=attempts.handler_started if attempts else None,
@@ -290,17 +295,19 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
         )
 
     def _canceller(
-        self, session: PipesSession, run_id: str, invocation_id: str
+        self, session: PipesSession, run_id: str, invocation_id: str, *, abandoned_only: bool
     ) -> Callable[[str], CancelOutcome] | None:
-        """How to ask the function to stop this call (told why), if this client forwards
-        termination."""
+        """How to ask the function to stop this call, or only its attempts abandoned for a
+        retry (told why), if this client forwards termination."""
         reader = self.message_reader
         if not self.forward_termination or not isinstance(reader, PipesCloudStorageMessageReader):
             return None
 
         def cancel(why: str) -> CancelOutcome:
             reason = {"reason": why, "run_id": run_id, "invocation_id": invocation_id}
-            return reader.request_cancellation(session.message_reader_params, reason)
+            return reader.request_cancellation(
+                session.message_reader_params, reason, abandoned_only=abandoned_only
+            )
 
         return cancel
 
@@ -316,15 +323,25 @@ def attempt_payloads(
     event: Mapping[str, Any] | None,
     session: PipesSession,
     attempts: PipesAttemptStreams | None,
+    cancel_abandoned: Callable[[str], CancelOutcome] | None = None,
+    report: Callable[[str], None] = lambda _: None,
 ) -> PayloadForAttempt:
     """Request bodies per HTTP attempt: the event and the Pipes bootstrap params, with the
-    messages param of that attempt (each attempt writes under its own prefix)."""
+    messages param of that attempt (each attempt writes under its own prefix).
+
+    Before a retry, ``cancel_abandoned`` asks the attempt given up to stop, in case it
+    reached the handler and is still working (an ambiguous outcome), and ``report`` says how
+    that went: two copies of one call then never work side by side for long.
+    """
     base = {**(event or {}), **session.get_bootstrap_env_vars()}
 
     def payload_for(attempt: int, abandoned_because: str | None) -> dict[str, Any]:
         if attempts is None:
             return base
         messages = attempts.begin_attempt(attempt, abandoned_because)
+        if attempt > 1 and cancel_abandoned is not None:
+            why = f"attempt {attempt - 1} abandoned ({abandoned_because or 'retried'})"
+            report(f"[pipes] before attempt {attempt}: {cancel_abandoned(why).describe()}")
         return {**base, DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param(messages)}
 
     return payload_for

@@ -366,10 +366,15 @@ class PipesAttemptStreams:
             attempt = next(a for a in self._attempts if a.number == number)
         return attempt.stream.written()
 
-    def unanswered_prefixes(self) -> list[str]:
-        """Key prefixes of the attempts that may still be running, the live one first."""
+    def unanswered_prefixes(self, *, abandoned_only: bool = False) -> list[str]:
+        """Key prefixes of the attempts that may still be running, the live one first
+        (with ``abandoned_only``, those given up for a retry, newest first)."""
         with self._state:
-            return [a.stream.key_prefix for a in reversed(self._attempts) if not a.answered]
+            return [
+                a.stream.key_prefix
+                for a in reversed(self._attempts)
+                if not a.answered and (a.abandoned or not abandoned_only)
+            ]
 
     def answered(self) -> None:
         """The live attempt answered the call: its results are the call's results."""
@@ -563,15 +568,20 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
             self._marker_client = storage.Client(credentials=credentials, project=None)
         return self._marker_client.bucket(self.bucket)
 
-    def request_cancellation(self, params: PipesParams, reason: dict[str, str]) -> CancelOutcome:
+    def request_cancellation(
+        self, params: PipesParams, reason: dict[str, str], *, abandoned_only: bool = False
+    ) -> CancelOutcome:
         """Ask the function to stop the session's call: write ``<prefix>/cancel`` for every
-        attempt that may still be running. Bounded in time; never raises."""
+        attempt that may still be running, and stop reading. With ``abandoned_only``, stop
+        only the attempts given up for a retry; the live attempt is read on. Bounded in time;
+        never raises."""
         try:
             streams = self.attempts(params)
         except DagsterPipesExecutionError as exc:
             return CancelOutcome((), (str(exc),))
-        streams.stop_polling()  # it winds down while the markers are written
-        prefixes = streams.unanswered_prefixes()
+        if not abandoned_only:
+            streams.stop_polling()  # it winds down while the markers are written
+        prefixes = streams.unanswered_prefixes(abandoned_only=abandoned_only)
         return write_cancel_markers(self._marker_bucket, prefixes, reason=reason)
 
     def new_key_prefix(self) -> str:

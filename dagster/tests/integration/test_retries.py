@@ -1,6 +1,8 @@
 """Retries through the real stack: lost answers after the work was done, attempt-scoped
 messages, one Delta commit per invocation, and one invocation id per ``run()`` call."""
 
+import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +11,7 @@ import dagster as dg
 import deltalake
 import polars as pl
 import pytest
+from google.cloud import storage
 
 from dagster_pipes_gcf import InvocationPolicy, PipesCloudFunctionClient
 from devstack.net import free_port
@@ -102,6 +105,14 @@ def test_with_the_opt_in_a_lost_answer_is_retried_and_committed_once(
     abandoned = [line for line in run.logs if "attempt 1 abandoned" in line]
     assert len(abandoned) == 1 and LOST_ANSWERS[how] in abandoned[0], run.logs
     assert "following attempt 2 under" in abandoned[0] and abandoned[0].endswith("/2")
+    # Before the retry, attempt 1 was asked to stop in case it was still working.
+    (asked,) = [line for line in run.logs if "asked the function to cancel" in line]
+    marker = re.search(r"\(gs://([^/]+)/(\S+/1/cancel)\)", asked)
+    assert marker and marker.group(1) == stack.pipes_bucket, asked
+    blob = storage.Client(project="local").bucket(marker.group(1)).blob(marker.group(2))
+    reason = json.loads(blob.download_as_text())
+    assert reason["invocation_id"] == metadata["invocation_id"].value
+    assert reason["reason"].startswith("attempt 1 abandoned")
 
 
 @pytest.mark.parametrize("how", LOST_ANSWERS)

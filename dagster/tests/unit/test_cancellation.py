@@ -177,6 +177,27 @@ def test_every_attempt_that_may_still_run_gets_a_marker_the_live_one_first(
     assert markers(gcs) == ["p/s/1/cancel", "p/s/2/cancel"]
 
 
+def test_a_retry_cancels_only_the_abandoned_attempts_and_reading_goes_on(
+    gcs: FakeClient,
+) -> None:
+    reader = PipesCloudStorageMessageReader(bucket=BUCKET, client=gcs)  # type: ignore[arg-type]
+    reader.new_key_prefix = lambda: "p/s"  # type: ignore[method-assign]
+    handler = Handler()
+    with reader.read_messages(handler) as params:  # type: ignore[arg-type]
+        attempts = reader.attempts(params)
+        attempts.begin_attempt(2, "connection reset after sending")
+        attempts.begin_attempt(3, "HTTP 502 from the platform")
+        outcome = reader.request_cancellation(params, REASON, abandoned_only=True)
+        gcs.objects[BUCKET]["p/s/3/1.json"] = json.dumps({"method": "closed", "params": {}})
+        deadline = time.monotonic() + 5
+        while not attempts.stream.closed_seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert attempts.stream.closed_seen, "the poller must go on reading the live attempt"
+        attempts.answered()
+    assert outcome.written == ("gs://pipes/p/s/2/cancel", "gs://pipes/p/s/1/cancel")
+    assert markers(gcs) == ["p/s/1/cancel", "p/s/2/cancel"]
+
+
 def test_an_unknown_session_is_reported_not_raised(gcs: FakeClient) -> None:
     reader = PipesCloudStorageMessageReader(bucket=BUCKET, client=gcs)  # type: ignore[arg-type]
     outcome = reader.request_cancellation({"bucket": BUCKET, "key_prefix": "nope"}, REASON)
