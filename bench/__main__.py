@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,16 @@ SCENARIOS: dict[str, str] = {
     "backfill": "bench.backfill",
 }
 LOG_ROOT = Path(__file__).resolve().parents[1] / ".bench" / "logs"
+KEPT_LOG_DIRS = 5  # the logs of the latest runs; older ones are removed when a run starts
+
+
+def new_log_dir(root: Path = LOG_ROOT, keep: int = KEPT_LOG_DIRS) -> Path:
+    """A fresh log directory for this run, named by its start time; of the earlier ones only
+    the newest ``keep - 1`` stay."""
+    earlier = sorted(path for path in root.glob("*") if path.is_dir()) if root.is_dir() else []
+    for old in earlier[: max(0, len(earlier) - (keep - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
+    return root / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def run_scenario(name: str, log_path: Path) -> list[Row]:
@@ -47,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from {sorted(SCENARIOS)}")
-    log_dir = LOG_ROOT / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    log_dir = new_log_dir()
     log_path = log_dir / "bench.log"
     rows: list[Row] = []
     try:
