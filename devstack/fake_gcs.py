@@ -57,12 +57,14 @@ class FakeClient:
         self.objects.setdefault(name, {})
         return self.bucket(name)
 
-    def list_blobs(self, bucket: FakeBucket | str, prefix: str = "") -> Iterator[FakeBlob]:
+    def list_blobs(
+        self, bucket: FakeBucket | str, prefix: str = "", max_results: int | None = None
+    ) -> Iterator[FakeBlob]:
         name = bucket if isinstance(bucket, str) else bucket.name
         self._fault("list", prefix)
-        for key in sorted(self._bucket_objects(name)):
-            if key.startswith(prefix):
-                yield FakeBlob(self.bucket(name), key)
+        keys = [key for key in sorted(self._bucket_objects(name)) if key.startswith(prefix)]
+        for key in keys[:max_results]:
+            yield FakeBlob(self.bucket(name), key)
 
     def _bucket_objects(self, name: str) -> dict[str, str]:
         if name not in self.objects:

@@ -45,7 +45,15 @@ from people_lake.request import (
     parse_people_request,
 )
 from people_lake.settings import FunctionSettings
-from people_lake.storage import TableRef, ensure_allowed, parse_lake_uri, table_location, table_ref
+from people_lake.storage import (
+    TableRef,
+    check_remote_table_path,
+    ensure_allowed,
+    lake_storage_client,
+    parse_lake_uri,
+    table_location,
+    table_ref,
+)
 from people_lake.window import DayWindow
 
 logger = logging.getLogger(__name__)
@@ -81,6 +89,8 @@ def plan_invocation(
     lake = parse_lake_uri(request.data_lake_uri)
     location = table_location(lake, to_asset_key_path(pipes.asset_key))
     ensure_allowed(location, settings.allowed_roots)  # the canonical table path, links resolved
+    if location.remote:
+        check_remote_table_path(location, lake_storage_client())
     table = table_ref(location, settings.storage_emulator_host)
     return Plan(request, table, window, invocation_id, total_rows)
 

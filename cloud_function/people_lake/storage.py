@@ -8,6 +8,7 @@ storage options from :func:`storage_options_for` only. The same check guards rea
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -15,6 +16,8 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from google.cloud import storage
 
 from gcf_pipes import RequestError
 from gcf_pipes.gcs_names import is_bucket_name
@@ -177,8 +180,8 @@ def ensure_allowed(location: LakeLocation, allowed_roots: Iterable[str]) -> None
     would follow one out of the lake (a ``_delta_log`` or partition directory elsewhere).
     Locally a link created between this check and the write is not caught; GCS has no links.
     A table inside another (or around one) is refused locally, like a link as of this check
-    (a racing request's table made in between is not caught); on ``gs://`` that would take
-    listing every level of the path, so there only the ``_delta_log`` name rule holds.
+    (a racing request's table made in between is not caught); on ``gs://`` see
+    :func:`check_remote_table_path`.
     """
     roots = [parse_lake_uri(root, field="ALLOWED_DATA_LAKE_ROOTS") for root in allowed_roots]
     if not any(location.is_within(root) for root in roots):
@@ -190,6 +193,46 @@ def ensure_allowed(location: LakeLocation, allowed_roots: Iterable[str]) -> None
         )
     if not location.remote:
         _check_local_table_path(Path(location.uri))
+
+
+@functools.cache
+def lake_storage_client() -> storage.Client:
+    """One client per instance for looking at ``gs://`` lakes (the runtime's credentials)."""
+    return storage.Client()
+
+
+def _holds_objects(client: storage.Client, bucket: str, prefix: str) -> bool:
+    return any(True for _ in client.list_blobs(bucket, prefix=prefix, max_results=1))
+
+
+def check_remote_table_path(location: LakeLocation, client: storage.Client) -> None:
+    """On ``gs://``, a table about to be created is neither inside another table (whose
+    files a vacuum would take for its own) nor around anything: its prefix must be empty.
+
+    Checked only while the table does not exist (one listing per request otherwise): a
+    table the function made was checked when it was made. GCS has no links, so unlike a
+    local lake nothing can be redirected after the check; a racing request's table made
+    in between is not caught, as locally.
+    """
+    bucket, *parts = location.segments
+    table_prefix = "/".join(parts)
+    if _holds_objects(client, bucket, f"{table_prefix}/{DELTA_LOG}/"):
+        return  # the table exists
+    for depth in range(len(parts)):
+        ancestor = "".join(f"{part}/" for part in parts[:depth])
+        if _holds_objects(client, bucket, f"{ancestor}{DELTA_LOG}/"):
+            raise RequestError(
+                "dl_bucket is not allowed: the table location is inside another Delta table",
+                field="dl_bucket",
+                status=403,
+            )
+    if _holds_objects(client, bucket, f"{table_prefix}/"):
+        raise RequestError(
+            "dl_bucket is not allowed: the new table's location already holds objects "
+            "(possibly another Delta table)",
+            field="dl_bucket",
+            status=403,
+        )
 
 
 def table_location(lake: LakeLocation, asset_key_path: Sequence[str]) -> LakeLocation:

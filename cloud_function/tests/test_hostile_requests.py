@@ -47,6 +47,7 @@ pytestmark = pytest.mark.integration
 
 PIPES_BUCKET = "hostile-pipes"
 OTHER_BUCKET = "victim-lake"  # another bucket the runtime account could write to
+GS_LAKE_BUCKET = "hostile-gs-lake"  # gs://<it>/lake is an allowed root, beside the local lake
 MiB = 1024 * 1024
 MEMORY_BOUND = 256 * MiB
 # The stack's own files next to the lake (logs, emulator data) change with every request.
@@ -380,6 +381,8 @@ LAKE_PATHS = [
     lake_case("lake-in-delta-log", 400, lambda t: f"{t.lake}/tables/people/_delta_log"),
     lake_case("lake-gs-in-delta-log", 400, lambda t: f"gs://{OTHER_BUCKET}/t/_delta_log"),
     lake_case("lake-inside-a-table", 403, lambda t: f"{t.lake}/tables/people"),
+    lake_case("lake-gs-inside-a-table", 403, lambda t: f"gs://{GS_LAKE_BUCKET}/lake/outer"),
+    lake_case("lake-gs-around-a-table", 403, lambda t: f"gs://{GS_LAKE_BUCKET}/lake/around"),
     case("asset-around-a-table", 403, "dl_bucket", lambda t: body(**ctx(asset="tables")),
          job=True),
     case("asset-key-delta-log", 400, "asset_key",
@@ -495,13 +498,18 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     (lake / "plain-file").write_text("not a directory")
     context_file = work / "context.json"
     context_file.write_text(json.dumps(context_data()))
-    with local_stack(work, pipes_bucket=PIPES_BUCKET, function_env={"THREADS": "4"}) as stack:
+    roots = f"{lake},gs://{GS_LAKE_BUCKET}/lake"
+    env = {"THREADS": "4", "ALLOWED_DATA_LAKE_ROOTS": roots}
+    with local_stack(work, pipes_bucket=PIPES_BUCKET, function_env=env) as stack:
         gcs = storage.Client(
             project="local",
             credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
             client_options={"api_endpoint": stack.emulator_url},
         )
         gcs.create_bucket(OTHER_BUCKET)
+        gs_lake = gcs.create_bucket(GS_LAKE_BUCKET)
+        for table in ("lake/outer", "lake/around/people/sub"):  # tables a new one would wrap
+            gs_lake.blob(f"{table}/_delta_log/00000000000000000000.json").upload_from_string("{}")
         yield Target(stack, work, lake, outside, gcs, context_file)
 
 

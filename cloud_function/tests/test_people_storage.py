@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from devstack.fake_gcs import FakeClient
 from gcf_pipes import RequestError
 from people_lake.settings import FUNCTION_ENV_VARS, FunctionSettings
 from people_lake.storage import (
     LakeLocation,
+    check_remote_table_path,
     ensure_allowed,
     parse_lake_uri,
     storage_options_for,
@@ -198,3 +200,49 @@ def test_settings_default_the_allow_list_to_the_data_lake() -> None:
 def test_settings_refuse_a_lake_uri_a_request_could_not_name(variable: str, value: str) -> None:
     with pytest.raises(ValueError, match=variable):
         FunctionSettings.from_env({"DATA_LAKE_URI": "gs://lake", variable: value})
+
+
+# --- gs:// tables inside or around another (in-memory GCS; refusals through the real
+# --- server and emulator are in test_hostile_requests.py) -----------------------------------
+
+
+@pytest.fixture
+def lake_bucket() -> FakeClient:
+    gcs = FakeClient()
+    gcs.create_bucket("lake")
+    return gcs
+
+
+def check_gs(gcs: FakeClient, uri: str) -> None:
+    check_remote_table_path(parse_lake_uri(uri), gcs)  # type: ignore[arg-type]
+
+
+def test_a_new_gs_table_in_an_empty_place_or_an_existing_table_is_fine(
+    lake_bucket: FakeClient,
+) -> None:
+    lake_bucket.objects["lake"]["l/people/_delta_log/00000000000000000000.json"] = "{}"
+    lake_bucket.objects["lake"]["l/people/day=1/part.parquet"] = ""
+    lake_bucket.objects["lake"]["l/people-old/x"] = ""  # shares a prefix, not a segment
+    check_gs(lake_bucket, "gs://lake/l/people")  # exists: it was checked when made
+    check_gs(lake_bucket, "gs://lake/l/people-2")
+    check_gs(lake_bucket, "gs://lake/l/peop")
+
+
+@pytest.mark.parametrize(
+    ("existing", "uri", "reason"),
+    [
+        ("l/outer/_delta_log/0.json", "gs://lake/l/outer/people", "inside another"),
+        ("l/_delta_log/0.json", "gs://lake/l/a/b/people", "inside another"),
+        ("_delta_log/0.json", "gs://lake/l/people", "inside another"),
+        ("l/people/sub/_delta_log/0.json", "gs://lake/l/people", "already holds objects"),
+        ("l/people/stray.txt", "gs://lake/l/people", "already holds objects"),
+    ],
+)
+def test_a_new_gs_table_inside_or_around_another_is_refused(
+    lake_bucket: FakeClient, existing: str, uri: str, reason: str
+) -> None:
+    lake_bucket.objects["lake"][existing] = "{}"
+    with pytest.raises(RequestError, match=reason) as raised:
+        check_gs(lake_bucket, uri)
+    assert raised.value.status == 403 and raised.value.field == "dl_bucket"
+    assert "gs://" not in raised.value.message
