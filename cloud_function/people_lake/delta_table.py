@@ -152,14 +152,17 @@ def create_table(table: TableRef, schema: Schema, *, partitioned: bool) -> Delta
         return created
 
 
-def _history(table: TableRef, limit: int | None) -> list[dict[str, Any]]:
-    """The table's newest ``limit`` commits, newest first, each with its true ``version``.
+def _history(table: TableRef, limit: int | None, *, numbered: bool) -> list[dict[str, Any]]:
+    """The table's newest ``limit`` commits, newest first; ``numbered``: each with its true
+    ``version`` (otherwise the numbers may be wrong).
 
     delta-rs (1.6) lists the commits from the store's newest but numbers them down from the
     loaded snapshot's version (delta-rs issue 4488): a commit landing between the load and
-    the listing shifts every number, even below zero. A listing is kept only when the
-    newest version is the same before and after it.
+    the listing shifts every number, even below zero. A numbered listing is kept only when
+    the newest version is the same before and after it.
     """
+    if not numbered:
+        return DeltaTable(table.uri, storage_options=table.storage_options).history(limit)
     for _ in range(HISTORY_ATTEMPTS):
         delta = DeltaTable(table.uri, storage_options=table.storage_options)
         commits = delta.history(limit)
@@ -169,16 +172,18 @@ def _history(table: TableRef, limit: int | None) -> list[dict[str, Any]]:
     raise RuntimeError(f"{table.uri} kept changing while its history was read")
 
 
-def _find_commit(table: TableRef, marker: str) -> dict[str, Any] | None:
+def _find_commit(table: TableRef, marker: str, *, numbered: bool) -> dict[str, Any] | None:
     """The newest commit whose commitInfo carries ``marker`` (recent commits first)."""
     for limit in (50, None):
-        for commit in _history(table, limit):
+        for commit in _history(table, limit, numbered=numbered):
             if commit.get(_META + "marker") == marker:
                 return commit
     return None
 
 
-def _as_write(table: TableRef, commit: Mapping[str, Any], *, repeated: bool) -> TableWrite:
+def _as_write(
+    table: TableRef, commit: Mapping[str, Any], *, repeated: bool, version: int | None = None
+) -> TableWrite:
     metrics = commit.get("operationMetrics") or {}
     ours = {
         key.removeprefix(_META): str(value)
@@ -187,7 +192,7 @@ def _as_write(table: TableRef, commit: Mapping[str, Any], *, repeated: bool) -> 
     }
     return TableWrite(
         table_uri=table.uri,
-        version=int(commit["version"]),
+        version=int(commit["version"]) if version is None else version,
         rows_written=int(metrics.get("num_added_rows", ours.get("rows", 0))),
         repeated=repeated,
         commit_metadata=ours,
@@ -197,7 +202,7 @@ def _as_write(table: TableRef, commit: Mapping[str, Any], *, repeated: bool) -> 
 def _committed(delta: DeltaTable, table: TableRef, invocation_id: str) -> TableWrite | None:
     if (delta.transaction_version(app_id_for(invocation_id)) or 0) < TXN_VERSION:
         return None
-    commit = _find_commit(table, invocation_id)
+    commit = _find_commit(table, invocation_id, numbered=True)
     if commit is None:  # txn recorded but its commitInfo is gone (log cleaned up)
         return TableWrite(table.uri, delta.version(), 0, repeated=True)
     return _as_write(table, commit, repeated=True)
@@ -321,6 +326,9 @@ def write_people_table(
             return done
         try:
             _commit_once(stream, snapshot, window, commit)
+            # The snapshot is now at the version delta-rs committed (rebased or not): exact,
+            # unlike the numbers of a listing, which is read below for the metadata only.
+            committed_version = snapshot.version()
             break
         except CommitFailedError as exc:
             if attempt == COMMIT_ATTEMPTS:
@@ -328,7 +336,7 @@ def write_people_table(
             pause = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
             logger.info("commit conflict (%s); retrying in %.2fs", exc, pause)
             time.sleep(pause)
-    ours = _find_commit(table, marker)
+    ours = _find_commit(table, marker, numbered=False)
     if ours is None:
         raise RuntimeError(f"committed to {table.uri} but cannot find the commit {marker}")
-    return _as_write(table, ours, repeated=False)
+    return _as_write(table, ours, repeated=False, version=committed_version)
