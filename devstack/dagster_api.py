@@ -60,14 +60,6 @@ query Runs($filter: RunsFilter!) {
     ... on Error { message }
   }
 }"""
-BACKFILL = """
-query Backfill($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    __typename
-    ... on PartitionBackfill { status numPartitions }
-    ... on Error { message }
-  }
-}"""
 
 
 class GraphQLError(RuntimeError):
@@ -180,12 +172,6 @@ class DagsterApi:
 
     def backfill_runs(self, backfill_id: str) -> list[Run]:
         return self.runs(tags=[{"key": BACKFILL_TAG, "value": backfill_id}])
-
-    def backfill_status(self, backfill_id: str) -> str:
-        result = self.query(BACKFILL, id=backfill_id)["partitionBackfillOrError"]
-        if result["__typename"] != "PartitionBackfill":
-            raise GraphQLError(str(result))
-        return str(result["status"])
 
     def wait_for_run(self, run_id: str, timeout: float = 180.0) -> Run:
         """Poll until the run has ended (whatever its outcome)."""

@@ -1,7 +1,8 @@
 """An in-memory stand-in for the slice of google-cloud-storage the Pipes reader/writer use.
 
-For unit tests only. It enforces ``if_generation_match=0`` as GCS and the local emulator
-(fake-gcs-server) do; every capability is also tested against the emulator process.
+For unit tests and the in-process memory benchmark only. It enforces
+``if_generation_match=0`` as GCS and the local emulator (fake-gcs-server) do; every
+capability is also tested against the emulator process.
 """
 
 from __future__ import annotations
