@@ -29,12 +29,19 @@ pytestmark = pytest.mark.integration
 
 FUNCTION = Path(__file__).parent / "functions" / "writer_faults.py"
 PIPES_BUCKET = "writer-faults-pipes"
+LAKE_BUCKET = "writer-faults-lake-eu"
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     work = tmp_path_factory.mktemp("writer-faults")
-    with local_stack(work, pipes_bucket=PIPES_BUCKET, function_source=FUNCTION) as running:
+    env = {
+        "ALLOWED_DATA_LAKE_ROOTS": f"{work / 'lake'},gs://{LAKE_BUCKET}/t",
+        "K_SERVICE": "people",
+    }
+    with local_stack(
+        work, pipes_bucket=PIPES_BUCKET, function_source=FUNCTION, function_env=env
+    ) as running:
         yield running
 
 
@@ -156,3 +163,19 @@ def test_a_warning_after_the_request_s_pipes_closed_reaches_stdout(
     assert status == 200, body  # cancelled after its last check: its work stands
     too_late = [e for e in log_entries(stack) if e["message"].startswith("cancelled too late")]
     assert [e["severity"] for e in too_late] == ["WARNING"]
+
+
+def test_a_crash_naming_a_lake_root_is_redacted_in_the_answer_and_the_closed_message(
+    stack: LocalStack, pipes_bucket: storage.Bucket
+) -> None:
+    commit = uuid.uuid4().hex
+    status, body = call(stack, request_body(f"p/{commit}", commit=commit, crash_naming_roots=True))
+
+    assert status == 500, body
+    closed = sent(pipes_bucket, f"p/{commit}")[-1]
+    assert closed["method"] == "closed"
+    for reported in (body["error"], closed["params"]["exception"]):
+        text = json.dumps(reported)
+        assert LAKE_BUCKET not in text
+        assert "${ALLOWED_DATA_LAKE_ROOTS}" in text
+        assert "people: cannot open" in text  # K_SERVICE=people is no secret

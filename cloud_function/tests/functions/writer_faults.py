@@ -2,7 +2,8 @@
 in checked steps, then "commits" by creating ``<DATA_LAKE_URI>/<commit>.committed``.
 
 The event says what else happens: ``not_json`` reports a custom message that is not JSON;
-``wait_for_cancel`` returns once the orchestrator cancelled (too late to stop anything). The
+``wait_for_cancel`` returns once the orchestrator cancelled (too late to stop anything);
+``crash_naming_roots`` crashes naming the last allowed lake root and its bucket. The
 query ``?credentials=unrefreshable`` serves the request with a storage client whose token
 cannot be refreshed (its token endpoint does not listen), as when the metadata server fails.
 """
@@ -12,6 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import flask
 import functions_framework
@@ -35,6 +37,9 @@ WORK_STEP_S = 0.05
 
 def _job(pipes: PipesContext, event: Mapping[str, Any]) -> dict[str, Any]:
     pipes.log.info("working")
+    if event.get("crash_naming_roots"):
+        root = os.environ["ALLOWED_DATA_LAKE_ROOTS"].split(",")[-1]
+        raise ValueError(f"people: cannot open {[root]!r} in bucket {urlsplit(root).netloc}")
     if event.get("not_json"):
         pipes.report_custom_message({"day": datetime.date(2024, 1, 1)})
     if event.get("wait_for_cancel"):
