@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,11 +112,12 @@ def test_a_token_that_cannot_be_refreshed_fails_the_request_before_it_commits(
     stack: LocalStack,
 ) -> None:
     commit = uuid.uuid4().hex
-    status, body = call(
-        stack, request_body(f"p/{commit}", commit=commit), "?credentials=unrefreshable"
-    )
+    body = request_body(f"p/{commit}", commit=commit, work_s=15)  # checks every 0.05 s
+    started = time.monotonic()
+    status, body = call(stack, body, "?credentials=unrefreshable")
 
     assert status == 502, body
+    assert time.monotonic() - started < 10, "the job ran on after its writer died"
     assert body["error"]["type"] == "PipesMessageDeliveryError"
     assert "TransportError" in body["error"]["message"]
     assert not committed(stack, commit)
