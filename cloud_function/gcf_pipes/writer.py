@@ -139,13 +139,15 @@ class PipesCloudStorageMessageWriterChannel(PipesMessageWriterChannel):
         with request_trace(trace):  # its log lines belong to the request
             try:
                 self._upload_loop()
-            except Exception as exc:  # noqa: BLE001 - whatever it is, nothing more is delivered
+            except BaseException as exc:  # whatever it is (SystemExit too), nothing more is sent
                 self._failed(
                     PipesMessageDeliveryError(
                         f"the Pipes message writer stopped ({type(exc).__name__}: {exc}); "
                         f"messages after chunk {self.chunks_written} of {self.location} are lost"
                     )
                 )
+                if not isinstance(exc, Exception | SystemExit):
+                    raise
 
     def _upload_loop(self) -> None:
         while True:

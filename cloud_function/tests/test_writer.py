@@ -166,11 +166,12 @@ def stops_the_job(cancellation: Cancellation) -> PipesMessageDeliveryError | Non
         gauth.TransportError("metadata server: connection reset"),
         gauth.RefreshError("metadata server answered 503"),
         KeyError("anything else"),
+        SystemExit("a library exits"),  # would end the thread without a word
     ],
-    ids=["TransportError", "RefreshError", "KeyError"],
+    ids=["TransportError", "RefreshError", "KeyError", "SystemExit"],
 )
 def test_an_error_looking_for_the_cancel_marker_stops_the_job_and_drops_messages(
-    client: FakeClient, error: Exception
+    client: FakeClient, error: BaseException
 ) -> None:
     def marker_fault(op: str, key: str) -> None:
         if op == "download":  # the cancel-marker GET, on the writer's thread
