@@ -5,6 +5,12 @@ message per line: the layout ``dagster_pipes.PipesGCSMessageWriter`` uses and th
 reader expects. Unlike the stock writer this one flushes sub-second, retries transient upload
 errors, never overwrites a chunk and records (instead of swallowing) a delivery failure so the
 HTTP handler can report it.
+
+Any error of the upload thread is a delivery failure, whatever raised it (an upload, the look
+for the cancellation marker, a token refresh): the thread records it and hands it to the
+request's :class:`~gcf_pipes.cancel.Cancellation`, so the job's next check raises it before
+a commit, and every later message is dropped (none could reach Dagster in order). A message
+that is not JSON is refused where it is written, in the job's thread, the same way.
 """
 
 from __future__ import annotations
