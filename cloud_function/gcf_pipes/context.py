@@ -28,7 +28,7 @@ from dagster_pipes import (
 
 from gcf_pipes.bootstrap import PipesBootstrap
 from gcf_pipes.errors import RequestError
-from gcf_pipes.logs import request_log_handler
+from gcf_pipes.logs import CurrentRequestLogHandler, request_log_handler
 from gcf_pipes.redact import Redactor
 from gcf_pipes.writer import PipesCloudStorageMessageWriter
 
@@ -44,9 +44,19 @@ _current_context: ContextVar[PipesContext | None] = ContextVar("pipes_context", 
 class PipesLoggingBridge(logging.Handler):
     """Forwards log records to the Pipes context of the request that emitted them."""
 
+    def forwards(self, record: logging.LogRecord) -> bool:
+        """Whether ``record`` goes to a request's Pipes context (and so to stdout from there)."""
+        context = _current_context.get()
+        return (
+            context is not None
+            and not context.is_closed
+            and record.levelno >= self.level
+            and not record.name.startswith(_NOT_FORWARDED)
+        )
+
     def emit(self, record: logging.LogRecord) -> None:
         context = _current_context.get()
-        if context is None or context.is_closed or record.name.startswith(_NOT_FORWARDED):
+        if context is None or not self.forwards(record):
             return
         try:
             context.log.log(record.levelno, record.getMessage())
@@ -55,13 +65,19 @@ class PipesLoggingBridge(logging.Handler):
 
 
 _bridge = PipesLoggingBridge(level=logging.INFO)
+_not_bridged = CurrentRequestLogHandler()
+_not_bridged.addFilter(lambda record: not _bridge.forwards(record))
 
 
 def install_logging_bridge(logger: logging.Logger | None = None) -> None:
-    """Attach the bridge (once) so business-logic ``logging`` calls reach Dagster."""
+    """Attach the bridge (once) so business-logic ``logging`` calls reach Dagster, and write
+    every record it does not forward as a structured line on stdout, in a request or not (a
+    warning after the request's Pipes context closed, the writer thread's, transport
+    warnings): once the root logger has a handler, Python's last-resort output shows none."""
     target = logger or logging.getLogger()
-    if _bridge not in target.handlers:
-        target.addHandler(_bridge)
+    for handler in (_bridge, _not_bridged):
+        if handler not in target.handlers:
+            target.addHandler(handler)
     if target.level == logging.NOTSET or target.level > logging.INFO:
         target.setLevel(logging.INFO)
 

@@ -181,6 +181,25 @@ class StructuredLogHandler(logging.Handler):
             self.handleError(record)
 
 
+class CurrentRequestLogHandler(logging.Handler):
+    """A ``logging`` handler writing every record as a structured line, with the trace of the
+    request its thread serves (none outside a request): the platform's log of what does not
+    reach Dagster. A record with an exception gets its traceback in the message."""
+
+    def __init__(self, writer: StructuredLogWriter | None = None):
+        super().__init__(level=logging.INFO)
+        self._writer = writer or _writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            self._writer.write(record.levelname, message, current_trace(), logger=record.name)
+        except Exception:  # noqa: BLE001 - logging must never break the request
+            self.handleError(record)
+
+
 # Cloud Run's metadata server: the id of the instance serving (asked once per instance).
 METADATA_INSTANCE_ID_URL = "http://metadata.google.internal/computeMetadata/v1/instance/id"
 _INSTANCE_ID = re.compile(r"[0-9A-Za-z._-]{1,256}")

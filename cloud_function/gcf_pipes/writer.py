@@ -5,11 +5,18 @@ message per line: the layout ``dagster_pipes.PipesGCSMessageWriter`` uses and th
 reader expects. Unlike the stock writer this one flushes sub-second, retries transient upload
 errors, never overwrites a chunk and records (instead of swallowing) a delivery failure so the
 HTTP handler can report it.
+
+Any error of the upload thread is a delivery failure, whatever raised it (an upload, the look
+for the cancellation marker, a token refresh): the thread records it and hands it to the
+request's :class:`~gcf_pipes.cancel.Cancellation`, so the job's next check raises it before
+a commit, and every later message is dropped (none could reach Dagster in order). A message
+that is not JSON is refused where it is written, in the job's thread, the same way.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +35,9 @@ from tenacity import (
 
 from gcf_pipes.cancel import Cancellation
 from gcf_pipes.errors import PipesMessageDeliveryError, RequestError
+from gcf_pipes.logs import RequestTrace, current_trace, request_trace
+
+logger = logging.getLogger(__name__)
 
 TRANSIENT_UPLOAD_ERRORS: tuple[type[BaseException], ...] = (
     gexc.TooManyRequests,
@@ -77,7 +87,7 @@ class PipesCloudStorageMessageWriterChannel(PipesMessageWriterChannel):
         self._settings = settings
         self._cancellation = cancellation
         self._cond = threading.Condition()
-        self._buffer: list[PipesMessage] = []
+        self._buffer: list[str] = []  # one JSON line per message
         self._closing = False
         self._next_index = 1
         self.delivery_error: PipesMessageDeliveryError | None = None
@@ -91,15 +101,37 @@ class PipesCloudStorageMessageWriterChannel(PipesMessageWriterChannel):
         return self._next_index - 1
 
     def write_message(self, message: PipesMessage) -> None:
+        """Buffer ``message`` for upload; dropped once delivery failed.
+
+        Raises:
+            PipesMessageDeliveryError: ``message`` is not JSON (the request then fails as
+                undeliverable, like a chunk that cannot be written).
+        """
+        try:
+            line = json.dumps(message)
+        except Exception as exc:  # TypeError, ValueError (circular), RecursionError, ...
+            error = PipesMessageDeliveryError(
+                f"Pipes message {message.get('method')!r} cannot be sent: it is not JSON "
+                f"({type(exc).__name__}: {exc})"
+            )
+            self._failed(error)
+            raise error from exc
         with self._cond:
-            self._buffer.append(message)
+            if self.delivery_error is not None:
+                return  # a message is missing already: later ones would only hide the gap
+            self._buffer.append(line)
             if len(self._buffer) >= self._settings.max_chunk_messages:
                 self._cond.notify()
 
     @contextmanager
     def streaming(self) -> Iterator[None]:
         """Run the upload thread; on exit, upload everything still buffered and stop."""
-        thread = threading.Thread(target=self._upload_loop, name="pipes-gcs-writer", daemon=True)
+        thread = threading.Thread(
+            target=self._upload_thread,
+            args=(current_trace(),),
+            name="pipes-gcs-writer",
+            daemon=True,
+        )
         thread.start()
         try:
             yield
@@ -108,6 +140,20 @@ class PipesCloudStorageMessageWriterChannel(PipesMessageWriterChannel):
                 self._closing = True
                 self._cond.notify()
             thread.join()
+
+    def _upload_thread(self, trace: RequestTrace) -> None:
+        with request_trace(trace):  # its log lines belong to the request
+            try:
+                self._upload_loop()
+            except BaseException as exc:  # whatever it is (SystemExit too), nothing more is sent
+                self._failed(
+                    PipesMessageDeliveryError(
+                        f"the Pipes message writer stopped ({type(exc).__name__}: {exc}); "
+                        f"messages after chunk {self.chunks_written} of {self.location} are lost"
+                    )
+                )
+                if not isinstance(exc, Exception | SystemExit):
+                    raise
 
     def _upload_loop(self) -> None:
         while True:
@@ -125,10 +171,10 @@ class PipesCloudStorageMessageWriterChannel(PipesMessageWriterChannel):
                     if not self._buffer:
                         return
 
-    def _deliver(self, batch: list[PipesMessage]) -> None:
+    def _deliver(self, batch: list[str]) -> None:
         if self.delivery_error is not None:
             return  # a chunk is missing already; later chunks would only hide the gap
-        payload = "\n".join(json.dumps(message) for message in batch)
+        payload = "\n".join(batch)
         key = chunk_key(self._key_prefix, self._next_index)
         try:
             self._upload_once(key, payload)
@@ -147,8 +193,13 @@ class PipesCloudStorageMessageWriterChannel(PipesMessageWriterChannel):
 
     def _failed(self, error: PipesMessageDeliveryError) -> None:
         """Record the failure; the job stops at its next check instead of committing work
-        whose results Dagster would never receive."""
-        self.delivery_error = error
+        whose results Dagster would never receive. The first failure is the one reported."""
+        with self._cond:
+            if self.delivery_error is not None:
+                return
+            self.delivery_error = error
+            self._buffer = []
+        logger.warning("Pipes messages cannot reach Dagster: %s", error)
         if self._cancellation is not None:
             self._cancellation.stop_with(error)
 

@@ -2,9 +2,13 @@
 
 import io
 import json
+import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, ClassVar
 
 import flask
@@ -12,7 +16,7 @@ import pytest
 from dagster_pipes import PipesContext
 
 from devstack.fake_gcs import FakeClient
-from gcf_pipes import WriterSettings, handle_pipes_request
+from gcf_pipes import WriterSettings, handle_pipes_request, install_logging_bridge
 from gcf_pipes.logs import (
     LABELS_KEY,
     SPAN_KEY,
@@ -24,6 +28,7 @@ from gcf_pipes.logs import (
 )
 
 from .conftest import PIPES_BUCKET, pipes_body
+from .conftest import messages as messages_of
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -220,3 +225,77 @@ def test_the_instance_id_is_asked_once_and_only_on_the_platform(metadata_url: st
 def test_an_unreachable_metadata_server_leaves_the_instance_unknown() -> None:
     serving = ServingInstance("people-00042-abc", "http://127.0.0.1:9/instance/id")
     assert serving.fields() == {"revision": "people-00042-abc"}
+
+
+# --- records that do not go to Dagster still reach stdout ------------------------------------
+
+OUTSIDE_A_REQUEST = """
+import logging
+from gcf_pipes import install_logging_bridge, install_structured_logging
+
+install_logging_bridge()
+install_structured_logging("my-proj")
+logging.getLogger("gcf_pipes.http").warning("cancelled too late: the job had finished")
+logging.getLogger("urllib3.connectionpool").warning("Retrying after connection broken")
+logging.getLogger("business").info("loaded at start")
+logging.getLogger("business").debug("below the level")
+try:
+    1 / 0
+except ZeroDivisionError:
+    logging.getLogger("business").exception("failed at start")
+"""
+
+
+def test_records_outside_a_request_are_structured_lines_on_stdout() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", OUTSIDE_A_REQUEST],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).parents[1],
+    )
+    entries = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(e["severity"], e["message"].splitlines()[0], e["logger"]) for e in entries] == [
+        ("WARNING", "cancelled too late: the job had finished", "gcf_pipes.http"),
+        ("WARNING", "Retrying after connection broken", "urllib3.connectionpool"),
+        ("INFO", "loaded at start", "business"),
+        ("ERROR", "failed at start", "business"),
+    ]
+    assert "ZeroDivisionError: division by zero" in entries[-1]["message"]
+    assert all(TRACE_KEY not in entry for entry in entries)
+    assert "cancelled too late" not in done.stderr, "once is enough"
+
+
+def test_in_a_request_each_record_is_one_line_with_its_trace_forwarded_or_not(
+    project: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_logging_bridge()
+    client = FakeClient()
+    client.create_bucket(PIPES_BUCKET)
+
+    def job(pipes: PipesContext, event: Mapping[str, Any]) -> dict[str, Any]:
+        logging.getLogger("business").info("to Dagster")
+        logging.getLogger("urllib3.connectionpool").warning("transport noise")
+        return {}
+
+    headers = {"traceparent": TRACEPARENT}
+    with app.test_request_context("/", method="POST", json=pipes_body(), headers=headers):
+        handle_pipes_request(
+            flask.request,
+            job,
+            storage_client=client,  # type: ignore[arg-type]
+            pipes_bucket=PIPES_BUCKET,
+            writer_settings=WriterSettings(flush_interval=0.01),
+        )
+    logging.getLogger("gcf_pipes.http").warning("after the request")
+
+    entries = stdout_entries(capsys)
+    by_message = {entry["message"]: entry for entry in entries}
+    messages = [entry["message"] for entry in entries]
+    assert messages.count("to Dagster") == 1 and messages.count("transport noise") == 1
+    assert by_message["transport noise"][TRACE_KEY] == f"projects/my-proj/traces/{TRACE}"
+    assert by_message["to Dagster"][TRACE_KEY] == f"projects/my-proj/traces/{TRACE}"
+    assert TRACE_KEY not in by_message["after the request"]
+    pipes_lines = [m["params"]["message"] for m in messages_of(client) if m["method"] == "log"]
+    assert pipes_lines == ["to Dagster"]

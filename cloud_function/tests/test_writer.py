@@ -1,15 +1,29 @@
 """Unit tests of the GCS message writer against an in-memory bucket."""
 
+import datetime
 import json
 import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
+import flask
 import pytest
-from dagster_pipes import PipesMessage
+from dagster_pipes import PipesContext, PipesMessage
 from google.api_core import exceptions as gexc
+from google.auth import exceptions as gauth
 
 from devstack.fake_gcs import FakeClient, always_fail, fail_first
+from gcf_pipes import (
+    Cancellation,
+    CancellationPolicy,
+    PipesMessageDeliveryError,
+    handle_pipes_request,
+    raise_if_cancelled,
+)
 from gcf_pipes.errors import RequestError
 from gcf_pipes.writer import PipesCloudStorageMessageWriter, WriterSettings, chunk_key
+
+from .conftest import pipes_body
 
 BUCKET = "pipes"
 PARAMS = {"bucket": BUCKET, "key_prefix": "run/abc"}
@@ -126,3 +140,107 @@ def test_a_writer_bound_to_one_bucket_refuses_any_other(client: FakeClient) -> N
     with writer.open(PARAMS) as channel:
         channel.write_message(log(1))
     assert chunks(client) == [[log(1)]]
+
+
+# --- any error of the upload thread is a delivery failure the job sees before committing ----
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def stops_the_job(cancellation: Cancellation) -> PipesMessageDeliveryError | None:
+    try:
+        cancellation.raise_if_cancelled()
+    except PipesMessageDeliveryError as exc:
+        return exc
+    return None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        gauth.TransportError("metadata server: connection reset"),
+        gauth.RefreshError("metadata server answered 503"),
+        KeyError("anything else"),
+        SystemExit("a library exits"),  # would end the thread without a word
+    ],
+    ids=["TransportError", "RefreshError", "KeyError", "SystemExit"],
+)
+def test_an_error_looking_for_the_cancel_marker_stops_the_job_and_drops_messages(
+    client: FakeClient, error: BaseException
+) -> None:
+    def marker_fault(op: str, key: str) -> None:
+        if op == "download":  # the cancel-marker GET, on the writer's thread
+            raise error
+
+    client.fault = marker_fault
+    cancellation = Cancellation(client.bucket(BUCKET), "run/abc")  # type: ignore[arg-type]
+    writer = PipesCloudStorageMessageWriter(client, FAST, cancellation=cancellation)
+    with writer.open(PARAMS) as channel:
+        channel.write_message(log(1))
+        assert wait_for(lambda: stops_the_job(cancellation) is not None), "the job runs on"
+        for i in range(10_000):  # nothing accumulates once the writer is gone
+            channel.write_message(log(i))
+        assert channel._buffer == []
+
+    stop = stops_the_job(cancellation)
+    assert stop is not None and stop is channel.delivery_error
+    assert type(error).__name__ in str(stop) and "writer stopped" in str(stop)
+
+
+def test_a_message_that_is_not_json_is_a_delivery_failure_raised_where_it_is_written(
+    client: FakeClient,
+) -> None:
+    cancellation = Cancellation(client.bucket(BUCKET), "run/abc")  # type: ignore[arg-type]
+    writer = PipesCloudStorageMessageWriter(client, FAST, cancellation=cancellation)
+    with writer.open(PARAMS) as channel:
+        channel.write_message(log(1))
+        not_json: PipesMessage = {
+            "__dagster_pipes_version": "0.1",
+            "method": "report_custom_message",
+            "params": {"payload": {"at": datetime.date(2024, 1, 1)}},
+        }
+        with pytest.raises(PipesMessageDeliveryError, match=r"report_custom_message.*not JSON"):
+            channel.write_message(not_json)
+        channel.write_message(log(2))  # dropped: it would follow a missing message
+
+    assert channel.delivery_error is not None and stops_the_job(cancellation) is not None
+    delivered = [m["params"]["message"] for chunk in chunks(client) for m in chunk]
+    assert "m2" not in delivered
+
+
+def test_a_job_whose_writer_died_answers_502_and_does_not_commit(client: FakeClient) -> None:
+    def marker_fault(op: str, key: str) -> None:
+        if op == "download":
+            raise gauth.RefreshError("metadata server answered 503")
+
+    committed: list[bool] = []
+
+    def job(pipes: PipesContext, event: Mapping[str, Any]) -> dict[str, Any]:
+        pipes.log.info("working")
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # batches, each followed by a check
+            raise_if_cancelled()
+            time.sleep(0.01)
+        committed.append(True)
+        return {"committed": True}
+
+    client.fault = marker_fault
+    with flask.Flask(__name__).test_request_context("/", method="POST", json=pipes_body()):
+        response, status = handle_pipes_request(
+            flask.request,
+            job,
+            storage_client=client,  # type: ignore[arg-type]
+            pipes_bucket=BUCKET,
+            writer_settings=FAST,
+            cancellation_policy=CancellationPolicy(poll_interval=0.25),
+        )
+    body = json.loads(response.get_data())
+    assert status == 502, body
+    assert body["error"]["type"] == "PipesMessageDeliveryError"
+    assert "RefreshError" in body["error"]["message"]
+    assert committed == []
