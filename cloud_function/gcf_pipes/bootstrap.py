@@ -5,6 +5,13 @@
 ``PipesDefaultContextLoader`` opens any file the params name, so neither ever sees request
 data: each param is decompressed with a cap, the context must be inline (``{"data": {...}}``),
 and the messages must go to the function's own Pipes bucket under a safe key prefix.
+
+The messages params are read as a stock blob-store writer reads them: ``bucket`` and
+``key_prefix``, and ``include_stdio_in_messages`` (a boolean, which dagster-gcp's
+``PipesGCSMessageReader`` always sends). That switch is accepted and ignored: stdout and stderr
+belong to the whole process, which serves concurrent requests, so no output could be told to
+be one request's; the business logic's ``logging`` records reach Dagster instead. Other keys
+(a newer Dagster's) are ignored within the same bounds as unknown context keys.
 """
 
 from __future__ import annotations
@@ -19,11 +26,12 @@ from typing import Any
 from dagster_pipes import (
     DAGSTER_PIPES_CONTEXT_ENV_VAR,
     DAGSTER_PIPES_MESSAGES_ENV_VAR,
+    PipesBlobStoreMessageWriter,
     PipesContextData,
     PipesParams,
 )
 
-from gcf_pipes.context_data import validate_context_data
+from gcf_pipes.context_data import known_entries, validate_context_data
 from gcf_pipes.errors import RequestError
 from gcf_pipes.gcs_names import MAX_KEY_PREFIX_CHARS, is_bucket_name, is_key_prefix
 from gcf_pipes.strict_json import StrictJSONError, loads_strict, refuse_lone_surrogates
@@ -35,7 +43,8 @@ PIPES_PARAM_KEYS = (CONTEXT_PARAM, MESSAGES_PARAM)
 MAX_DECODED_PARAM_BYTES = 256 * 1024
 
 _INLINE_KEY = "data"
-_MESSAGES_KEYS = frozenset({"bucket", "key_prefix"})
+_MESSAGES_REQUIRED = ("bucket", "key_prefix")
+INCLUDE_STDIO_KEY = PipesBlobStoreMessageWriter.INCLUDE_STDIO_IN_MESSAGES_KEY
 
 
 @dataclass(frozen=True)
@@ -92,13 +101,27 @@ def _inline_context(value: object) -> PipesContextData:
     return validate_context_data(value[_INLINE_KEY])
 
 
-def _messages_target(value: object, pipes_bucket: str) -> tuple[str, str]:
-    if not isinstance(value, dict) or set(value) != _MESSAGES_KEYS:
+def _messages_fields(value: object) -> dict[str, Any]:
+    """The messages params this function reads; ``include_stdio_in_messages`` checked too."""
+    if not isinstance(value, dict):
         raise RequestError(
-            f'{MESSAGES_PARAM} must be {{"bucket": ..., "key_prefix": ...}} and nothing else',
+            f'{MESSAGES_PARAM} must be an object: {{"bucket": ..., "key_prefix": ...}}',
             field=MESSAGES_PARAM,
         )
-    bucket, key_prefix = value["bucket"], value["key_prefix"]
+    for key in _MESSAGES_REQUIRED:
+        if key not in value:
+            field = f"{MESSAGES_PARAM}.{key}"
+            raise RequestError(f"{field} is missing", field=field)
+    include_stdio = value.get(INCLUDE_STDIO_KEY, False)
+    if not isinstance(include_stdio, bool):
+        field = f"{MESSAGES_PARAM}.{INCLUDE_STDIO_KEY}"
+        raise RequestError(f"{field} must be a boolean", field=field)
+    return known_entries(value, (*_MESSAGES_REQUIRED, INCLUDE_STDIO_KEY), MESSAGES_PARAM)
+
+
+def _messages_target(value: object, pipes_bucket: str) -> tuple[str, str]:
+    fields = _messages_fields(value)
+    bucket, key_prefix = fields["bucket"], fields["key_prefix"]
     if not isinstance(bucket, str) or not is_bucket_name(bucket):
         field = f"{MESSAGES_PARAM}.bucket"
         raise RequestError(f"{field} is not a valid Cloud Storage bucket name", field=field)

@@ -1,7 +1,10 @@
 """The shape of the Pipes context data a request carries, checked before a context opens.
 
-Every key Dagster sends is required, nothing else is accepted, and each value is checked for
-type and size; a problem is a :class:`RequestError` (400) naming the field as
+Pipes lets an orchestrator run a newer Dagster than the external process, so the check reads
+a context the way ``dagster_pipes`` does: keys it does not know are ignored (after a check that
+they are bounded), and a known key that is missing takes the value Dagster sends for "not
+defined" (only ``run_id`` is required). Each known value is checked for type and size; a
+problem is a :class:`RequestError` (400) naming the field as
 ``DAGSTER_PIPES_CONTEXT.<key>[.<sub-key>]``. What the values *mean* (which partition keys a
 function accepts, for instance) is the business logic's to check.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar, cast
 
 from dagster_pipes import (
@@ -32,8 +35,14 @@ MAX_MAP_ENTRIES = 1024
 MAX_RETRY_NUMBER = 100_000
 MAX_EXTRAS_BYTES = 64 * 1024
 MAX_EXTRAS_DEPTH = 8
+# Keys this function does not know (a newer Dagster's): ignored, but bounded like extras.
+MAX_UNKNOWN_BYTES = 64 * 1024
+MAX_UNKNOWN_DEPTH = 8
 
 CONTEXT_KEYS = tuple(PipesContextData.__annotations__)
+# ``PipesContext.run_id`` has no "undefined" state: a context without it is no Pipes context.
+REQUIRED_CONTEXT_KEYS = ("run_id",)
+_KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # how Pipes names its keys
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
 _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
                float: "number", type(None): "null"}  # fmt: skip
@@ -74,22 +83,69 @@ def _required_string(value: object, path: tuple[str, ...]) -> str:
     return text
 
 
-def _object(
-    value: object, path: tuple[str, ...], keys: tuple[str, ...] | None = None
-) -> dict[str, Any]:
-    """A JSON object; with ``keys``, exactly those keys."""
+def _object(value: object, path: tuple[str, ...]) -> dict[str, Any]:
+    """A JSON object of at most :data:`MAX_MAP_ENTRIES` entries."""
     if not isinstance(value, dict):
         raise _type_error(path, "an object", value)
-    if keys is not None:
-        for key in value:
-            if key not in keys:
-                raise _refuse((*path, str(key)[:64]), "is not a known key")
-        for key in keys:
-            if key not in value:
-                raise _refuse((*path, key), "is missing")
     if len(value) > MAX_MAP_ENTRIES:
         raise _refuse(path, f"has more than {MAX_MAP_ENTRIES} entries")
     return value
+
+
+def context_defaults() -> dict[str, Any]:
+    """What a context without the key means: Dagster's own values for "not an asset step",
+    "not partitioned", "first try" and "no extras" (a fresh copy each time)."""
+    return {
+        "asset_keys": None,
+        "code_version_by_asset_key": None,
+        "provenance_by_asset_key": None,
+        "partition_key": None,
+        "partition_key_range": None,
+        "partition_time_window": None,
+        "job_name": None,
+        "retry_number": 0,
+        "extras": {},
+    }
+
+
+def known_entries(value: Mapping[str, Any], known: Collection[str], field: str) -> dict[str, Any]:
+    """The entries of ``value`` named in ``known``; the others are ignored once shown bounded.
+
+    An ignored key must be a plain name (as Pipes names its keys); its value at most
+    :data:`MAX_UNKNOWN_DEPTH` deep, and all ignored values of ``value`` together at most
+    :data:`MAX_UNKNOWN_BYTES` of JSON. ``field`` names ``value`` in a refusal.
+    """
+    unknown = {key: item for key, item in value.items() if key not in known}
+    if any(not _KEY_NAME.fullmatch(key) for key in unknown):
+        raise RequestError(f"{field} has a key that is neither known nor a plain name", field=field)
+    for key, item in unknown.items():
+        if _deeper_than(item, MAX_UNKNOWN_DEPTH):
+            raise RequestError(
+                f"{field}.{key} (a key this function ignores) is nested deeper than "
+                f"{MAX_UNKNOWN_DEPTH} levels",
+                field=f"{field}.{key}",
+            )
+    if len(json.dumps(unknown)) > MAX_UNKNOWN_BYTES:
+        raise RequestError(
+            f"{field} has keys this function ignores that are larger than "
+            f"{MAX_UNKNOWN_BYTES} bytes together",
+            field=field,
+        )
+    return {key: item for key, item in value.items() if key in known}
+
+
+def _record(
+    value: object,
+    path: tuple[str, ...],
+    required: tuple[str, ...],
+    optional: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """A JSON object with the ``required`` keys: its known entries (see :func:`known_entries`)."""
+    data = _object(value, path)
+    for key in required:
+        if key not in data:
+            raise _refuse((*path, key), "is missing")
+    return known_entries(data, (*required, *optional), _field(path))
 
 
 def _nullable(
@@ -135,8 +191,7 @@ def _code_version(value: object, path: tuple[str, ...]) -> str | None:
 def _provenance(value: object, path: tuple[str, ...]) -> PipesDataProvenance | None:
     if value is None:
         return None
-    keys = ("code_version", "input_data_versions", "is_user_provided")
-    data = _object(value, path, keys)
+    data = _record(value, path, ("code_version", "input_data_versions", "is_user_provided"))
     versions = _object(data["input_data_versions"], (*path, "input_data_versions"))
     user_provided = data["is_user_provided"]
     if not isinstance(user_provided, bool):
@@ -157,7 +212,7 @@ def _provenance(value: object, path: tuple[str, ...]) -> PipesDataProvenance | N
 
 
 def _key_range(value: object, path: tuple[str, ...]) -> PipesPartitionKeyRange:
-    data = _object(value, path, ("start", "end"))
+    data = _record(value, path, ("start", "end"))
     return {
         "start": _required_string(data["start"], (*path, "start")),
         "end": _required_string(data["end"], (*path, "end")),
@@ -173,7 +228,7 @@ def _timestamp(value: object, path: tuple[str, ...]) -> dt.datetime:
 
 
 def _time_window(value: object, path: tuple[str, ...]) -> PipesTimeWindow:
-    data = _object(value, path, ("start", "end"))
+    data = _record(value, path, ("start", "end"))
     start = _timestamp(data["start"], (*path, "start"))
     end = _timestamp(data["end"], (*path, "end"))
     if (start.tzinfo is None) != (end.tzinfo is None):
@@ -230,8 +285,13 @@ def _check_partition_scope(
 
 
 def validate_context_data(value: object) -> PipesContextData:
-    """A copy of the context data built from checked values; RequestError (400) otherwise."""
-    data: Mapping[str, Any] = _object(value, (), CONTEXT_KEYS)
+    """A copy of the context data built from checked values; RequestError (400) otherwise.
+
+    Every key of :class:`PipesContextData` is in the copy: a missing optional one has its
+    :func:`context_defaults` value; keys it does not define are left out.
+    """
+    optional = tuple(key for key in CONTEXT_KEYS if key not in REQUIRED_CONTEXT_KEYS)
+    data = {**context_defaults(), **_record(value, (), REQUIRED_CONTEXT_KEYS, optional)}
     asset_keys = _nullable(data["asset_keys"], ("asset_keys",), _asset_keys)
 
     def per_asset(key: str, parse: Callable[[object, tuple[str, ...]], T]) -> dict[str, T] | None:

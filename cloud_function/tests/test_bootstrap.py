@@ -2,15 +2,21 @@
 bounded decoding, inline context only, the Pipes bucket and key prefix, the context's shape."""
 
 import base64
+import json
 import zlib
 from typing import Any
 
 import pytest
-from dagster_pipes import encode_param
+from dagster_pipes import PipesContextData, encode_param
 
 from gcf_pipes import RequestError, parse_bootstrap
 from gcf_pipes.bootstrap import MAX_DECODED_PARAM_BYTES, decode_bounded_param
-from gcf_pipes.context_data import validate_context_data
+from gcf_pipes.context_data import (
+    CONTEXT_KEYS,
+    REQUIRED_CONTEXT_KEYS,
+    context_defaults,
+    validate_context_data,
+)
 from gcf_pipes.gcs_names import is_bucket_name, is_key_prefix
 from gcf_pipes.redact import Redactor
 
@@ -102,17 +108,53 @@ def test_only_an_inline_context_is_accepted(context: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "messages",
+    ("messages", "field"),
     [
-        {"path": "/tmp/messages"},
-        {"bucket": PIPES_BUCKET},
-        {"bucket": PIPES_BUCKET, "key_prefix": "a/1", "extra": 1},
-        ["bucket"],
+        ({"path": "/tmp/messages"}, f"{MESSAGES}.bucket"),
+        ({"bucket": PIPES_BUCKET}, f"{MESSAGES}.key_prefix"),
+        ({"bucket": PIPES_BUCKET, "key_prefix": "a/1", "include_stdio_in_messages": "yes"},
+         f"{MESSAGES}.include_stdio_in_messages"),
+        ({"bucket": PIPES_BUCKET, "key_prefix": "a/1", "include_stdio_in_messages": None},
+         f"{MESSAGES}.include_stdio_in_messages"),
+        (["bucket"], MESSAGES),
+    ],
+)  # fmt: skip
+def test_messages_params_need_a_bucket_and_a_key_prefix(messages: Any, field: str) -> None:
+    error = refusal(parse_bootstrap, with_params(messages=messages), pipes_bucket=PIPES_BUCKET)
+    assert error.status == 400 and error.field == field, error.message
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"include_stdio_in_messages": True},  # dagster-gcp's PipesGCSMessageReader sends it
+        {"include_stdio_in_messages": False},
+        {"compression": "none", "log_writer": {"stream": "stdout"}},  # a newer Dagster's keys
     ],
 )
-def test_messages_params_are_exactly_bucket_and_key_prefix(messages: Any) -> None:
+def test_the_stock_messages_params_are_accepted_and_only_the_target_used(
+    extra: dict[str, Any],
+) -> None:
+    messages = {"bucket": PIPES_BUCKET, "key_prefix": "a/1", **extra}
+    bootstrap, _ = parse_bootstrap(with_params(messages=messages), pipes_bucket=PIPES_BUCKET)
+    assert bootstrap.messages_params == {"bucket": PIPES_BUCKET, "key_prefix": "a/1"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"future": json.loads('{"a":' * 9 + "1" + "}" * 9)}, f"{MESSAGES}.future"),
+        ({"future": "x" * 70_000}, MESSAGES),
+        ({"a": "x" * 40_000, "b": "y" * 40_000}, MESSAGES),
+        ({"not a name": 1}, MESSAGES),
+        ({"x\n": 1}, MESSAGES),
+    ],
+)
+def test_unknown_messages_params_are_bounded(extra: dict[str, Any], field: str) -> None:
+    messages = {"bucket": PIPES_BUCKET, "key_prefix": "a/1", **extra}
     error = refusal(parse_bootstrap, with_params(messages=messages), pipes_bucket=PIPES_BUCKET)
-    assert error.status == 400 and error.field == MESSAGES
+    assert error.status == 400 and error.field == field, error.message
+    assert "not a name" not in error.message
 
 
 def test_another_bucket_is_403_and_an_invalid_one_400() -> None:
@@ -252,7 +294,6 @@ def test_a_context_as_dagster_sends_it_is_kept_as_is() -> None:
         ({"partition_key_range": None}, "partition_time_window"),
         ({"partition_key": "x" * 1025}, "partition_key"),
         ({"partition_key_range": {"start": "a"}}, "partition_key_range.end"),
-        ({"partition_key_range": {"start": "a", "end": "b", "x": 1}}, "partition_key_range.x"),
         ({"partition_key_range": ["a", "b"]}, "partition_key_range"),
         ({"partition_time_window": {"start": "monday", "end": "tuesday"}},
          "partition_time_window.start"),
@@ -269,18 +310,61 @@ def test_a_context_as_dagster_sends_it_is_kept_as_is() -> None:
         ({"extras": None}, "extras"),
         ({"extras": {"a": "x" * 70_000}}, "extras"),
         ({"extras": {"a": [[[[[[[[[1]]]]]]]]]}}, "extras"),
-        ({"unexpected": 1}, "unexpected"),
+        ({"future": json.loads('{"a":' * 9 + "1" + "}" * 9)}, "future"),
+        ({"future": "x" * 70_000}, ""),
+        ({"a_future": "x" * 40_000, "b_future": "y" * 40_000}, ""),
+        ({"no name": 1}, ""),
+        ({"partition_key_range": {"start": "a", "end": "a",
+                                  "next": json.loads("[" * 9 + "]" * 9)}},
+         "partition_key_range.next"),
+        ({"provenance_by_asset_key": {"daily_people": {
+            "code_version": "v1", "input_data_versions": {}, "is_user_provided": False,
+            "blob": "x" * 70_000}}}, "provenance_by_asset_key.daily_people"),
     ],
 )  # fmt: skip
 def test_a_malformed_context_is_400_naming_the_field(overrides: dict[str, Any], field: str) -> None:
     error = refusal(validate_context_data, context(**overrides))
-    assert error.status == 400 and error.field == f"{CONTEXT}.{field}", error.message
+    expected = f"{CONTEXT}.{field}" if field else CONTEXT
+    assert error.status == 400 and error.field == expected, error.message
 
 
-def test_a_missing_context_key_is_named() -> None:
+def test_a_context_without_a_run_id_is_refused_naming_it() -> None:
     data = context()
-    del data["retry_number"]
-    assert refusal(validate_context_data, data).field == f"{CONTEXT}.retry_number"
+    del data["run_id"]
+    assert refusal(validate_context_data, data).field == f"{CONTEXT}.run_id"
+
+
+def test_keys_a_newer_dagster_adds_are_ignored_at_every_level() -> None:
+    newer = context(run_tags={"team": "lake"}, step_key="people", asset_check_keys=None)
+    newer["partition_key_range"] = {**newer["partition_key_range"], "keys": ["2024-01-01"]}
+    newer["partition_time_window"] = {**newer["partition_time_window"], "timezone": "UTC"}
+    newer["provenance_by_asset_key"]["daily_people"]["storage_id"] = 12
+    newer["extras"]["future"] = {"kept": True}  # extras are the caller's: kept whole
+    expected = context()
+    expected["extras"]["future"] = {"kept": True}
+    assert validate_context_data(newer) == expected
+
+
+@pytest.mark.parametrize("key", [key for key in CONTEXT_KEYS if key != "run_id"])
+def test_a_missing_optional_key_reads_as_dagster_s_undefined_value(key: str) -> None:
+    data = context(partition_key=None, partition_key_range=None, partition_time_window=None)
+    if key == "asset_keys":  # the maps by asset key come with it
+        data.update(code_version_by_asset_key=None, provenance_by_asset_key=None)
+    del data[key]
+    assert validate_context_data(data) == {**data, key: context_defaults()[key]}
+
+
+def test_a_context_of_a_run_id_alone_is_an_unpartitioned_step_without_assets() -> None:
+    read = validate_context_data({"run_id": "r"})
+    assert read == {**context_defaults(), "run_id": "r"}
+    assert read["extras"] is not validate_context_data({"run_id": "r"})["extras"]
+
+
+def test_every_key_dagster_pipes_defines_is_required_or_has_a_default() -> None:
+    defaults = set(context_defaults())
+    assert defaults.isdisjoint(REQUIRED_CONTEXT_KEYS)
+    assert defaults | set(REQUIRED_CONTEXT_KEYS) == set(PipesContextData.__annotations__)
+    assert set(validate_context_data({"run_id": "r"})) == set(PipesContextData.__annotations__)
 
 
 # --- redaction ----------------------------------------------------------------------------------

@@ -229,12 +229,18 @@ INLINE_ONLY = [
     case("messages-path", 400, MESSAGES, lambda t: body(messages={"path": "/tmp/messages"})),
     case("messages-env-indirection", 400, MESSAGES,
          lambda t: body(messages={"env": "PIPES_BUCKET"})),
-    case("messages-extra-key", 400, MESSAGES, lambda t: body(**msgs(path="/tmp/x"))),
+    # A key the function ignores (a newer Dagster's) is still bounded.
+    case("messages-unknown-key-20-deep", 400, f"{MESSAGES}.path",
+         lambda t: body(**msgs(path=json.loads('{"a":' * 20 + "1" + "}" * 20)))),
+    case("messages-unknown-keys-70-kib", 400, MESSAGES, lambda t: body(**msgs(path="x" * 70_000))),
+    case("messages-stdio-not-boolean", 400, f"{MESSAGES}.include_stdio_in_messages",
+         lambda t: body(**msgs(include_stdio_in_messages="/dev/stdout"))),
     case("messages-missing-prefix", 400, MESSAGES,
          lambda t: body(messages={"bucket": PIPES_BUCKET})),
     # One param, one meaning: a repeated key is not "the last one wins".
     raw_context_case("context-data-key-twice", 400,
-                     lambda: raw_context_text(', "data": {"path": "/dev/zero"}')),
+                     lambda: raw_param(b'{"data": {}, "data": {"path": "/dev/zero"}}')),
+    raw_context_case("context-run-id-twice", 400, lambda: raw_context_text(', "run_id": "x"')),
     case("messages-bucket-twice", 400, MESSAGES, lambda t: body(raw_messages=raw_param(
         f'{{"bucket": "{OTHER_BUCKET}", "key_prefix": "{new_key_prefix()}", '
         f'"bucket": "{PIPES_BUCKET}"}}'.encode()))),
@@ -308,7 +314,11 @@ CONTEXT_SHAPES = [
     context_case("retry-number-bool", "retry_number", retry_number=True),
     context_case("run-id-missing", "run_id", run_id=DROP),
     context_case("run-id-null", "run_id", run_id=None),
-    context_case("unknown-context-key", "path", path="/dev/zero"),
+    context_case("unknown-context-key-20-deep", "path",
+                 path=json.loads('{"a":' * 20 + "1" + "}" * 20)),
+    case("unknown-context-keys-70-kib", 400, CONTEXT,
+         lambda t: body(**ctx(path="x" * 40_000, env="y" * 40_000))),
+    case("unknown-context-key-not-a-name", 400, CONTEXT, lambda t: body(**ctx(**{"../path": 1}))),
     context_case("code-version-other-asset", "code_version_by_asset_key",
                  code_version_by_asset_key={"other": "1"}),
     context_case("provenance-bad-shape", "provenance_by_asset_key",
