@@ -23,12 +23,15 @@ repeat reports what the first attempt wrote; :func:`committed_rows` reads that c
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
+import json
 import logging
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +40,11 @@ import deltalake  # imported before polars anywhere both are used (crash at exit
 import polars as pl
 from arro3.core import RecordBatch, RecordBatchReader, Schema
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties
+from deltalake._internal import DeltaFileSystemHandler  # the table's own store (no pyarrow)
 from deltalake.exceptions import CommitFailedError
 
 from gcf_pipes import RequestError
-from people_lake.storage import TableRef
+from people_lake.storage import DELTA_LOG, TableRef
 from people_lake.window import PARTITION_COLUMN, DayWindow
 
 logger = logging.getLogger(__name__)
@@ -48,7 +52,7 @@ logger = logging.getLogger(__name__)
 APP_ID_PREFIX = "dagster-pipes-gcf/"
 TXN_VERSION = 1  # one txn per invocation: "done" is version 1
 COMMIT_ATTEMPTS = 6
-HISTORY_ATTEMPTS = 20  # listings of a table that other writers keep changing
+LOG_READS_AT_ONCE = 16  # commit files read in parallel while looking for a repeat's commit
 # Times delta-rs rebases a commit over concurrent ones it does not conflict with (appends,
 # other days) before giving up; more than the racers one instance group sends at once.
 COMMIT_REBASES = 50
@@ -96,6 +100,15 @@ class TableWrite:
     rows_written: int
     repeated: bool = False
     commit_metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Commit:
+    """One commit as its log file records it: its commitInfo and the txn app ids it set."""
+
+    version: int
+    info: Mapping[str, Any]
+    app_ids: frozenset[str]
 
 
 def app_id_for(invocation_id: str) -> str:
@@ -152,47 +165,59 @@ def create_table(table: TableRef, schema: Schema, *, partitioned: bool) -> Delta
         return created
 
 
-def _history(table: TableRef, limit: int | None, *, numbered: bool) -> list[dict[str, Any]]:
-    """The table's newest ``limit`` commits, newest first; ``numbered``: each with its true
-    ``version`` (otherwise the numbers may be wrong).
+def _commit_file(version: int) -> str:
+    return f"{DELTA_LOG}/{version:020d}.json"
 
-    delta-rs (1.6) lists the commits from the store's newest but numbers them down from the
-    loaded snapshot's version (delta-rs issue 4488): a commit landing between the load and
-    the listing shifts every number, even below zero. A numbered listing is kept only when
-    the newest version is the same before and after it.
+
+def _read_commit(log: DeltaFileSystemHandler, version: int) -> _Commit | None:
+    """The commit at ``version`` read from its own file, or None when the file is gone (the
+    log was cleaned up to there)."""
+    try:
+        file = log.open_input_file(_commit_file(version))
+        text = file.read(file.size())
+    except FileNotFoundError:
+        return None
+    actions = [json.loads(line) for line in text.splitlines() if line.strip()]
+    infos = [action["commitInfo"] for action in actions if "commitInfo" in action]
+    info: Mapping[str, Any] = infos[0] if infos else {}
+    app_ids = frozenset(action["txn"]["appId"] for action in actions if "txn" in action)
+    return _Commit(version, info, app_ids)
+
+
+def _commits_down_from(table: TableRef, newest: int) -> Iterator[_Commit | None]:
+    """The commits ``newest``, ``newest - 1``, ... 0, read a few at once; None for a commit
+    whose file is gone (then every older one is gone too).
+
+    Read by version number, not listed: delta-rs (1.6) numbers a history listing from the
+    snapshot it loaded, not from what it lists (delta-rs issue 4488), so other writers'
+    commits shift a listing's numbers; a commit file's name is its version.
     """
-    if not numbered:
-        return DeltaTable(table.uri, storage_options=table.storage_options).history(limit)
-    for _ in range(HISTORY_ATTEMPTS):
-        delta = DeltaTable(table.uri, storage_options=table.storage_options)
-        commits = delta.history(limit)
-        latest = DeltaTable(table.uri, storage_options=table.storage_options).version()
-        if latest == delta.version():
-            return commits
-    raise RuntimeError(f"{table.uri} kept changing while its history was read")
+    log = DeltaFileSystemHandler(table.uri, table.storage_options)
+    with ThreadPoolExecutor(LOG_READS_AT_ONCE) as pool:
+        for top in range(newest, -1, -LOG_READS_AT_ONCE):
+            versions = range(top, max(top - LOG_READS_AT_ONCE, -1), -1)
+            yield from pool.map(functools.partial(_read_commit, log), versions)
 
 
-def _find_commit(table: TableRef, marker: str, *, numbered: bool) -> dict[str, Any] | None:
-    """The newest commit whose commitInfo carries ``marker`` (recent commits first)."""
-    for limit in (50, None):
-        for commit in _history(table, limit, numbered=numbered):
-            if commit.get(_META + "marker") == marker:
-                return commit
+def _find_commit(table: TableRef, app_id: str, newest: int) -> _Commit | None:
+    """The commit that recorded the txn ``app_id``, at ``newest`` or below (a version of a
+    snapshot holding the txn); None when its file is gone (older than the log retention)."""
+    for commit in _commits_down_from(table, newest):
+        if commit is None or app_id in commit.app_ids:
+            return commit
     return None
 
 
-def _as_write(
-    table: TableRef, commit: Mapping[str, Any], *, repeated: bool, version: int | None = None
-) -> TableWrite:
-    metrics = commit.get("operationMetrics") or {}
+def _as_write(table: TableRef, commit: _Commit, *, repeated: bool) -> TableWrite:
+    metrics = commit.info.get("operationMetrics") or {}
     ours = {
         key.removeprefix(_META): str(value)
-        for key, value in commit.items()
+        for key, value in commit.info.items()
         if key.startswith(_META)
     }
     return TableWrite(
         table_uri=table.uri,
-        version=int(commit["version"]) if version is None else version,
+        version=commit.version,
         rows_written=int(metrics.get("num_added_rows", ours.get("rows", 0))),
         repeated=repeated,
         commit_metadata=ours,
@@ -200,11 +225,18 @@ def _as_write(
 
 
 def _committed(delta: DeltaTable, table: TableRef, invocation_id: str) -> TableWrite | None:
-    if (delta.transaction_version(app_id_for(invocation_id)) or 0) < TXN_VERSION:
+    app_id = app_id_for(invocation_id)
+    if (delta.transaction_version(app_id) or 0) < TXN_VERSION:
         return None
-    commit = _find_commit(table, invocation_id, numbered=True)
-    if commit is None:  # txn recorded but its commitInfo is gone (log cleaned up)
-        return TableWrite(table.uri, delta.version(), 0, repeated=True)
+    commit = _find_commit(table, app_id, delta.version())
+    if commit is None:  # never another commit's rows reported as this invocation's
+        raise RequestError(
+            f"invocation {invocation_id} already committed to this table, but that commit's "
+            "record has expired from the Delta log, so what it wrote cannot be reported; "
+            "nothing was written again",
+            field="invocation_id",
+            status=409,
+        )
     return _as_write(table, commit, repeated=True)
 
 
@@ -326,8 +358,7 @@ def write_people_table(
             return done
         try:
             _commit_once(stream, snapshot, window, commit)
-            # The snapshot is now at the version delta-rs committed (rebased or not): exact,
-            # unlike the numbers of a listing, which is read below for the metadata only.
+            # The snapshot is now at the version delta-rs committed (rebased or not).
             committed_version = snapshot.version()
             break
         except CommitFailedError as exc:
@@ -336,7 +367,8 @@ def write_people_table(
             pause = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
             logger.info("commit conflict (%s); retrying in %.2fs", exc, pause)
             time.sleep(pause)
-    ours = _find_commit(table, marker, numbered=False)
-    if ours is None:
+    log = DeltaFileSystemHandler(table.uri, table.storage_options)
+    ours = _read_commit(log, committed_version)
+    if ours is None or ours.info.get(_META + "marker") != marker:
         raise RuntimeError(f"committed to {table.uri} but cannot find the commit {marker}")
-    return _as_write(table, ours, repeated=False, version=committed_version)
+    return _as_write(table, ours, repeated=False)

@@ -3,6 +3,7 @@
 import datetime as dt
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -211,31 +212,70 @@ def test_racing_first_writes_of_distinct_invocations_all_commit(tmp_path: Path) 
     assert pl.read_delta(table.uri).height == 3 * RACERS
 
 
-def test_a_commit_landing_while_the_history_is_read_does_not_shift_versions(
+def append_one_row(uri: str, seed: int = 0) -> None:
+    """Another writer's commit (no invocation id): the cheapest commit there is."""
+    deltalake.write_deltalake(uri, people(1, seed=seed), mode="append")
+
+
+def test_repeats_looked_up_while_other_writers_commit_report_the_first_write(
+    tmp_path: Path,
+) -> None:
+    """A busy backfill: two writers keep committing while retries look up their commits.
+    Each lookup once re-listed the history until it held still, and gave up (500)."""
+    table = TableRef(str(tmp_path / "people"))
+    ours = write_people_table(people(5), table, invocation_id="ours")
+    for _ in range(60):  # the invocation's commit lies deep in the history
+        append_one_row(table.uri)
+    stop = threading.Event()
+
+    def keep_committing() -> int:
+        commits = 0
+        while not stop.is_set():
+            append_one_row(table.uri)
+            commits += 1
+        return commits
+
+    with ThreadPoolExecutor(2) as writers:
+        committing = [writers.submit(keep_committing) for _ in range(2)]
+        try:
+            rs = [write_people_table(people(5), table, invocation_id="ours") for _ in range(5)]
+        finally:
+            stop.set()
+        assert all(writer.result() > 0 for writer in committing)
+
+    reported = {(r.version, r.rows_written, r.repeated, r.commit_metadata["marker"]) for r in rs}
+    assert reported == {(ours.version, 5, True, "ours")}
+    ours_rows = pl.col("id").is_in(people(5)["id"].implode())
+    assert pl.read_delta(table.uri).filter(ours_rows).height == 5  # written once
+
+
+def test_commits_landing_while_the_log_is_read_do_not_shift_versions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """delta-rs numbers a listing from the snapshot it loaded, not from the commits it
-    listed; another writer committing in between once made a write report version -1."""
+    """Commit files are read by version number: what lands meanwhile changes nothing. (A
+    history listing numbered from its snapshot once made a write report version -1.)"""
     table = TableRef(str(tmp_path / "people"))
-    listing = deltalake.DeltaTable.history
+    read_commit = delta_table._read_commit
     landed: list[int] = []
 
-    def history_with_a_commit_landing(
-        self: deltalake.DeltaTable, limit: int | None = None
-    ) -> list[dict[str, Any]]:
-        if len(landed) < 3:  # the first listings each see another writer's commit land
-            landed.append(1)
-            deltalake.write_deltalake(table.uri, people(2, seed=len(landed)), mode="append")
-        return listing(self, limit)
+    def read_while_a_commit_lands(log: Any, version: int) -> Any:
+        if len(landed) < 3:  # the first reads each see another writer's commit land
+            landed.append(version)
+            append_one_row(table.uri, seed=len(landed))
+        return read_commit(log, version)
 
     first = write_people_table(people(4), table, invocation_id="first")
-    monkeypatch.setattr(deltalake.DeltaTable, "history", history_with_a_commit_landing)
+    append_one_row(table.uri)
+    monkeypatch.setattr(delta_table, "_read_commit", read_while_a_commit_lands)
     ours = write_people_table(people(5), table, invocation_id="ours")
     again = write_people_table(people(5), table, invocation_id="ours")
+    earlier = previous_write(table, "first")
     monkeypatch.undo()
 
-    assert first.version == 1 and ours.rows_written == 5 and not ours.repeated
-    assert again.repeated and again.version == ours.version
+    assert len(landed) == 3
+    assert (first.version, ours.version) == (1, 3) and ours.rows_written == 5
+    assert (again.version, again.rows_written, again.repeated) == (3, 5, True)
+    assert earlier is not None and (earlier.version, earlier.rows_written) == (1, 4)
     commits = {c["version"]: c for c in deltalake.DeltaTable(table.uri).history()}
     assert commits[ours.version]["dagster_pipes_gcf.marker"] == "ours"
     assert committed_rows(table, ours.version).collect().height == 5
