@@ -251,17 +251,31 @@ def _file_uris(table: TableRef, version: int) -> list[str]:
     return [] if delta is None else delta.file_uris()
 
 
-def committed_rows(table: TableRef, version: int) -> pl.LazyFrame:
-    """The rows the commit at ``version`` added: its own data files, read lazily."""
+def _files_of(table: TableRef, version: int) -> tuple[list[str], list[str]]:
+    """The table's data files at ``version``: those its commit added, and all the others."""
     before = set(_file_uris(table, version - 1))
-    added = [uri for uri in _file_uris(table, version) if uri not in before]
-    if not added:
+    files = _file_uris(table, version)
+    return [uri for uri in files if uri not in before], [uri for uri in files if uri in before]
+
+
+def _scan(table: TableRef, uris: list[str]) -> pl.LazyFrame:
+    if not uris:
         return pl.LazyFrame(schema={"id": pl.String, "email": pl.String})
     return pl.scan_parquet(
-        added,
+        uris,
         storage_options=table.storage_options,
-        hive_partitioning=any(f"/{PARTITION_COLUMN}=" in uri for uri in added),
+        hive_partitioning=any(f"/{PARTITION_COLUMN}=" in uri for uri in uris),
     )
+
+
+def committed_rows(table: TableRef, version: int) -> pl.LazyFrame:
+    """The rows the commit at ``version`` added: its own data files, read lazily."""
+    return _scan(table, _files_of(table, version)[0])
+
+
+def rows_beside_commit(table: TableRef, version: int) -> pl.LazyFrame:
+    """The table's rows at ``version`` that its commit did not add, read lazily."""
+    return _scan(table, _files_of(table, version)[1])
 
 
 def with_partition(df: pl.DataFrame, day: dt.date | None) -> pl.DataFrame:
