@@ -56,10 +56,20 @@ LOG_READS_AT_ONCE = 16  # commit files read in parallel while looking for a repe
 # Times delta-rs rebases a commit over concurrent ones it does not conflict with (appends,
 # other days) before giving up; more than the racers one instance group sends at once.
 COMMIT_REBASES = 50
-# Keep the recorded txn ids a month (retries come within minutes), not forever.
+# Retention (see README, "Orphans and retention"):
 TABLE_CONFIGURATION: Mapping[str, str | None] = {
-    "delta.setTransactionRetentionDuration": "interval 30 days"
+    # A repeat is recognised for 30 days after its commit (retries come within minutes, a
+    # re-execution from failure may come days later); then its txn id is dropped (each txn
+    # carries lastUpdated), so the ids do not accumulate.
+    "delta.setTransactionRetentionDuration": "interval 30 days",
+    # Commit files outlive the txn ids they record: a recognised repeat finds its commit.
+    "delta.logRetentionDuration": "interval 60 days",
+    # Vacuum keeps every file a version of the last week references (readers of an older
+    # snapshot), and every file younger than a week: a running write's (writes take minutes).
+    "delta.deletedFileRetentionDuration": "interval 7 days",
 }
+# The writer of every VACUUM_EVERY-th version vacuums the table (a full vacuum lists it).
+VACUUM_EVERY = 100
 # Memory of the parquet writers. delta-rs keeps one writer per partition open until the end
 # of the write, each holding its unfinished row group and its unfinished file, so a range of
 # many days gets smaller row groups and files, and no column gets a dictionary (which held
@@ -357,7 +367,7 @@ def write_people_table(
     recorded = {_META + key: value for key, value in (commit_metadata or {}).items()}
     commit: dict[str, Any] = {"custom_metadata": {**recorded, _META + "marker": marker}}
     if invocation_id:
-        txn = Transaction(app_id=app_id_for(invocation_id), version=TXN_VERSION)
+        txn = Transaction(app_id_for(invocation_id), TXN_VERSION, last_updated=_now_ms())
         commit["app_transactions"] = [txn]
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         stream = _arrow_stream(rows)
@@ -385,4 +395,33 @@ def write_people_table(
     ours = _read_commit(log, committed_version)
     if ours is None or ours.info.get(_META + "marker") != marker:
         raise RuntimeError(f"committed to {table.uri} but cannot find the commit {marker}")
+    _vacuum_if_due(table, committed_version)
     return _as_write(table, ours, repeated=False)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def vacuum(table: TableRef) -> list[str]:
+    """Delete the data files no version within the retention needs: those of cancelled,
+    crashed or conflict-retried writes (never committed) and those replaced longer ago.
+
+    Only files older than the table's ``delta.deletedFileRetentionDuration`` (a week) go, so
+    neither a reader of a recent version nor a write still running loses a file.
+    """
+    delta = DeltaTable(table.uri, storage_options=table.storage_options)
+    return delta.vacuum(dry_run=False, full=True, enforce_retention_duration=True)
+
+
+def _vacuum_if_due(table: TableRef, version: int) -> None:
+    """Vacuum after every :data:`VACUUM_EVERY`-th version; a failure only postpones it (the
+    write itself is committed)."""
+    if version % VACUUM_EVERY:
+        return
+    try:
+        deleted = vacuum(table)
+    except Exception as exc:  # noqa: BLE001 - maintenance must not fail a committed write
+        logger.warning("vacuum after version %d failed (%s)", version, type(exc).__name__)
+        return
+    logger.info("vacuum after version %d deleted %d unreferenced files", version, len(deleted))

@@ -2,6 +2,8 @@
 
 import datetime as dt
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -382,3 +384,26 @@ def test_ids_with_equal_hashes_are_compared_exactly_in_the_table(
     assert not failed.passed and failed.metadata["duplicate_ids"] == 0
     assert failed.metadata["ids_also_elsewhere_in_table"] == 5  # 3 of "before", 2 of "distinct"
     assert failed.metadata["rows_compared_elsewhere"] == 90
+
+
+def test_a_repeat_whose_commit_record_expired_is_409_and_reports_no_rows(
+    gcs: FakeClient, lake: Path
+) -> None:
+    """Its commit file was cleaned from the log: the newest commit is not reported as its."""
+    assert call(gcs, body({"num_rows": 40}))[0] == 200
+    assert call(gcs, body({"num_rows": 7}, invocation_id="inv-2", key_prefix="t/2"))[0] == 200
+    table = deltalake.DeltaTable(str(lake / "people"))
+    table.create_checkpoint()
+    log = lake / "people" / "_delta_log"
+    expired = time.time() - 61 * 24 * 3600  # past the table's delta.logRetentionDuration
+    for version in (0, 1):
+        os.utime(log / f"{version:020d}.json", (expired, expired))
+    table.cleanup_metadata()
+
+    status, answer = call(gcs, body({"num_rows": 40}, key_prefix="t/3"))
+
+    assert status == 409, answer
+    assert answer["error"]["field"] == "invocation_id" and "expired" in answer["error"]["message"]
+    assert of(gcs, "report_asset_materialization", "t/3") == []
+    assert of(gcs, "report_asset_check", "t/3") == []
+    assert pl.read_delta(str(lake / "people")).height == 47
