@@ -231,22 +231,30 @@ def test_repeats_looked_up_while_other_writers_commit_report_the_first_write(
     for _ in range(60):  # the invocation's commit lies deep in the history
         append_one_row(table.uri)
     stop = threading.Event()
+    started = threading.Barrier(3)  # both writers have committed once, the lookups begin
 
-    def keep_committing() -> int:
-        commits = 0
+    def keep_committing() -> None:
+        append_one_row(table.uri)
+        started.wait()
         while not stop.is_set():
             append_one_row(table.uri)
-            commits += 1
-        return commits
+
+    def version() -> int:
+        return deltalake.DeltaTable(table.uri).version()
 
     with ThreadPoolExecutor(2) as writers:
         committing = [writers.submit(keep_committing) for _ in range(2)]
+        started.wait(timeout=60)
+        before = version()
         try:
             rs = [write_people_table(people(5), table, invocation_id="ours") for _ in range(5)]
         finally:
+            after = version()
             stop.set()
-        assert all(writer.result() > 0 for writer in committing)
+        for writer in committing:
+            writer.result()
 
+    assert after > before  # other writers committed while the repeats looked
     reported = {(r.version, r.rows_written, r.repeated, r.commit_metadata["marker"]) for r in rs}
     assert reported == {(ours.version, 5, True, "ours")}
     ours_rows = pl.col("id").is_in(people(5)["id"].implode())
