@@ -7,7 +7,7 @@ Each outcome is plain JSON so a commit can record it and a repeated invocation r
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -35,19 +35,25 @@ class CheckOutcome:
 
 
 ID_HASH_SEED = 20240526
-# Ids whose 64-bit hashes are listed (a few: hash collisions), from the rows checked.
+# Bits of an id's hash that are kept: all 64 (fewer only to make collisions common in tests).
+ID_HASH_BITS = 64
+# Ids whose hashes are listed (a few: hash collisions), from the rows checked.
 IdLookup = Callable[[pl.Series], pl.Series]
 
 
+def _id_hash(ids: pl.Expr) -> pl.Expr:
+    return ids.hash(seed=ID_HASH_SEED) // pl.lit(1 << (64 - ID_HASH_BITS), dtype=pl.UInt64)
+
+
 def id_hashes(ids: pl.Series) -> pl.Series:
-    """64-bit hashes of the non-null ids (stable within one process)."""
-    return ids.drop_nulls().hash(seed=ID_HASH_SEED)
+    """Hashes of the non-null ids (stable within one process)."""
+    return ids.drop_nulls().to_frame("id").select(_id_hash(pl.col("id")))["id"]
 
 
 def has_id_hash(hashes: pl.Series) -> pl.Expr:
     """Rows whose non-null ``id`` has one of ``hashes`` (to find colliding ids again)."""
     ids = pl.col("id")
-    return ids.is_not_null() & ids.hash(seed=ID_HASH_SEED).is_in(hashes.implode())
+    return ids.is_not_null() & _id_hash(ids).is_in(hashes.implode())
 
 
 def ids_with_hashes(ids: pl.Series, hashes: pl.Series) -> pl.Series:
@@ -55,9 +61,21 @@ def ids_with_hashes(ids: pl.Series, hashes: pl.Series) -> pl.Series:
     return pl.DataFrame({"id": ids}).filter(has_id_hash(hashes))["id"]
 
 
-def _shared_hashes(hashes: np.ndarray) -> np.ndarray:
-    """The hash values that occur more than once."""
-    ordered = np.sort(hashes)
+def _sharing_a_hash(ids: pl.Series, sorted_hashes: np.ndarray) -> pl.Series:
+    """The non-null ``ids`` whose hash is in ``sorted_hashes``: the ids' hashes sorted, then
+    merged in (no set of all the hashes is built; sorted lookups stay in cache)."""
+    hashes = np.sort(id_hashes(ids).to_numpy())
+    if not sorted_hashes.size or not hashes.size:
+        return ids.clear()
+    found = np.searchsorted(sorted_hashes, hashes).clip(max=sorted_hashes.size - 1)
+    shared = hashes[sorted_hashes[found] == hashes]
+    if not shared.size:  # the usual case: none
+        return ids.clear()
+    return ids_with_hashes(ids, pl.Series(np.unique(shared), dtype=pl.UInt64))
+
+
+def _shared_hashes(ordered: np.ndarray) -> np.ndarray:
+    """The values that occur more than once in ``ordered`` (sorted hashes)."""
     return np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
 
 
@@ -66,8 +84,9 @@ class DataChecks:
 
     ``ids_unique_and_not_null`` keeps one 64-bit hash per id (8 bytes a row); distinct
     hashes prove distinct ids, and only ids whose hashes collide are compared exactly, looked
-    up in the checked rows again (see :meth:`outcomes`). ``emails_valid`` keeps counts and
-    the first few examples.
+    up in the checked rows again (see :meth:`outcomes`). Its scope is the table: the checked
+    ids must also not occur in the rest of the table, whose ids are streamed past the sorted
+    hashes. ``emails_valid`` keeps counts and the first few examples.
     """
 
     def __init__(self) -> None:
@@ -88,16 +107,28 @@ class DataChecks:
         wanted = MAX_EXAMPLES - len(self._examples)
         self._examples += [repr(value) for value in invalid.head(wanted).to_list()]
 
-    def _ids(self, lookup: IdLookup) -> CheckOutcome:
-        shared = _shared_hashes(np.concatenate(self._hashes or [np.empty(0, np.uint64)]))
+    def _ids(self, lookup: IdLookup, elsewhere: Iterable[pl.Series]) -> CheckOutcome:
+        hashes = np.sort(np.concatenate(self._hashes or [np.empty(0, np.uint64)]))
+        shared = _shared_hashes(hashes)
         duplicates = 0
         if shared.size:  # real duplicates, or (rarely) distinct ids with equal hashes
             suspects = lookup(pl.Series(shared, dtype=pl.UInt64))
             duplicates = suspects.len() - suspects.n_unique()
+        compared = 0
+        suspects_elsewhere: list[pl.Series] = []
+        for ids in elsewhere:
+            compared += ids.len()
+            suspects_elsewhere.append(_sharing_a_hash(ids, hashes))
+        in_table = _also_checked(pl.concat(suspects_elsewhere), lookup) if compared else 0
         return CheckOutcome(
             IDS_CHECK,
-            passed=self._null_ids == 0 and duplicates == 0,
-            metadata={"null_ids": self._null_ids, "duplicate_ids": duplicates},
+            passed=self._null_ids == 0 and duplicates == 0 and in_table == 0,
+            metadata={
+                "null_ids": self._null_ids,
+                "duplicate_ids": duplicates,
+                "ids_also_elsewhere_in_table": in_table,
+                "rows_compared_elsewhere": compared,
+            },
         )
 
     def _emails(self) -> CheckOutcome:
@@ -112,9 +143,20 @@ class DataChecks:
             metadata["reason"] = f"{invalid} of {self.rows} e-mails do not match the pattern"
         return CheckOutcome(EMAILS_CHECK, passed=invalid == 0, metadata=metadata)
 
-    def outcomes(self, lookup: IdLookup) -> list[CheckOutcome]:
-        """The outcomes; ``lookup`` finds the checked rows' ids with given hashes again."""
-        return [self._ids(lookup), self._emails()]
+    def outcomes(self, lookup: IdLookup, elsewhere: Iterable[pl.Series] = ()) -> list[CheckOutcome]:
+        """The outcomes; ``lookup`` finds the checked rows' ids with given hashes again, and
+        ``elsewhere`` are the table's other ids (batch by batch), which the checked ids must
+        not repeat."""
+        return [self._ids(lookup, elsewhere), self._emails()]
+
+
+def _also_checked(ids: pl.Series, lookup: IdLookup) -> int:
+    """How many of ``ids`` (from elsewhere, each sharing a hash with a checked id) are
+    exactly a checked id."""
+    if ids.is_empty():
+        return 0
+    checked = lookup(id_hashes(ids).unique())
+    return int(ids.is_in(checked.implode()).sum())
 
 
 def check_row_count(committed_rows: int, requested_rows: int) -> CheckOutcome:

@@ -23,12 +23,15 @@ repeat reports what the first attempt wrote; :func:`committed_rows` reads that c
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
+import json
 import logging
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +40,11 @@ import deltalake  # imported before polars anywhere both are used (crash at exit
 import polars as pl
 from arro3.core import RecordBatch, RecordBatchReader, Schema
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties
+from deltalake._internal import DeltaFileSystemHandler  # the table's own store (no pyarrow)
 from deltalake.exceptions import CommitFailedError
 
 from gcf_pipes import RequestError
-from people_lake.storage import TableRef
+from people_lake.storage import DELTA_LOG, TableRef
 from people_lake.window import PARTITION_COLUMN, DayWindow
 
 logger = logging.getLogger(__name__)
@@ -48,14 +52,24 @@ logger = logging.getLogger(__name__)
 APP_ID_PREFIX = "dagster-pipes-gcf/"
 TXN_VERSION = 1  # one txn per invocation: "done" is version 1
 COMMIT_ATTEMPTS = 6
-HISTORY_ATTEMPTS = 20  # listings of a table that other writers keep changing
+LOG_READS_AT_ONCE = 16  # commit files read in parallel while looking for a repeat's commit
 # Times delta-rs rebases a commit over concurrent ones it does not conflict with (appends,
 # other days) before giving up; more than the racers one instance group sends at once.
 COMMIT_REBASES = 50
-# Keep the recorded txn ids a month (retries come within minutes), not forever.
+# Retention (see README, "Orphans and retention"):
 TABLE_CONFIGURATION: Mapping[str, str | None] = {
-    "delta.setTransactionRetentionDuration": "interval 30 days"
+    # A repeat is recognised for 30 days after its commit (retries come within minutes, a
+    # re-execution from failure may come days later); then its txn id is dropped (each txn
+    # carries lastUpdated), so the ids do not accumulate.
+    "delta.setTransactionRetentionDuration": "interval 30 days",
+    # Commit files outlive the txn ids they record: a recognised repeat finds its commit.
+    "delta.logRetentionDuration": "interval 60 days",
+    # Vacuum keeps every file a version of the last week references (readers of an older
+    # snapshot), and every file younger than a week: a running write's (writes take minutes).
+    "delta.deletedFileRetentionDuration": "interval 7 days",
 }
+# The writer of every VACUUM_EVERY-th version vacuums the table (a full vacuum lists it).
+VACUUM_EVERY = 100
 # Memory of the parquet writers. delta-rs keeps one writer per partition open until the end
 # of the write, each holding its unfinished row group and its unfinished file, so a range of
 # many days gets smaller row groups and files, and no column gets a dictionary (which held
@@ -96,6 +110,15 @@ class TableWrite:
     rows_written: int
     repeated: bool = False
     commit_metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Commit:
+    """One commit as its log file records it: its commitInfo and the txn app ids it set."""
+
+    version: int
+    info: Mapping[str, Any]
+    app_ids: frozenset[str]
 
 
 def app_id_for(invocation_id: str) -> str:
@@ -152,47 +175,59 @@ def create_table(table: TableRef, schema: Schema, *, partitioned: bool) -> Delta
         return created
 
 
-def _history(table: TableRef, limit: int | None, *, numbered: bool) -> list[dict[str, Any]]:
-    """The table's newest ``limit`` commits, newest first; ``numbered``: each with its true
-    ``version`` (otherwise the numbers may be wrong).
+def _commit_file(version: int) -> str:
+    return f"{DELTA_LOG}/{version:020d}.json"
 
-    delta-rs (1.6) lists the commits from the store's newest but numbers them down from the
-    loaded snapshot's version (delta-rs issue 4488): a commit landing between the load and
-    the listing shifts every number, even below zero. A numbered listing is kept only when
-    the newest version is the same before and after it.
+
+def _read_commit(log: DeltaFileSystemHandler, version: int) -> _Commit | None:
+    """The commit at ``version`` read from its own file, or None when the file is gone (the
+    log was cleaned up to there)."""
+    try:
+        file = log.open_input_file(_commit_file(version))
+        text = file.read(file.size())
+    except FileNotFoundError:
+        return None
+    actions = [json.loads(line) for line in text.splitlines() if line.strip()]
+    infos = [action["commitInfo"] for action in actions if "commitInfo" in action]
+    info: Mapping[str, Any] = infos[0] if infos else {}
+    app_ids = frozenset(action["txn"]["appId"] for action in actions if "txn" in action)
+    return _Commit(version, info, app_ids)
+
+
+def _commits_down_from(table: TableRef, newest: int) -> Iterator[_Commit | None]:
+    """The commits ``newest``, ``newest - 1``, ... 0, read a few at once; None for a commit
+    whose file is gone (then every older one is gone too).
+
+    Read by version number, not listed: delta-rs (1.6) numbers a history listing from the
+    snapshot it loaded, not from what it lists (delta-rs issue 4488), so other writers'
+    commits shift a listing's numbers; a commit file's name is its version.
     """
-    if not numbered:
-        return DeltaTable(table.uri, storage_options=table.storage_options).history(limit)
-    for _ in range(HISTORY_ATTEMPTS):
-        delta = DeltaTable(table.uri, storage_options=table.storage_options)
-        commits = delta.history(limit)
-        latest = DeltaTable(table.uri, storage_options=table.storage_options).version()
-        if latest == delta.version():
-            return commits
-    raise RuntimeError(f"{table.uri} kept changing while its history was read")
+    log = DeltaFileSystemHandler(table.uri, table.storage_options)
+    with ThreadPoolExecutor(LOG_READS_AT_ONCE) as pool:
+        for top in range(newest, -1, -LOG_READS_AT_ONCE):
+            versions = range(top, max(top - LOG_READS_AT_ONCE, -1), -1)
+            yield from pool.map(functools.partial(_read_commit, log), versions)
 
 
-def _find_commit(table: TableRef, marker: str, *, numbered: bool) -> dict[str, Any] | None:
-    """The newest commit whose commitInfo carries ``marker`` (recent commits first)."""
-    for limit in (50, None):
-        for commit in _history(table, limit, numbered=numbered):
-            if commit.get(_META + "marker") == marker:
-                return commit
+def _find_commit(table: TableRef, app_id: str, newest: int) -> _Commit | None:
+    """The commit that recorded the txn ``app_id``, at ``newest`` or below (a version of a
+    snapshot holding the txn); None when its file is gone (older than the log retention)."""
+    for commit in _commits_down_from(table, newest):
+        if commit is None or app_id in commit.app_ids:
+            return commit
     return None
 
 
-def _as_write(
-    table: TableRef, commit: Mapping[str, Any], *, repeated: bool, version: int | None = None
-) -> TableWrite:
-    metrics = commit.get("operationMetrics") or {}
+def _as_write(table: TableRef, commit: _Commit, *, repeated: bool) -> TableWrite:
+    metrics = commit.info.get("operationMetrics") or {}
     ours = {
         key.removeprefix(_META): str(value)
-        for key, value in commit.items()
+        for key, value in commit.info.items()
         if key.startswith(_META)
     }
     return TableWrite(
         table_uri=table.uri,
-        version=int(commit["version"]) if version is None else version,
+        version=commit.version,
         rows_written=int(metrics.get("num_added_rows", ours.get("rows", 0))),
         repeated=repeated,
         commit_metadata=ours,
@@ -200,11 +235,18 @@ def _as_write(
 
 
 def _committed(delta: DeltaTable, table: TableRef, invocation_id: str) -> TableWrite | None:
-    if (delta.transaction_version(app_id_for(invocation_id)) or 0) < TXN_VERSION:
+    app_id = app_id_for(invocation_id)
+    if (delta.transaction_version(app_id) or 0) < TXN_VERSION:
         return None
-    commit = _find_commit(table, invocation_id, numbered=True)
-    if commit is None:  # txn recorded but its commitInfo is gone (log cleaned up)
-        return TableWrite(table.uri, delta.version(), 0, repeated=True)
+    commit = _find_commit(table, app_id, delta.version())
+    if commit is None:  # never another commit's rows reported as this invocation's
+        raise RequestError(
+            f"invocation {invocation_id} already committed to this table, but that commit's "
+            "record has expired from the Delta log, so what it wrote cannot be reported; "
+            "nothing was written again",
+            field="invocation_id",
+            status=409,
+        )
     return _as_write(table, commit, repeated=True)
 
 
@@ -219,17 +261,31 @@ def _file_uris(table: TableRef, version: int) -> list[str]:
     return [] if delta is None else delta.file_uris()
 
 
-def committed_rows(table: TableRef, version: int) -> pl.LazyFrame:
-    """The rows the commit at ``version`` added: its own data files, read lazily."""
+def _files_of(table: TableRef, version: int) -> tuple[list[str], list[str]]:
+    """The table's data files at ``version``: those its commit added, and all the others."""
     before = set(_file_uris(table, version - 1))
-    added = [uri for uri in _file_uris(table, version) if uri not in before]
-    if not added:
+    files = _file_uris(table, version)
+    return [uri for uri in files if uri not in before], [uri for uri in files if uri in before]
+
+
+def _scan(table: TableRef, uris: list[str]) -> pl.LazyFrame:
+    if not uris:
         return pl.LazyFrame(schema={"id": pl.String, "email": pl.String})
     return pl.scan_parquet(
-        added,
+        uris,
         storage_options=table.storage_options,
-        hive_partitioning=any(f"/{PARTITION_COLUMN}=" in uri for uri in added),
+        hive_partitioning=any(f"/{PARTITION_COLUMN}=" in uri for uri in uris),
     )
+
+
+def committed_rows(table: TableRef, version: int) -> pl.LazyFrame:
+    """The rows the commit at ``version`` added: its own data files, read lazily."""
+    return _scan(table, _files_of(table, version)[0])
+
+
+def rows_beside_commit(table: TableRef, version: int) -> pl.LazyFrame:
+    """The table's rows at ``version`` that its commit did not add, read lazily."""
+    return _scan(table, _files_of(table, version)[1])
 
 
 def with_partition(df: pl.DataFrame, day: dt.date | None) -> pl.DataFrame:
@@ -311,7 +367,7 @@ def write_people_table(
     recorded = {_META + key: value for key, value in (commit_metadata or {}).items()}
     commit: dict[str, Any] = {"custom_metadata": {**recorded, _META + "marker": marker}}
     if invocation_id:
-        txn = Transaction(app_id=app_id_for(invocation_id), version=TXN_VERSION)
+        txn = Transaction(app_id_for(invocation_id), TXN_VERSION, last_updated=_now_ms())
         commit["app_transactions"] = [txn]
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         stream = _arrow_stream(rows)
@@ -326,8 +382,7 @@ def write_people_table(
             return done
         try:
             _commit_once(stream, snapshot, window, commit)
-            # The snapshot is now at the version delta-rs committed (rebased or not): exact,
-            # unlike the numbers of a listing, which is read below for the metadata only.
+            # The snapshot is now at the version delta-rs committed (rebased or not).
             committed_version = snapshot.version()
             break
         except CommitFailedError as exc:
@@ -336,7 +391,37 @@ def write_people_table(
             pause = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
             logger.info("commit conflict (%s); retrying in %.2fs", exc, pause)
             time.sleep(pause)
-    ours = _find_commit(table, marker, numbered=False)
-    if ours is None:
+    log = DeltaFileSystemHandler(table.uri, table.storage_options)
+    ours = _read_commit(log, committed_version)
+    if ours is None or ours.info.get(_META + "marker") != marker:
         raise RuntimeError(f"committed to {table.uri} but cannot find the commit {marker}")
-    return _as_write(table, ours, repeated=False, version=committed_version)
+    _vacuum_if_due(table, committed_version)
+    return _as_write(table, ours, repeated=False)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def vacuum(table: TableRef) -> list[str]:
+    """Delete the data files no version within the retention needs: those of cancelled,
+    crashed or conflict-retried writes (never committed) and those replaced longer ago.
+
+    Only files older than the table's ``delta.deletedFileRetentionDuration`` (a week) go, so
+    neither a reader of a recent version nor a write still running loses a file.
+    """
+    delta = DeltaTable(table.uri, storage_options=table.storage_options)
+    return delta.vacuum(dry_run=False, full=True, enforce_retention_duration=True)
+
+
+def _vacuum_if_due(table: TableRef, version: int) -> None:
+    """Vacuum after every :data:`VACUUM_EVERY`-th version; a failure only postpones it (the
+    write itself is committed)."""
+    if version % VACUUM_EVERY:
+        return
+    try:
+        deleted = vacuum(table)
+    except Exception as exc:  # noqa: BLE001 - maintenance must not fail a committed write
+        logger.warning("vacuum after version %d failed (%s)", version, type(exc).__name__)
+        return
+    logger.info("vacuum after version %d deleted %d unreferenced files", version, len(deleted))

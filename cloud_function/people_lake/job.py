@@ -31,6 +31,7 @@ from people_lake.delta_table import (
     TableWrite,
     committed_rows,
     previous_write,
+    rows_beside_commit,
     with_partition,
     write_people_table,
 )
@@ -169,6 +170,14 @@ def _lookup_in_commit(plan: Plan, written: TableWrite) -> IdLookup:
     return lookup
 
 
+def _ids_beside_commit(plan: Plan, written: TableWrite) -> Iterator[pl.Series]:
+    """The ids of the table at a commit's version that the commit did not add, in batches:
+    the id check covers the table (one column read; nothing kept but a batch)."""
+    rows = rows_beside_commit(plan.table, written.version).select("id")
+    for batch in rows.collect_batches(chunk_size=READ_BACK_BATCH_ROWS):
+        yield batch["id"]
+
+
 def _checks_of_commit(plan: Plan, written: TableWrite) -> list[CheckOutcome]:
     """The data checks of the rows a commit added, read back from the table in batches."""
     recorded = written.commit_metadata.get("checks")  # commits of earlier function versions
@@ -178,7 +187,7 @@ def _checks_of_commit(plan: Plan, written: TableWrite) -> list[CheckOutcome]:
     rows = committed_rows(plan.table, written.version).select("id", "email")
     for batch in rows.collect_batches(chunk_size=READ_BACK_BATCH_ROWS):
         checks.add(batch)
-    return checks.outcomes(_lookup_in_commit(plan, written))
+    return checks.outcomes(_lookup_in_commit(plan, written), _ids_beside_commit(plan, written))
 
 
 def _preview_of_commit(plan: Plan, written: TableWrite) -> pl.DataFrame:
@@ -266,7 +275,8 @@ def _write_once(pipes: PipesContext, plan: Plan) -> _Outcome:
         return _earlier(plan, written)
     committed = attempts[-1]
     logger.info("generated %d fake people", committed.checks.rows)  # (in the request's thread)
-    checks = committed.checks.outcomes(_lookup_in_commit(plan, written))
+    lookup = _lookup_in_commit(plan, written)
+    checks = committed.checks.outcomes(lookup, _ids_beside_commit(plan, written))
     return _Outcome(written, checks, committed.preview)
 
 

@@ -268,28 +268,34 @@ def test_checks_fed_in_batches_find_duplicates_across_batches_and_nulls() -> Non
 
     ids, emails = checks.outcomes(lambda hashes: ids_with_hashes(everything["id"], hashes))
 
-    assert (ids.passed, ids.metadata) == (False, {"null_ids": 2, "duplicate_ids": 4})
+    assert (ids.passed, ids.metadata["null_ids"], ids.metadata["duplicate_ids"]) == (False, 2, 4)
     assert emails.metadata["invalid_emails"] == 4 and emails.metadata["examples"].count("'x'") == 4
     assert checks.rows == 306
 
 
 def test_equal_hashes_of_different_ids_are_not_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hashes only narrow the search: colliding ids are compared exactly."""
-    people = generate_people(50, seed=9)
-    constant = pl.Series([7] * 50, dtype=pl.UInt64)
-    monkeypatch.setattr(checks_module, "id_hashes", lambda ids: constant)
+    """Hashes only narrow the search: with 2-bit hashes every id collides, and the ids that
+    share a hash are compared exactly, within the rows and against the table's other ids."""
+    monkeypatch.setattr(checks_module, "ID_HASH_BITS", 2)
+    people, others = generate_people(50, seed=9)["id"], generate_people(30, seed=10)["id"]
+    assert checks_module.id_hashes(pl.concat([people, others])).n_unique() <= 4
     checks = DataChecks()
-    checks.add(people)
-    looked_up: list[pl.Series] = []
+    checks.add(generate_people(50, seed=9))
 
     def lookup(hashes: pl.Series) -> pl.Series:
-        looked_up.append(hashes)
-        return people["id"]  # every id has the colliding hash
+        return ids_with_hashes(people, hashes)
 
-    ids, _ = checks.outcomes(lookup)
+    distinct, _ = checks.outcomes(lookup, [others.head(10), others.tail(20)])
+    repeated, _ = checks.outcomes(lookup, [others, people.slice(7, 3)])
 
-    assert looked_up[0].to_list() == [7]
-    assert ids.passed and ids.metadata["duplicate_ids"] == 0
+    assert distinct.passed and distinct.metadata == {
+        "null_ids": 0,
+        "duplicate_ids": 0,
+        "ids_also_elsewhere_in_table": 0,
+        "rows_compared_elsewhere": 30,
+    }
+    assert not repeated.passed and repeated.metadata["ids_also_elsewhere_in_table"] == 3
+    assert repeated.metadata["rows_compared_elsewhere"] == 33
 
 
 def test_the_row_limit_comes_from_the_environment() -> None:

@@ -1,8 +1,12 @@
 """Unit tests of the Delta writes: idempotent per invocation, day windows, streams, races."""
 
 import datetime as dt
+import os
+import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +15,7 @@ import polars as pl
 import pytest
 from deltalake.exceptions import CommitFailedError
 
+from gcf_pipes import RequestError
 from people_lake import delta_table
 from people_lake.delta_table import (
     PARTITION_COLUMN,
@@ -211,31 +216,78 @@ def test_racing_first_writes_of_distinct_invocations_all_commit(tmp_path: Path) 
     assert pl.read_delta(table.uri).height == 3 * RACERS
 
 
-def test_a_commit_landing_while_the_history_is_read_does_not_shift_versions(
+def append_one_row(uri: str, seed: int = 0) -> None:
+    """Another writer's commit (no invocation id): the cheapest commit there is."""
+    deltalake.write_deltalake(uri, people(1, seed=seed), mode="append")
+
+
+def test_repeats_looked_up_while_other_writers_commit_report_the_first_write(
+    tmp_path: Path,
+) -> None:
+    """A busy backfill: two writers keep committing while retries look up their commits.
+    Each lookup once re-listed the history until it held still, and gave up (500)."""
+    table = TableRef(str(tmp_path / "people"))
+    ours = write_people_table(people(5), table, invocation_id="ours")
+    for _ in range(60):  # the invocation's commit lies deep in the history
+        append_one_row(table.uri)
+    stop = threading.Event()
+    started = threading.Barrier(3)  # both writers have committed once, the lookups begin
+
+    def keep_committing() -> None:
+        append_one_row(table.uri)
+        started.wait()
+        while not stop.is_set():
+            append_one_row(table.uri)
+
+    def version() -> int:
+        return deltalake.DeltaTable(table.uri).version()
+
+    with ThreadPoolExecutor(2) as writers:
+        committing = [writers.submit(keep_committing) for _ in range(2)]
+        started.wait(timeout=60)
+        before = version()
+        try:
+            rs = [write_people_table(people(5), table, invocation_id="ours") for _ in range(5)]
+        finally:
+            after = version()
+            stop.set()
+        for writer in committing:
+            writer.result()
+
+    assert after > before  # other writers committed while the repeats looked
+    reported = {(r.version, r.rows_written, r.repeated, r.commit_metadata["marker"]) for r in rs}
+    assert reported == {(ours.version, 5, True, "ours")}
+    ours_rows = pl.col("id").is_in(people(5)["id"].implode())
+    assert pl.read_delta(table.uri).filter(ours_rows).height == 5  # written once
+
+
+def test_commits_landing_while_the_log_is_read_do_not_shift_versions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """delta-rs numbers a listing from the snapshot it loaded, not from the commits it
-    listed; another writer committing in between once made a write report version -1."""
+    """Commit files are read by version number: what lands meanwhile changes nothing. (A
+    history listing numbered from its snapshot once made a write report version -1.)"""
     table = TableRef(str(tmp_path / "people"))
-    listing = deltalake.DeltaTable.history
+    read_commit = delta_table._read_commit
     landed: list[int] = []
 
-    def history_with_a_commit_landing(
-        self: deltalake.DeltaTable, limit: int | None = None
-    ) -> list[dict[str, Any]]:
-        if len(landed) < 3:  # the first listings each see another writer's commit land
-            landed.append(1)
-            deltalake.write_deltalake(table.uri, people(2, seed=len(landed)), mode="append")
-        return listing(self, limit)
+    def read_while_a_commit_lands(log: Any, version: int) -> Any:
+        if len(landed) < 3:  # the first reads each see another writer's commit land
+            landed.append(version)
+            append_one_row(table.uri, seed=len(landed))
+        return read_commit(log, version)
 
     first = write_people_table(people(4), table, invocation_id="first")
-    monkeypatch.setattr(deltalake.DeltaTable, "history", history_with_a_commit_landing)
+    append_one_row(table.uri)
+    monkeypatch.setattr(delta_table, "_read_commit", read_while_a_commit_lands)
     ours = write_people_table(people(5), table, invocation_id="ours")
     again = write_people_table(people(5), table, invocation_id="ours")
+    earlier = previous_write(table, "first")
     monkeypatch.undo()
 
-    assert first.version == 1 and ours.rows_written == 5 and not ours.repeated
-    assert again.repeated and again.version == ours.version
+    assert len(landed) == 3
+    assert (first.version, ours.version) == (1, 3) and ours.rows_written == 5
+    assert (again.version, again.rows_written, again.repeated) == (3, 5, True)
+    assert earlier is not None and (earlier.version, earlier.rows_written) == (1, 4)
     commits = {c["version"]: c for c in deltalake.DeltaTable(table.uri).history()}
     assert commits[ours.version]["dagster_pipes_gcf.marker"] == "ours"
     assert committed_rows(table, ours.version).collect().height == 5
@@ -316,3 +368,123 @@ def test_the_arrow_stream_makes_batches_only_as_they_are_read() -> None:
     stream.read_next_batch()
     stream.read_next_batch()
     assert made == [0, 1]
+
+
+WEEK_AND_A_DAY = 8 * 24 * 3600
+
+
+def age(path: Path, seconds: float = WEEK_AND_A_DAY) -> Path:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+    return path
+
+
+def data_files(uri: str) -> set[Path]:
+    return set(Path(uri).rglob("*.parquet"))
+
+
+def test_vacuum_deletes_unreferenced_files_once_older_than_the_retention(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer of every VACUUM_EVERY-th version vacuums. Gone: what a crashed, cancelled
+    or conflict-retried write left (a data file no commit references) once older than a
+    week. Kept: a running write's fresh files, the live files however old, and the files a
+    replace removed less than a week ago (a reader of the older version still reads them)."""
+    monkeypatch.setattr(delta_table, "VACUUM_EVERY", 3)
+    table = TableRef(str(tmp_path / "daily"))
+    write_people_table(people(4, day=DAY), table, invocation_id="v1", window=DayWindow.of(DAY))
+    (replaced,) = data_files(table.uri)
+    write_people_table(
+        people(6, seed=2, day=DAY), table, invocation_id="v2", window=DayWindow.of(DAY)
+    )
+    live = data_files(table.uri) - {replaced}
+    left_behind = age(shutil.copy(replaced, replaced.with_name("part-00000-crashed.parquet")))
+    running = Path(shutil.copy(replaced, tmp_path / "daily" / "part-00000-running.parquet"))
+    for path in (*live, replaced):
+        age(path)
+    assert len(data_commits(table.uri)) == 2  # version 2: no vacuum due yet
+    assert left_behind.exists()
+
+    next_day = DAY + dt.timedelta(days=1)
+    third = write_people_table(
+        people(3, seed=3, day=next_day), table, invocation_id="v3", window=DayWindow.of(next_day)
+    )
+
+    assert third.version == 3
+    assert not left_behind.exists()
+    assert {replaced, running} | live <= data_files(table.uri)
+    assert pl.read_delta(table.uri, version=1).height == 4  # the replaced version still reads
+    assert counts_by_day(table.uri) == {str(DAY): 6, str(next_day): 3}
+    operations = [c["operation"] for c in deltalake.DeltaTable(table.uri).history()]
+    assert operations[:2] == ["VACUUM END", "VACUUM START"]
+
+
+def test_a_failing_vacuum_does_not_fail_the_committed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(table: TableRef) -> list[str]:
+        raise OSError("the store is down")
+
+    monkeypatch.setattr(delta_table, "VACUUM_EVERY", 1)
+    monkeypatch.setattr(delta_table, "vacuum", broken)
+    table = TableRef(str(tmp_path / "people"))
+
+    written = write_people_table(people(3), table, invocation_id="x")
+
+    assert (written.version, written.rows_written) == (1, 3)
+    assert "vacuum after version 1 failed (OSError)" in caplog.text
+
+
+def test_txn_ids_carry_their_time_and_are_forgotten_after_the_retention(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each txn records lastUpdated, so delta.setTransactionRetentionDuration drops old ids
+    (from snapshots and checkpoints): a repeat after 30 days is new work."""
+    table = TableRef(str(tmp_path / "people"))
+    now = delta_table._now_ms()
+    monkeypatch.setattr(delta_table, "_now_ms", lambda: now - 31 * 24 * 3600 * 1000)
+    write_people_table(people(3), table, invocation_id="old")
+    monkeypatch.undo()
+    write_people_table(people(3, seed=2), table, invocation_id="recent")
+
+    delta = deltalake.DeltaTable(table.uri)
+    config = delta.metadata().configuration
+    assert config["delta.setTransactionRetentionDuration"] == "interval 30 days"
+    assert config["delta.logRetentionDuration"] == "interval 60 days"
+    assert config["delta.deletedFileRetentionDuration"] == "interval 7 days"
+    assert delta.transaction_version(app_id_for("recent")) == 1
+    assert delta.transaction_version(app_id_for("old")) is None
+    delta.create_checkpoint()
+    (checkpoint,) = (Path(table.uri) / "_delta_log").glob("*.checkpoint.parquet")
+    txns = pl.read_parquet(checkpoint)["txn"].drop_nulls().to_list()
+    assert [(t["appId"], t["lastUpdated"] >= now) for t in txns] == [(app_id_for("recent"), True)]
+    assert previous_write(table, "old") is None and previous_write(table, "recent") is not None
+
+
+def test_a_repeat_whose_commit_record_expired_is_refused_not_given_another_commits_rows(
+    tmp_path: Path,
+) -> None:
+    """The txn id outlived its commit file (log cleaned up after a checkpoint): nothing says
+    what that commit wrote, so the repeat is refused (409), not answered with the newest
+    commit's rows, and nothing is written again."""
+    table = TableRef(str(tmp_path / "people"))
+    write_people_table(people(4), table, invocation_id="a")
+    write_people_table(people(5, seed=2), table, invocation_id="b")
+    delta = deltalake.DeltaTable(table.uri)
+    delta.create_checkpoint()
+    log = Path(table.uri) / "_delta_log"
+    for version in (0, 1):
+        age(log / f"{version:020d}.json", 61 * 24 * 3600)  # past delta.logRetentionDuration
+    delta.cleanup_metadata()
+    assert not (log / f"{1:020d}.json").exists()
+
+    for repeat in (
+        lambda: previous_write(table, "a"),
+        lambda: write_people_table(people(4), table, invocation_id="a"),
+    ):
+        with pytest.raises(RequestError, match="expired") as refused:
+            repeat()
+        assert (refused.value.status, refused.value.field) == (409, "invocation_id")
+    assert pl.read_delta(table.uri).height == 9
+    later = previous_write(table, "b")
+    assert later is not None and (later.version, later.rows_written) == (2, 5)

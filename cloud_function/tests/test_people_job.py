@@ -2,6 +2,8 @@
 
 import datetime as dt
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,9 @@ import pytest
 
 from devstack.fake_gcs import FakeClient
 from gcf_pipes import WriterSettings, handle_pipes_request
+from people_lake import checks as checks_module
 from people_lake import job
-from people_lake.checks import CHECK_NAMES, EMAILS_CHECK, ROW_COUNT_CHECK
+from people_lake.checks import CHECK_NAMES, EMAILS_CHECK, IDS_CHECK, ROW_COUNT_CHECK, id_hashes
 from people_lake.delta_table import write_people_table
 from people_lake.fake_people import generate_people
 from people_lake.job import write_people
@@ -305,5 +308,102 @@ def test_duplicate_ids_in_a_commit_are_found_exactly_when_read_back(lake: Path) 
 
     ids, emails = job._checks_of_commit(plan, written)
 
-    assert ids.passed is False and ids.metadata == {"null_ids": 0, "duplicate_ids": 5}
+    assert ids.passed is False and ids.metadata == {
+        "null_ids": 0,
+        "duplicate_ids": 5,
+        "ids_also_elsewhere_in_table": 0,
+        "rows_compared_elsewhere": 0,
+    }
     assert emails.passed is True
+
+
+def ids_check(gcs: FakeClient, prefix: str) -> dict[str, Any]:
+    (check,) = [c for c in of(gcs, "report_asset_check", prefix) if c["check_name"] == IDS_CHECK]
+    return {"passed": check["passed"]} | {
+        key: value["raw_value"] for key, value in check["metadata"].items()
+    }
+
+
+def test_the_id_check_covers_the_table_not_just_the_commit(gcs: FakeClient, lake: Path) -> None:
+    """Appending the same seed twice puts every id into the table twice: the second write's
+    check fails, also when it is repeated; the first write's check stays as it was."""
+    seeded = {"num_rows": 30, "seed": 3}
+    assert call(gcs, body(seeded))[0] == 200
+    status, _ = call(gcs, body(seeded, invocation_id="inv-2", key_prefix="t/2"))
+    call(gcs, body(seeded, invocation_id="inv-2", key_prefix="t/3"))
+    call(gcs, body(seeded, key_prefix="t/4"))  # a repeat of the first
+
+    assert status == 200  # a failed check is reported, not an error
+    assert pl.read_delta(str(lake / "people"))["id"].n_unique() == 30
+    first = {"passed": True, "null_ids": 0, "duplicate_ids": 0,
+             "ids_also_elsewhere_in_table": 0, "rows_compared_elsewhere": 0}  # fmt: skip
+    second = first | {"passed": False, "ids_also_elsewhere_in_table": 30}
+    second["rows_compared_elsewhere"] = 30
+    assert ids_check(gcs, "t/2") == ids_check(gcs, "t/3") == second
+    assert ids_check(gcs, "t/1") == ids_check(gcs, "t/4") == first
+
+
+def test_replacing_a_day_with_the_same_seed_keeps_the_ids_unique(
+    gcs: FakeClient, lake: Path
+) -> None:
+    """The replaced day's old rows are no longer in the table: nothing to collide with."""
+    seeded = {"num_rows": 20, "seed": 3}
+    call(gcs, body(seeded, partition="2024-03-04"))
+    call(gcs, body(seeded, partition="2024-03-05", invocation_id="next", key_prefix="t/2"))
+
+    status, _ = call(gcs, body(seeded, partition="2024-03-04", invocation_id="again",
+                               key_prefix="t/3"))  # fmt: skip
+
+    assert status == 200 and pl.read_delta(str(lake / "people")).height == 40
+    assert ids_check(gcs, "t/3") == {"passed": True, "null_ids": 0, "duplicate_ids": 0,
+                                     "ids_also_elsewhere_in_table": 0,
+                                     "rows_compared_elsewhere": 20}  # fmt: skip
+
+
+def test_ids_with_equal_hashes_are_compared_exactly_in_the_table(
+    lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hashes only narrow the search. With 2-bit hashes every id collides with others, and
+    the real lookup (the commit's rows, read back) tells distinct ids from duplicates."""
+    monkeypatch.setattr(checks_module, "ID_HASH_BITS", 2)
+    table = TableRef(str(lake / "people"))
+    before = generate_people(40, seed=1)
+    write_people_table(before, table, invocation_id="before")
+    people = generate_people(50, seed=2)
+    assert id_hashes(people["id"]).n_unique() <= 4  # collisions within and with the table
+    plan = job.Plan(parse_people_request({}, str(lake)), table, None, "x", 50)
+
+    distinct = write_people_table(people, table, invocation_id="distinct")
+    passed, _ = job._checks_of_commit(plan, distinct)
+    repeating = pl.concat([before.head(3), people.head(2), generate_people(5, seed=4)])
+    written = write_people_table(repeating, table, invocation_id="repeating")
+    failed, _ = job._checks_of_commit(plan, written)
+
+    assert passed.passed and passed.metadata["duplicate_ids"] == 0
+    assert passed.metadata["ids_also_elsewhere_in_table"] == 0
+    assert not failed.passed and failed.metadata["duplicate_ids"] == 0
+    assert failed.metadata["ids_also_elsewhere_in_table"] == 5  # 3 of "before", 2 of "distinct"
+    assert failed.metadata["rows_compared_elsewhere"] == 90
+
+
+def test_a_repeat_whose_commit_record_expired_is_409_and_reports_no_rows(
+    gcs: FakeClient, lake: Path
+) -> None:
+    """Its commit file was cleaned from the log: the newest commit is not reported as its."""
+    assert call(gcs, body({"num_rows": 40}))[0] == 200
+    assert call(gcs, body({"num_rows": 7}, invocation_id="inv-2", key_prefix="t/2"))[0] == 200
+    table = deltalake.DeltaTable(str(lake / "people"))
+    table.create_checkpoint()
+    log = lake / "people" / "_delta_log"
+    expired = time.time() - 61 * 24 * 3600  # past the table's delta.logRetentionDuration
+    for version in (0, 1):
+        os.utime(log / f"{version:020d}.json", (expired, expired))
+    table.cleanup_metadata()
+
+    status, answer = call(gcs, body({"num_rows": 40}, key_prefix="t/3"))
+
+    assert status == 409, answer
+    assert answer["error"]["field"] == "invocation_id" and "expired" in answer["error"]["message"]
+    assert of(gcs, "report_asset_materialization", "t/3") == []
+    assert of(gcs, "report_asset_check", "t/3") == []
+    assert pl.read_delta(str(lake / "people")).height == 47

@@ -38,7 +38,7 @@ DEFAULT_ROWS_PER_DAY = 1_000
 
 # Name -> description; the function reports results under these names (people_lake.checks).
 CHECKS = {
-    "ids_unique_and_not_null": "Every person has an id, and no id occurs twice in a write.",
+    "ids_unique_and_not_null": "Every person has an id, and no id occurs twice in the table.",
     "emails_valid": "Every e-mail address matches the e-mail pattern; fails with examples.",
     "row_count_matches_request": "The Delta commit added exactly the rows that were requested.",
 }
