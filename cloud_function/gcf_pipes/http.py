@@ -10,6 +10,7 @@ every error body, and a refusal (4xx) never carries a traceback.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import flask
 from dagster_pipes import PipesContext
 from google.cloud import storage
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from gcf_pipes.bootstrap import parse_bootstrap
 from gcf_pipes.cancel import (
@@ -39,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 # The Pipes context and the event are small; anything bigger is a mistake or an attack.
 MAX_BODY_BYTES = 1024 * 1024
-_READ_BLOCK = 64 * 1024
 
 Job = Callable[[PipesContext, Mapping[str, Any]], Mapping[str, Any] | None]
 Response = tuple[flask.Response, int]
@@ -61,17 +62,26 @@ def _too_large(max_bytes: int) -> RequestError:
 
 def read_body(request: flask.Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
     """The raw body, read no further than ``max_bytes`` + 1: 413 above, with or without a
-    Content-Length (a chunked body is cut off as soon as it passes the limit)."""
-    declared = request.content_length
-    if declared is not None and declared > max_bytes:
+    Content-Length.
+
+    Flask bounds the read (``request.max_content_length``) and caches what it read: the
+    framework reads the body again once the handler has answered (functions-framework's
+    ``after_request`` hook), and must find it there rather than read on. Werkzeug ends a
+    chunked body at the limit without an error, hence the limit of one byte more: a body
+    that reaches it is over ``max_bytes``.
+    """
+    request.max_content_length = max_bytes + 1
+    try:
+        data = request.get_data()
+    except RequestEntityTooLarge:  # the Content-Length says so: nothing was read
+        request.stream = io.BytesIO()  # left unread: the framework's hook must not read it
+        raise _too_large(max_bytes) from None
+    except ClientDisconnected:
+        request.stream = io.BytesIO()
+        raise RequestError("request body ended before its Content-Length", field="body") from None
+    if len(data) > max_bytes:
         raise _too_large(max_bytes)
-    data = bytearray()
-    while len(data) <= max_bytes:
-        block = request.stream.read(min(_READ_BLOCK, max_bytes + 1 - len(data)))
-        if not block:
-            return bytes(data)
-        data += block
-    raise _too_large(max_bytes)
+    return data
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
