@@ -5,7 +5,8 @@ before anything runs (see :mod:`gcf_pipes.bootstrap`), the job's own status for 
 :class:`RequestError`, 500 (with the remote type, message and traceback) for a crash, 409
 (body status ``"cancelled"``) for a job stopped because the orchestrator cancelled the request,
 and 502 when Pipes messages could not be delivered to GCS. Environment values are redacted from
-every error body, and a refusal (4xx) never carries a traceback.
+every error body, and a refusal (4xx) never carries a traceback, neither in its HTTP answer
+nor in the ``closed`` Pipes message (both carry the same text).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from gcf_pipes.cancel import (
     RequestCancelled,
     current_request_cancellation,
 )
-from gcf_pipes.context import open_request_pipes
+from gcf_pipes.context import open_request_pipes, refusal_exception
 from gcf_pipes.errors import RequestError
 from gcf_pipes.logs import traced_request
 from gcf_pipes.redact import Redactor
@@ -100,7 +101,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
 
 
 def _refusal(exc: RequestError, redactor: Redactor) -> dict[str, Any]:
-    return error_body("RequestError", redactor.text(exc.message), field=exc.field)
+    """The HTTP answer of a refusal: the type and text of its ``closed`` message."""
+    closed = refusal_exception(exc, redactor)
+    return error_body(str(closed["name"]), str(closed["message"]), field=exc.field)
 
 
 def _cancelled(cancellation: Cancellation, redactor: Redactor) -> dict[str, Any]:

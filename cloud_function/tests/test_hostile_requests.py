@@ -533,13 +533,47 @@ def assert_valid_request_succeeds(target: Target) -> None:
     assert answer.status_code == 200, answer.text
 
 
+def secrets_shown(target: Target, text: str) -> list[str]:
+    """What of the function's environment ``text`` shows: paths, the emulator, the bucket."""
+    secrets = [str(target.work), str(REPO_ROOT), "site-packages", target.stack.emulator_url,
+               PIPES_BUCKET, str(target.work).replace("/", "\\/")]  # fmt: skip
+    return [secret for secret in secrets if secret in text]
+
+
 def assert_refusal_reveals_nothing(target: Target, answer: requests.Response) -> None:
     text = answer.text
     assert "Traceback" not in text and "traceback" not in answer.json()["error"]
-    secrets = [str(target.work), str(REPO_ROOT), "site-packages", target.stack.emulator_url,
-               PIPES_BUCKET, str(target.work).replace("/", "\\/")]  # fmt: skip
-    leaked = [secret for secret in secrets if secret in text]
+    leaked = secrets_shown(target, text)
     assert not leaked, f"the refusal shows {leaked}: {text}"
+
+
+def new_pipes_messages(target: Target, before: set[str]) -> list[dict[str, Any]]:
+    """The Pipes messages of the chunks written since ``before`` (one request's), in order."""
+    bucket = target.gcs.bucket(PIPES_BUCKET)
+    chunks = sorted(
+        (name for name in {b.name for b in target.gcs.list_blobs(PIPES_BUCKET)} - before),
+        key=lambda name: int(name.rsplit("/", 1)[1].removesuffix(".json")),
+    )
+    assert chunks, "the request wrote no Pipes messages"
+    assert len({name.rsplit("/", 1)[0] for name in chunks}) == 1, chunks
+    lines = [line for name in chunks for line in bucket.blob(name).download_as_text().splitlines()]
+    return [json.loads(line) for line in lines]
+
+
+def check_refused_in_pipes(
+    target: Target, answer: requests.Response, messages: list[dict[str, Any]]
+) -> None:
+    """The ``closed`` message Dagster reads carries the HTTP answer's text, and nothing more:
+    no stack, no chained errors, nothing of the function's environment in any message."""
+    closed = [message for message in messages if message["method"] == "closed"]
+    assert len(closed) == 1 and messages[-1] is closed[0], [m["method"] for m in messages]
+    error = answer.json()["error"]
+    exception = closed[0]["params"]["exception"]
+    assert exception == {"name": error["type"], "message": error["message"], "stack": [],
+                         "cause": None, "context": None}, exception  # fmt: skip
+    text = json.dumps(messages)
+    leaked = secrets_shown(target, text)
+    assert "Traceback" not in text and not leaked, f"the Pipes messages show {leaked}: {text}"
 
 
 # A refusal names the field and a reason; it never echoes the request back.
@@ -572,6 +606,8 @@ def test_a_hostile_request_is_refused_and_changes_nothing(target: Target, case: 
         if name != PIPES_BUCKET or not case.reaches_job:
             new = objects - buckets[name]
             assert objects == buckets[name], f"objects appeared in {name}: {new}"
+    if case.reaches_job:
+        check_refused_in_pipes(target, answer, new_pipes_messages(target, buckets[PIPES_BUCKET]))
     assert_valid_request_succeeds(target)
 
 

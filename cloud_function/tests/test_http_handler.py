@@ -86,6 +86,30 @@ def test_a_request_error_from_the_job_keeps_its_status_and_field(client: FakeCli
     assert closed["method"] == "closed" and "num_rows" in closed["params"]["exception"]["message"]
 
 
+def test_a_refusal_from_the_job_tells_pipes_what_it_tells_http_and_no_more(
+    client: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOME_LAKE_SETTING", "/srv/secret-lake")
+
+    def deep_refusal(pipes: PipesContext, event: Mapping[str, Any]) -> None:
+        try:
+            raise ValueError("parser detail at /srv/secret-lake/x")
+        except ValueError as exc:
+            raise RequestError(
+                "'dl_bucket' /srv/secret-lake/x is refused", field="dl_bucket"
+            ) from exc
+
+    status, body = call(client, deep_refusal, json=pipes_body())
+    assert (
+        status == 400
+        and body["error"]["message"] == "'dl_bucket' ${SOME_LAKE_SETTING}/x is refused"
+    )
+    assert messages(client)[-1]["params"]["exception"] == {
+        "name": "RequestError", "message": body["error"]["message"], "stack": [], "cause": None,
+        "context": None,
+    }  # fmt: skip
+
+
 def test_a_crash_is_500_with_type_message_and_traceback(client: FakeClient) -> None:
     def crash(pipes: PipesContext, event: Mapping[str, Any]) -> None:
         raise ZeroDivisionError("boom")
