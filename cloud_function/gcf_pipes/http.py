@@ -4,9 +4,10 @@ Every outcome is a JSON response that names its cause: 400/403/413 for a request
 before anything runs (see :mod:`gcf_pipes.bootstrap`), the job's own status for a
 :class:`RequestError`, 500 (with the remote type, message and traceback) for a crash, 409
 (body status ``"cancelled"``) for a job stopped because the orchestrator cancelled the request,
-and 502 when Pipes messages could not be delivered to GCS. Environment values are redacted from
-every error body, and a refusal (4xx) never carries a traceback, neither in its HTTP answer
-nor in the ``closed`` Pipes message (both carry the same text).
+504 for a job stopped because its own deadline passed, and 502 when Pipes messages could not
+be delivered to GCS. Environment values are redacted from every error body, and a refusal
+(4xx) never carries a traceback, neither in its HTTP answer nor in the ``closed`` Pipes
+message (both carry the same text).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from gcf_pipes.bootstrap import parse_bootstrap
 from gcf_pipes.cancel import (
     Cancellation,
     CancellationPolicy,
+    DeadlineExceeded,
     RequestCancelled,
     current_request_cancellation,
 )
@@ -114,6 +116,15 @@ def _cancelled(cancellation: Cancellation, redactor: Redactor) -> dict[str, Any]
     }
 
 
+def _stopped(
+    exc: RequestCancelled, cancellation: Cancellation, redactor: Redactor
+) -> tuple[int, dict[str, Any]]:
+    """The answer of a job stopped at a check: 504 past its deadline, else 409 cancelled."""
+    if isinstance(exc, DeadlineExceeded):
+        return exc.status, error_body(type(exc).__name__, redactor.text(str(exc)))
+    return RequestCancelled.status, _cancelled(cancellation, redactor)
+
+
 def _crash(exc: Exception, redactor: Redactor) -> dict[str, Any]:
     return error_body(
         type(exc).__name__,
@@ -131,6 +142,7 @@ def handle_pipes_request(
     pipes_bucket: str | None,
     writer_settings: WriterSettings | None = None,
     cancellation_policy: CancellationPolicy | None = None,
+    deadline_s: float | None = None,
 ) -> Response:
     """Run ``job`` inside a fresh Pipes context for this request and report the outcome.
 
@@ -140,6 +152,8 @@ def handle_pipes_request(
 
     The job may stop when the orchestrator cancels the request (:mod:`gcf_pipes.cancel`):
     raising :class:`RequestCancelled` is answered with 409 and body status ``"cancelled"``.
+    ``deadline_s`` (the platform's timeout minus a margin; None: none) makes the job's checks
+    raise :class:`DeadlineExceeded` once that many seconds have passed: answered with 504.
     """
     started = time.monotonic()
     redactor = Redactor.from_env()
@@ -154,7 +168,11 @@ def handle_pipes_request(
         return json_response(exc.status, _refusal(exc, redactor))
 
     cancellation = Cancellation(
-        storage_client.bucket(pipes_bucket), bootstrap.key_prefix, cancellation_policy
+        storage_client.bucket(pipes_bucket),
+        bootstrap.key_prefix,
+        cancellation_policy,
+        deadline_s=deadline_s,
+        started=started,
     )
     writer = PipesCloudStorageMessageWriter(
         storage_client, writer_settings, only_bucket=pipes_bucket, cancellation=cancellation
@@ -168,17 +186,23 @@ def handle_pipes_request(
             cancellation.warn = pipes.log.warning
             summary = job(pipes, event) or {}
         body = {"status": "ok", "result": dict(summary)}
-    except RequestCancelled:
-        status, body = RequestCancelled.status, _cancelled(cancellation, redactor)
+    except RequestCancelled as exc:
+        status, body = _stopped(exc, cancellation, redactor)
     except RequestError as exc:
         status, body = exc.status, _refusal(exc, redactor)
     except Exception as exc:  # noqa: BLE001 - every crash becomes a 500 naming its cause
-        if cancellation.interrupted:  # a library re-raised the job's RequestCancelled as its own
-            status, body = RequestCancelled.status, _cancelled(cancellation, redactor)
+        if cancellation.stopped_by is not None:  # a library re-raised the job's stop as its own
+            status, body = _stopped(cancellation.stopped_by, cancellation, redactor)
         else:
             status, body = 500, _crash(exc, redactor)
     if status == 200 and cancellation.is_set():
         logger.warning("cancelled too late: the job had finished, its work stands")
+    if status == 200 and cancellation.deadline_passed():
+        logger.warning(
+            "finished after its deadline (%g s): the platform may have answered 504 already; "
+            "its work stands",
+            deadline_s,
+        )
 
     channel = writer.channel
     if channel is not None and channel.delivery_error is not None:
