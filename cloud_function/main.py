@@ -30,5 +30,9 @@ def storage_client() -> storage.Client:
 def main(request: flask.Request) -> tuple[flask.Response, int]:
     """Run one Pipes-orchestrated people job per request."""
     return handle_pipes_request(
-        request, write_people, storage_client=storage_client(), pipes_bucket=PIPES_BUCKET
+        request,
+        write_people,
+        storage_client=storage_client(),
+        pipes_bucket=PIPES_BUCKET,
+        deadline_s=SETTINGS.request_deadline_s,
     )

@@ -15,6 +15,9 @@ locals {
     # Project of the trace names in the function's structured log lines (Cloud Logging groups
     # a call's lines by them).
     GOOGLE_CLOUD_PROJECT = var.project_id
+    # The platform's timeout (service_config.timeout_seconds below): a request stops at its
+    # next check once this minus a margin has passed, instead of committing after a 504.
+    FUNCTION_TIMEOUT_S = tostring(var.function_timeout_seconds)
   }
 
   # Sizing rule: one request peaks at about this much memory whatever its num_rows (rows are

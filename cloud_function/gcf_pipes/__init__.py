@@ -4,6 +4,7 @@ from gcf_pipes.bootstrap import PipesBootstrap, parse_bootstrap
 from gcf_pipes.cancel import (
     Cancellation,
     CancellationPolicy,
+    DeadlineExceeded,
     RequestCancelled,
     cancelled,
     current_cancellation,
@@ -24,6 +25,7 @@ from gcf_pipes.writer import (
 __all__ = [
     "Cancellation",
     "CancellationPolicy",
+    "DeadlineExceeded",
     "PipesBootstrap",
     "PipesCloudStorageMessageWriter",
     "PipesCloudStorageMessageWriterChannel",

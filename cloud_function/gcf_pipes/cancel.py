@@ -12,6 +12,10 @@ stopping leaves nothing half-done (between batches, right before a commit). A jo
 raises :class:`RequestCancelled` is answered with HTTP 409 and body status ``"cancelled"``;
 its Pipes context is closed with that exception, so its last messages still go out.
 
+A request may also have a deadline of its own (the platform's timeout minus a margin): once
+it has passed, the same checks raise :class:`DeadlineExceeded` (HTTP 504), so a job the
+platform has already answered 504 for stops before it commits instead of committing unseen.
+
 What cancellation cannot do: stop work already past the last check. A commit that started
 before the marker was seen completes (the caller's run has ended by then), and a job that
 never checks runs to its end. The marker is seen up to ``poll_interval`` plus one GET after
@@ -35,6 +39,7 @@ from requests import exceptions as rexc
 
 CANCEL_MARKER = "cancel"
 CANCELLED_STATUS = 409
+DEADLINE_STATUS = 504
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +53,13 @@ class RequestCancelled(Exception):
     """The orchestrator cancelled this request (its run was terminated): HTTP 409."""
 
     status = CANCELLED_STATUS
+
+
+class DeadlineExceeded(RequestCancelled):
+    """The request's own deadline passed before the job finished: HTTP 504. A cancellation
+    (the job stops at its next check) whose reason is the clock, not the orchestrator."""
+
+    status = DEADLINE_STATUS
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,8 @@ class Cancellation:
     """Whether the orchestrator cancelled one request; safe to use from any thread.
 
     ``bucket`` None: the request cannot be cancelled (nothing is looked for).
+    ``deadline_s``: seconds after ``started`` (a time of ``clock``; default: now) after which
+    every check raises :class:`DeadlineExceeded` (None: no deadline).
     """
 
     def __init__(
@@ -83,18 +97,23 @@ class Cancellation:
         key_prefix: str,
         policy: CancellationPolicy | None = None,
         *,
+        deadline_s: float | None = None,
+        started: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self._bucket = bucket
         self.key = cancel_marker_key(key_prefix)
         self.policy = policy or CancellationPolicy()
         self._clock = clock
+        self.deadline_s = deadline_s
+        start = clock() if started is None else started
+        self._deadline = None if deadline_s is None else start + deadline_s
         self._event = threading.Event()
         self._looking = threading.Lock()  # one GET at a time
         self._next_look = 0.0
         self._warned = False
         self.looks = 0
-        self.interrupted = False  # raise_if_cancelled raised: the job stopped on it
+        self.stopped_by: RequestCancelled | None = None  # what a check raised: the job stopped
         self._stop_error: Exception | None = None  # the request must stop, not cancelled
         self._stopped = False  # raise_if_cancelled raised _stop_error
         # Also told about a failed look (the request's Pipes log, so Dagster shows it).
@@ -108,6 +127,10 @@ class Cancellation:
     def is_set(self) -> bool:
         """True once the marker was seen (it is never unset)."""
         return self._event.is_set()
+
+    def deadline_passed(self) -> bool:
+        """True once the request's deadline (if it has one) has passed."""
+        return self._deadline is not None and self._clock() >= self._deadline
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until cancelled or ``timeout``; True when cancelled."""
@@ -148,30 +171,34 @@ class Cancellation:
         self._stop_error = error
 
     def raise_if_cancelled(self, *, fresh: bool = False) -> None:
-        """Raise :class:`RequestCancelled` when cancelled; ``fresh``: look at the marker now
-        instead of trusting the last look (for the check right before a commit). Raises the
-        error given to :meth:`stop_with` first, when there is one."""
+        """Raise :class:`RequestCancelled` when cancelled, :class:`DeadlineExceeded` once the
+        deadline has passed; ``fresh``: look at the marker now instead of trusting the last
+        look (for the check right before a commit). Raises the error given to
+        :meth:`stop_with` first, when there is one."""
         if self._stop_error is not None:
             self._stopped = True
             raise self._stop_error
+        if self.deadline_passed():
+            self.stopped_by = self._deadline_error()
+            raise self.stopped_by
         if fresh:
             self.look()
         if self._event.is_set():
-            self.interrupted = True
-            raise self._error()
+            self.stopped_by = self._error()
+            raise self.stopped_by
 
     @contextmanager
     def surfacing(self) -> Iterator[None]:
-        """Re-raise an error as :class:`RequestCancelled` when a check inside raised it and a
-        library turned it into its own error (delta-rs reports an exception of the Arrow
-        stream it reads as a ``DeltaError``)."""
+        """Re-raise an error as the :class:`RequestCancelled` (or :class:`DeadlineExceeded`)
+        a check inside raised, when a library turned it into its own error (delta-rs reports
+        an exception of the Arrow stream it reads as a ``DeltaError``)."""
         try:
             yield
         except RequestCancelled:
             raise
         except Exception as exc:
-            if self.interrupted:
-                raise self._error() from exc
+            if self.stopped_by is not None:
+                raise type(self.stopped_by)(*self.stopped_by.args) from exc
             if self._stopped and self._stop_error is not None and exc is not self._stop_error:
                 raise self._stop_error from exc
             raise
@@ -179,6 +206,13 @@ class Cancellation:
     def _error(self) -> RequestCancelled:
         return RequestCancelled(
             f"the orchestrator cancelled this request ({self.location}); the job stopped"
+        )
+
+    def _deadline_error(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"the request's deadline passed ({self.deadline_s:g} s after it started: the "
+            "platform's timeout minus a margin); the job stopped at its next check, before "
+            "finishing"
         )
 
     def _report(self, exc: BaseException) -> None:
@@ -227,10 +261,12 @@ def current_cancellation() -> Cancellation:
 
 
 def cancelled() -> bool:
-    """True when the orchestrator cancelled the current request."""
-    return current_cancellation().is_set()
+    """True when the orchestrator cancelled the current request or its deadline passed."""
+    cancellation = current_cancellation()
+    return cancellation.is_set() or cancellation.deadline_passed()
 
 
 def raise_if_cancelled() -> None:
-    """Raise :class:`RequestCancelled` when the orchestrator cancelled the current request."""
+    """Raise :class:`RequestCancelled` when the orchestrator cancelled the current request,
+    :class:`DeadlineExceeded` when its deadline passed."""
     current_cancellation().raise_if_cancelled()

@@ -150,8 +150,23 @@ class RequestPipesContext(PipesContext):
             raise RequestError(f"{field}: {exc}", field=field) from None
 
 
+def refusal_exception(exc: RequestError, redactor: Redactor) -> PipesException:
+    """A refusal as the ``closed`` message reports it: the text of its HTTP answer, no stack
+    and no chained errors (they would show the function's code and paths to the caller)."""
+    return {
+        "name": type(exc).__name__,
+        "message": redactor.text(exc.message),
+        "stack": [],
+        "cause": None,
+        "context": None,
+    }
+
+
 def pipes_exception(exc: BaseException, redactor: Redactor, depth: int = 0) -> PipesException:
-    """The ``closed`` message's exception (as ``PipesContext`` builds it), redacted."""
+    """The ``closed`` message's exception (as ``PipesContext`` builds it), redacted; a
+    refusal's is :func:`refusal_exception`."""
+    if isinstance(exc, RequestError):
+        return refusal_exception(exc, redactor)
 
     def chained(inner: BaseException | None) -> PipesException | None:
         if inner is None or depth >= _MAX_CHAINED_EXCEPTIONS:

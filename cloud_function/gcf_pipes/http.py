@@ -4,12 +4,15 @@ Every outcome is a JSON response that names its cause: 400/403/413 for a request
 before anything runs (see :mod:`gcf_pipes.bootstrap`), the job's own status for a
 :class:`RequestError`, 500 (with the remote type, message and traceback) for a crash, 409
 (body status ``"cancelled"``) for a job stopped because the orchestrator cancelled the request,
-and 502 when Pipes messages could not be delivered to GCS. Environment values are redacted from
-every error body, and a refusal (4xx) never carries a traceback.
+504 for a job stopped because its own deadline passed, and 502 when Pipes messages could not
+be delivered to GCS. Environment values are redacted from every error body, and a refusal
+(4xx) never carries a traceback, neither in its HTTP answer nor in the ``closed`` Pipes
+message (both carry the same text).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -20,15 +23,17 @@ from typing import Any
 import flask
 from dagster_pipes import PipesContext
 from google.cloud import storage
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from gcf_pipes.bootstrap import parse_bootstrap
 from gcf_pipes.cancel import (
     Cancellation,
     CancellationPolicy,
+    DeadlineExceeded,
     RequestCancelled,
     current_request_cancellation,
 )
-from gcf_pipes.context import open_request_pipes
+from gcf_pipes.context import open_request_pipes, refusal_exception
 from gcf_pipes.errors import RequestError
 from gcf_pipes.logs import traced_request
 from gcf_pipes.redact import Redactor
@@ -39,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 # The Pipes context and the event are small; anything bigger is a mistake or an attack.
 MAX_BODY_BYTES = 1024 * 1024
-_READ_BLOCK = 64 * 1024
 
 Job = Callable[[PipesContext, Mapping[str, Any]], Mapping[str, Any] | None]
 Response = tuple[flask.Response, int]
@@ -61,17 +65,26 @@ def _too_large(max_bytes: int) -> RequestError:
 
 def read_body(request: flask.Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
     """The raw body, read no further than ``max_bytes`` + 1: 413 above, with or without a
-    Content-Length (a chunked body is cut off as soon as it passes the limit)."""
-    declared = request.content_length
-    if declared is not None and declared > max_bytes:
+    Content-Length.
+
+    Flask bounds the read (``request.max_content_length``) and caches what it read: the
+    framework reads the body again once the handler has answered (functions-framework's
+    ``after_request`` hook), and must find it there rather than read on. Werkzeug ends a
+    chunked body at the limit without an error, hence the limit of one byte more: a body
+    that reaches it is over ``max_bytes``.
+    """
+    request.max_content_length = max_bytes + 1
+    try:
+        data = request.get_data()
+    except RequestEntityTooLarge:  # the Content-Length says so: nothing was read
+        request.stream = io.BytesIO()  # left unread: the framework's hook must not read it
+        raise _too_large(max_bytes) from None
+    except ClientDisconnected:
+        request.stream = io.BytesIO()
+        raise RequestError("request body ended before its Content-Length", field="body") from None
+    if len(data) > max_bytes:
         raise _too_large(max_bytes)
-    data = bytearray()
-    while len(data) <= max_bytes:
-        block = request.stream.read(min(_READ_BLOCK, max_bytes + 1 - len(data)))
-        if not block:
-            return bytes(data)
-        data += block
-    raise _too_large(max_bytes)
+    return data
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -90,7 +103,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
 
 
 def _refusal(exc: RequestError, redactor: Redactor) -> dict[str, Any]:
-    return error_body("RequestError", redactor.text(exc.message), field=exc.field)
+    """The HTTP answer of a refusal: the type and text of its ``closed`` message."""
+    closed = refusal_exception(exc, redactor)
+    return error_body(str(closed["name"]), str(closed["message"]), field=exc.field)
 
 
 def _cancelled(cancellation: Cancellation, redactor: Redactor) -> dict[str, Any]:
@@ -99,6 +114,15 @@ def _cancelled(cancellation: Cancellation, redactor: Redactor) -> dict[str, Any]
         "status": "cancelled",
         "error": {"type": RequestCancelled.__name__, "message": redactor.text(message)},
     }
+
+
+def _stopped(
+    exc: RequestCancelled, cancellation: Cancellation, redactor: Redactor
+) -> tuple[int, dict[str, Any]]:
+    """The answer of a job stopped at a check: 504 past its deadline, else 409 cancelled."""
+    if isinstance(exc, DeadlineExceeded):
+        return exc.status, error_body(type(exc).__name__, redactor.text(str(exc)))
+    return RequestCancelled.status, _cancelled(cancellation, redactor)
 
 
 def _crash(exc: Exception, redactor: Redactor) -> dict[str, Any]:
@@ -118,6 +142,7 @@ def handle_pipes_request(
     pipes_bucket: str | None,
     writer_settings: WriterSettings | None = None,
     cancellation_policy: CancellationPolicy | None = None,
+    deadline_s: float | None = None,
 ) -> Response:
     """Run ``job`` inside a fresh Pipes context for this request and report the outcome.
 
@@ -127,6 +152,8 @@ def handle_pipes_request(
 
     The job may stop when the orchestrator cancels the request (:mod:`gcf_pipes.cancel`):
     raising :class:`RequestCancelled` is answered with 409 and body status ``"cancelled"``.
+    ``deadline_s`` (the platform's timeout minus a margin; None: none) makes the job's checks
+    raise :class:`DeadlineExceeded` once that many seconds have passed: answered with 504.
     """
     started = time.monotonic()
     redactor = Redactor.from_env()
@@ -141,7 +168,11 @@ def handle_pipes_request(
         return json_response(exc.status, _refusal(exc, redactor))
 
     cancellation = Cancellation(
-        storage_client.bucket(pipes_bucket), bootstrap.key_prefix, cancellation_policy
+        storage_client.bucket(pipes_bucket),
+        bootstrap.key_prefix,
+        cancellation_policy,
+        deadline_s=deadline_s,
+        started=started,
     )
     writer = PipesCloudStorageMessageWriter(
         storage_client, writer_settings, only_bucket=pipes_bucket, cancellation=cancellation
@@ -155,17 +186,23 @@ def handle_pipes_request(
             cancellation.warn = pipes.log.warning
             summary = job(pipes, event) or {}
         body = {"status": "ok", "result": dict(summary)}
-    except RequestCancelled:
-        status, body = RequestCancelled.status, _cancelled(cancellation, redactor)
+    except RequestCancelled as exc:
+        status, body = _stopped(exc, cancellation, redactor)
     except RequestError as exc:
         status, body = exc.status, _refusal(exc, redactor)
     except Exception as exc:  # noqa: BLE001 - every crash becomes a 500 naming its cause
-        if cancellation.interrupted:  # a library re-raised the job's RequestCancelled as its own
-            status, body = RequestCancelled.status, _cancelled(cancellation, redactor)
+        if cancellation.stopped_by is not None:  # a library re-raised the job's stop as its own
+            status, body = _stopped(cancellation.stopped_by, cancellation, redactor)
         else:
             status, body = 500, _crash(exc, redactor)
     if status == 200 and cancellation.is_set():
         logger.warning("cancelled too late: the job had finished, its work stands")
+    if status == 200 and cancellation.deadline_passed():
+        logger.warning(
+            "finished after its deadline (%g s): the platform may have answered 504 already; "
+            "its work stands",
+            deadline_s,
+        )
 
     channel = writer.channel
     if channel is not None and channel.delivery_error is not None:

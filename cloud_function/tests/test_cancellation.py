@@ -1,8 +1,9 @@
 """Cancellation by the orchestrator: the marker ``<key_prefix>/cancel``, its check on the
-writer's cadence, the 409 answer, and the people job committing nothing once cancelled.
+writer's cadence, the 409 answer, and the people job committing nothing once cancelled; and
+the request's own deadline (the platform's timeout minus a margin), a cancellation answered 504.
 
-Unit tests on the in-memory GCS fake; the real stack (Dagster terminating a run) is
-dagster/tests/integration/test_termination.py.
+Unit tests on the in-memory GCS fake, and the deadline through the real server; the real
+stack with Dagster terminating a run is dagster/tests/integration/test_termination.py.
 """
 
 import itertools
@@ -16,13 +17,18 @@ from typing import Any
 import deltalake  # before polars
 import flask
 import pytest
+import requests
 from dagster_pipes import PipesContext
 from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
 
 from devstack.fake_gcs import FakeClient, always_fail
+from devstack.stack import local_stack
 from gcf_pipes import (
     Cancellation,
     CancellationPolicy,
+    DeadlineExceeded,
     PipesMessageDeliveryError,
     RequestCancelled,
     WriterSettings,
@@ -35,6 +41,7 @@ from gcf_pipes.cancel import cancel_marker_key
 from gcf_pipes.writer import chunk_key
 from people_lake import fake_people, job
 from people_lake.job import write_people
+from people_lake.settings import FunctionSettings
 
 from .conftest import PIPES_BUCKET, pipes_body
 
@@ -53,6 +60,7 @@ def call(
     job: Callable[[PipesContext, Any], Any],
     payload: dict[str, Any],
     policy: CancellationPolicy = QUICK,
+    deadline_s: float | None = None,
 ) -> tuple[int, dict[str, Any]]:
     with app.test_request_context("/", method="POST", json=payload):
         response, status = handle_pipes_request(
@@ -62,6 +70,7 @@ def call(
             pipes_bucket=PIPES_BUCKET,
             writer_settings=FAST,
             cancellation_policy=policy,
+            deadline_s=deadline_s,
         )
     return status, json.loads(response.get_data())
 
@@ -379,3 +388,143 @@ def _stops(cancellation: Cancellation) -> bool:
     except PipesMessageDeliveryError:
         return True
     return False
+
+
+# --- the request's own deadline ---------------------------------------------------------------
+
+
+def test_a_passed_deadline_stops_the_next_check_like_a_cancellation() -> None:
+    now = [100.0]
+    cancellation = Cancellation(None, "t/1", deadline_s=9.5, clock=lambda: now[0])
+    now[0] += 9.4
+    cancellation.raise_if_cancelled(fresh=True)  # not yet
+    assert not cancellation.deadline_passed() and cancellation.stopped_by is None
+
+    now[0] += 0.1
+    with pytest.raises(DeadlineExceeded, match=r"deadline passed \(9.5 s after it started"):
+        cancellation.raise_if_cancelled()
+    assert isinstance(cancellation.stopped_by, RequestCancelled)  # a cancellation, 504
+    assert DeadlineExceeded.status == 504 and not cancellation.is_set()
+    with pytest.raises(DeadlineExceeded) as raised, cancellation.surfacing():
+        raise RuntimeError("Generic DeltaTable error: External error: DeadlineExceeded")
+    assert isinstance(raised.value.__cause__, RuntimeError)
+
+
+def test_without_a_deadline_the_clock_never_stops_a_job() -> None:
+    now = [0.0]
+    cancellation = Cancellation(None, "t/1", clock=lambda: now[0])
+    now[0] += 1e9
+    cancellation.raise_if_cancelled(fresh=True)
+    assert not cancellation.deadline_passed()
+
+
+def test_a_job_past_its_deadline_answers_504_naming_it(gcs: FakeClient) -> None:
+    def checks(pipes: PipesContext, event: Any) -> None:
+        pipes.log.info("working")
+        while not cancelled():
+            time.sleep(0.01)
+        raise_if_cancelled()
+
+    started = time.monotonic()
+    status, body = call(gcs, checks, pipes_body(), deadline_s=0.3)
+
+    assert status == 504, body
+    assert 0.3 <= time.monotonic() - started < 2
+    assert body["status"] == "error" and body["error"]["type"] == "DeadlineExceeded"
+    assert "deadline passed (0.3 s after it started" in body["error"]["message"]
+    exception = closed_exception(gcs)
+    assert exception is not None and exception["name"] == "DeadlineExceeded"
+    assert log_lines(gcs) == ["working"]
+
+
+def test_a_job_that_finishes_after_its_deadline_stands_and_says_so(
+    gcs: FakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    def never_checks(pipes: PipesContext, event: Any) -> dict[str, Any]:
+        time.sleep(0.2)
+        return {"done": True}
+
+    status, body = call(gcs, never_checks, pipes_body(), deadline_s=0.1)
+    assert status == 200 and body["result"] == {"done": True}
+    assert "finished after its deadline (0.1 s)" in caplog.text
+
+
+def test_a_people_job_past_its_deadline_stops_between_batches_and_commits_nothing(
+    gcs: FakeClient, lake: Path, monkeypatch: pytest.MonkeyPatch, small_batches: int
+) -> None:
+    assert call(gcs, write_people, people(50, "inv-0", key_prefix="t/0"))[0] == 200
+    before = version_of(lake)
+    original = job._between_batches
+
+    def slow_second_batch(pipes: PipesContext, plan: Any, batch: int, rows: int, c: Any) -> None:
+        while batch == 2 and not c.deadline_passed():
+            time.sleep(0.01)
+        original(pipes, plan, batch, rows, c)
+
+    monkeypatch.setattr(job, "_between_batches", slow_second_batch)
+
+    status, body = call(gcs, write_people, people(400, "inv-1"), deadline_s=1.0)
+
+    assert status == 504, body
+    assert body["error"]["type"] == "DeadlineExceeded"
+    progress = [line for line in log_lines(gcs) if line.startswith("batch ")]
+    assert [line.split(":")[0] for line in progress] == ["batch 1", "batch 2"]
+    assert version_of(lake) == before
+    assert not [m for m in sent(gcs) if m["method"] == "report_asset_materialization"]
+
+
+def test_the_deadline_is_the_platform_timeout_minus_a_margin() -> None:
+    def deadline(**env: str) -> float | None:
+        return FunctionSettings.from_env(env).request_deadline_s
+
+    assert deadline() is None  # no timeout configured (local development): no deadline
+    assert deadline(FUNCTION_TIMEOUT_S="540") == 510  # 10%, at most 30 s
+    assert deadline(FUNCTION_TIMEOUT_S="60") == 54
+    assert deadline(FUNCTION_TIMEOUT_S=" 60 ", FUNCTION_DEADLINE_MARGIN_S="5") == 55
+    assert deadline(FUNCTION_TIMEOUT_S="2", FUNCTION_DEADLINE_MARGIN_S="0") == 2
+
+
+@pytest.mark.parametrize(
+    ("timeout", "margin", "named"),
+    [("0", "", "FUNCTION_TIMEOUT_S"), ("-5", "", "FUNCTION_TIMEOUT_S"),
+     ("ten", "", "FUNCTION_TIMEOUT_S"), ("nan", "", "FUNCTION_TIMEOUT_S"),
+     ("inf", "", "FUNCTION_TIMEOUT_S"), ("60", "60", "FUNCTION_DEADLINE_MARGIN_S"),
+     ("60", "-1", "FUNCTION_DEADLINE_MARGIN_S"), ("", "5", "FUNCTION_DEADLINE_MARGIN_S")],
+)  # fmt: skip
+def test_a_bad_timeout_setting_stops_the_instance_naming_it(
+    timeout: str, margin: str, named: str
+) -> None:
+    env = {"FUNCTION_TIMEOUT_S": timeout, "FUNCTION_DEADLINE_MARGIN_S": margin}
+    with pytest.raises(ValueError, match=named):
+        FunctionSettings.from_env(env)
+
+
+@pytest.mark.integration
+def test_through_the_real_server_a_request_past_its_deadline_is_504_and_commits_nothing(
+    tmp_path: Path,
+) -> None:
+    timeouts = {"FUNCTION_TIMEOUT_S": "2", "FUNCTION_DEADLINE_MARGIN_S": "1.5"}  # 0.5 s
+    with local_stack(tmp_path, pipes_bucket=PIPES_BUCKET, function_env=timeouts) as stack:
+        answer = requests.post(stack.function_url, json=people(2_000_000, "inv-late"), timeout=120)
+        gcs = storage.Client(
+            project="local",
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options={"api_endpoint": stack.emulator_url},
+        )
+        closed = json.loads(
+            gcs.bucket(PIPES_BUCKET).blob(last_chunk(gcs)).download_as_text().splitlines()[-1]
+        )
+
+    assert answer.status_code == 504, answer.text
+    error = answer.json()["error"]
+    assert error["type"] == "DeadlineExceeded" and "deadline passed (0.5 s" in error["message"]
+    assert closed["method"] == "closed"
+    assert closed["params"]["exception"]["name"] == "DeadlineExceeded"
+    table = Path(stack.data_lake_uri) / "people"  # created empty before the data, maybe
+    assert not table.exists() or deltalake.DeltaTable(str(table)).count() == 0
+
+
+def last_chunk(gcs: storage.Client) -> str:
+    names = [blob.name for blob in gcs.list_blobs(PIPES_BUCKET, prefix="t/1/")]
+    chunks = [name for name in names if name.removeprefix("t/1/").removesuffix(".json").isdigit()]
+    return max(chunks, key=lambda name: int(name.removeprefix("t/1/").removesuffix(".json")))

@@ -4,8 +4,9 @@ Every request below is what a caller holding ``run.invoker`` could send. For eac
 status and the field named; a refusal body without traceback, path or environment value;
 nothing changed in the lake, in the directory next to it or in any bucket but the Pipes
 bucket (and nothing at all there when the request is refused before Pipes opens); and the
-next valid request still succeeds. Two cases also bound the worker's memory; hostile requests
-also run in parallel with valid ones, and header values are shown not to forge log fields.
+next valid request still succeeds. Four cases also bound the worker's peak memory (a big
+body among them, chunked or not); hostile requests also run in parallel with valid ones, and
+header values are shown not to forge log fields.
 """
 
 from __future__ import annotations
@@ -525,10 +526,10 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 
 def post(
     target: Target,
-    payload: dict[str, Any] | bytes,
+    payload: dict[str, Any] | bytes | Body,
     headers: tuple[tuple[str, str], ...] = (),
 ) -> requests.Response:
-    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    data = json.dumps(payload).encode() if isinstance(payload, dict) else payload
     return requests.post(
         target.stack.function_url,
         data=data,
@@ -542,13 +543,47 @@ def assert_valid_request_succeeds(target: Target) -> None:
     assert answer.status_code == 200, answer.text
 
 
+def secrets_shown(target: Target, text: str) -> list[str]:
+    """What of the function's environment ``text`` shows: paths, the emulator, the bucket."""
+    secrets = [str(target.work), str(REPO_ROOT), "site-packages", target.stack.emulator_url,
+               PIPES_BUCKET, str(target.work).replace("/", "\\/")]  # fmt: skip
+    return [secret for secret in secrets if secret in text]
+
+
 def assert_refusal_reveals_nothing(target: Target, answer: requests.Response) -> None:
     text = answer.text
     assert "Traceback" not in text and "traceback" not in answer.json()["error"]
-    secrets = [str(target.work), str(REPO_ROOT), "site-packages", target.stack.emulator_url,
-               PIPES_BUCKET, str(target.work).replace("/", "\\/")]  # fmt: skip
-    leaked = [secret for secret in secrets if secret in text]
+    leaked = secrets_shown(target, text)
     assert not leaked, f"the refusal shows {leaked}: {text}"
+
+
+def new_pipes_messages(target: Target, before: set[str]) -> list[dict[str, Any]]:
+    """The Pipes messages of the chunks written since ``before`` (one request's), in order."""
+    bucket = target.gcs.bucket(PIPES_BUCKET)
+    chunks = sorted(
+        (name for name in {b.name for b in target.gcs.list_blobs(PIPES_BUCKET)} - before),
+        key=lambda name: int(name.rsplit("/", 1)[1].removesuffix(".json")),
+    )
+    assert chunks, "the request wrote no Pipes messages"
+    assert len({name.rsplit("/", 1)[0] for name in chunks}) == 1, chunks
+    lines = [line for name in chunks for line in bucket.blob(name).download_as_text().splitlines()]
+    return [json.loads(line) for line in lines]
+
+
+def check_refused_in_pipes(
+    target: Target, answer: requests.Response, messages: list[dict[str, Any]]
+) -> None:
+    """The ``closed`` message Dagster reads carries the HTTP answer's text, and nothing more:
+    no stack, no chained errors, nothing of the function's environment in any message."""
+    closed = [message for message in messages if message["method"] == "closed"]
+    assert len(closed) == 1 and messages[-1] is closed[0], [m["method"] for m in messages]
+    error = answer.json()["error"]
+    exception = closed[0]["params"]["exception"]
+    assert exception == {"name": error["type"], "message": error["message"], "stack": [],
+                         "cause": None, "context": None}, exception  # fmt: skip
+    text = json.dumps(messages)
+    leaked = secrets_shown(target, text)
+    assert "Traceback" not in text and not leaked, f"the Pipes messages show {leaked}: {text}"
 
 
 # A refusal names the field and a reason; it never echoes the request back.
@@ -581,6 +616,8 @@ def test_a_hostile_request_is_refused_and_changes_nothing(target: Target, case: 
         if name != PIPES_BUCKET or not case.reaches_job:
             new = objects - buckets[name]
             assert objects == buckets[name], f"objects appeared in {name}: {new}"
+    if case.reaches_job:
+        check_refused_in_pipes(target, answer, new_pipes_messages(target, buckets[PIPES_BUCKET]))
     assert_valid_request_succeeds(target)
 
 
@@ -719,27 +756,73 @@ def _status_kib(pid: int, key: str) -> int:
     raise AssertionError(f"{key} not in /proc/{pid}/status")
 
 
+class SizedBody:
+    """A request body of ``size`` spaces, sent with its Content-Length as it is read."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self._sent = size, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[bytes]:
+        while block := self.read(MiB):
+            yield block
+
+    def read(self, size: int = -1) -> bytes:
+        count = min(self.size - self._sent, size if size >= 0 else self.size)
+        self._sent += count
+        return b" " * count
+
+
+Body = SizedBody | Iterator[bytes]
+
+
+def big_body(size: int, *, chunked: bool) -> Body:
+    """``size`` spaces, chunked (a generator: no length known in advance) or not."""
+    return iter(SizedBody(size)) if chunked else SizedBody(size)
+
+
 MEMORY_CASES = [
     case("context-path-dev-zero", 400, CONTEXT, lambda t: body(context={"path": "/dev/zero"})),
     raw_context_case("context-bomb-300-mib", 413, lambda: bomb(300 * MiB)),
-]
+    case("body-chunked-300-mib", 413, "body", lambda t: big_body(300 * MiB, chunked=True)),
+    case("body-content-length-300-mib", 413, "body",
+         lambda t: big_body(300 * MiB, chunked=False)),
+]  # fmt: skip
+
+
+def reset_peak_rss(pid: int) -> int:
+    """Make the worker's peak RSS (VmHWM) its current RSS and return it, in bytes; fail when
+    the kernel does not allow it: the RSS after a request would hide a freed peak."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError as exc:
+        pytest.fail(f"cannot reset the peak RSS of the function's worker ({exc})")
+    return _status_kib(pid, "VmHWM") * 1024
+
+
+def peak_rss_growth(
+    pid: int, send: Callable[[], requests.Response]
+) -> tuple[int, requests.Response]:
+    """How far the worker's peak RSS rose above its RSS before ``send``, in bytes."""
+    before = reset_peak_rss(pid)
+    answer = send()
+    return _status_kib(pid, "VmHWM") * 1024 - before, answer
 
 
 @pytest.mark.parametrize("case", MEMORY_CASES)
 def test_a_memory_attack_grows_the_worker_by_less_than_256_mib(target: Target, case: Case) -> None:
     payload = case.make(target)
     pid = function_worker_pid(target.port)
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # peak RSS := current RSS
-        peak = "VmHWM"
-    except OSError:  # not allowed here: the RSS after the request (a freed peak goes unseen)
-        peak = "VmRSS"
-    before = _status_kib(pid, "VmRSS")
 
-    answer = post(target, payload)
+    growth, answer = peak_rss_growth(pid, lambda: post(target, payload))
 
-    growth = (_status_kib(pid, peak) - before) * 1024
     check_refused(target, case, answer)
-    assert growth < MEMORY_BOUND, f"the worker grew by {growth / MiB:.0f} MiB"
+    if isinstance(payload, SizedBody):
+        assert answer.request.headers["Content-Length"] == str(payload.size)
+    elif isinstance(payload, Iterator):
+        assert "Content-Length" not in answer.request.headers
+    assert growth < MEMORY_BOUND, f"the worker's peak RSS grew by {growth / MiB:.0f} MiB"
     assert function_worker_pid(target.port) == pid, "the worker was replaced"
     assert_valid_request_succeeds(target)

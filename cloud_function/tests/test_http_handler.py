@@ -4,9 +4,11 @@ import io
 import json
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import flask
+import functions_framework
 import pytest
 from dagster_pipes import PipesContext, decode_param, encode_param
 
@@ -84,6 +86,30 @@ def test_a_request_error_from_the_job_keeps_its_status_and_field(client: FakeCli
     assert closed["method"] == "closed" and "num_rows" in closed["params"]["exception"]["message"]
 
 
+def test_a_refusal_from_the_job_tells_pipes_what_it_tells_http_and_no_more(
+    client: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOME_LAKE_SETTING", "/srv/secret-lake")
+
+    def deep_refusal(pipes: PipesContext, event: Mapping[str, Any]) -> None:
+        try:
+            raise ValueError("parser detail at /srv/secret-lake/x")
+        except ValueError as exc:
+            raise RequestError(
+                "'dl_bucket' /srv/secret-lake/x is refused", field="dl_bucket"
+            ) from exc
+
+    status, body = call(client, deep_refusal, json=pipes_body())
+    assert (
+        status == 400
+        and body["error"]["message"] == "'dl_bucket' ${SOME_LAKE_SETTING}/x is refused"
+    )
+    assert messages(client)[-1]["params"]["exception"] == {
+        "name": "RequestError", "message": body["error"]["message"], "stack": [], "cause": None,
+        "context": None,
+    }  # fmt: skip
+
+
 def test_a_crash_is_500_with_type_message_and_traceback(client: FakeClient) -> None:
     def crash(pipes: PipesContext, event: Mapping[str, Any]) -> None:
         raise ZeroDivisionError("boom")
@@ -126,28 +152,82 @@ def test_an_oversized_body_is_413_and_nothing_runs(client: FakeClient) -> None:
     assert ran == [] and client.objects[PIPES_BUCKET] == {}
 
 
-def test_a_chunked_body_over_the_limit_is_413_without_reading_it_all(client: FakeClient) -> None:
-    class Endless(io.RawIOBase):
-        read_bytes = 0
+class Spaces(io.RawIOBase):
+    """A request body of ``size`` spaces that counts the bytes read from it."""
 
-        def readinto(self, buffer: Any) -> int:
-            buffer[:] = b" " * len(buffer)
-            self.read_bytes += len(buffer)
-            return len(buffer)
+    def __init__(self, size: int) -> None:
+        self.size, self.read_bytes, self._told = size, 0, 0
 
-        def seek(self, offset: int, whence: int = 0) -> int:
-            return 0  # the test client measures the stream; the environ below hides the size
+    def readable(self) -> bool:
+        return True
 
-    stream = Endless()
-    status, body = call(
-        client,
-        ok_job,
-        input_stream=stream,  # no Content-Length, as gunicorn passes a chunked body on
-        environ_overrides={"CONTENT_LENGTH": "", "wsgi.input_terminated": True},
+    def seek(self, offset: int, whence: int = 0) -> int:  # how the test client sizes a body
+        self._told = self.size if whence == 2 else 0
+        return self._told
+
+    def tell(self) -> int:
+        return self._told
+
+    def readinto(self, buffer: Any) -> int:
+        count = min(len(buffer), self.size - self.read_bytes)
+        buffer[:count] = b" " * count
+        self.read_bytes += count
+        return count
+
+
+FRAMEWORK_FUNCTION = """
+import functions_framework
+from gcf_pipes import handle_pipes_request
+
+@functions_framework.http
+def main(request):
+    return handle_pipes_request(request, lambda pipes, event: {}, storage_client=None,
+                                pipes_bucket="pipes")
+"""
+# A chunked body reaches the app without a Content-Length; gunicorn ends its stream.
+CHUNKED = {"CONTENT_LENGTH": "", "wsgi.input_terminated": True}
+
+
+@pytest.fixture
+def framework_app(tmp_path: Path) -> flask.Flask:
+    """The handler in functions-framework's own app, whose hook reads the body after the
+    handler answered (what the real server runs, gunicorn aside)."""
+    source = tmp_path / "function.py"
+    source.write_text(FRAMEWORK_FUNCTION)
+    return functions_framework.create_app("main", str(source))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
+def test_a_body_over_the_limit_is_413_and_read_no_further_by_anyone(
+    framework_app: flask.Flask, chunked: bool
+) -> None:
+    body = Spaces(64 * MAX_BODY_BYTES)
+    answer = framework_app.test_client().post(
+        "/", input_stream=body, environ_overrides=CHUNKED if chunked else {}
     )
-    assert status == 413 and body["error"]["field"] == "body"
-    assert stream.read_bytes <= MAX_BODY_BYTES + 64 * 1024
-    assert client.objects[PIPES_BUCKET] == {}
+    assert answer.status_code == 413, answer.get_data()
+    assert answer.get_json()["error"]["field"] == "body"
+    assert body.read_bytes <= MAX_BODY_BYTES + 1
+
+
+def test_a_body_shorter_than_its_content_length_is_400_naming_body(
+    framework_app: flask.Flask,
+) -> None:
+    environ = {"CONTENT_LENGTH": str(MAX_BODY_BYTES)}  # the client went away before the end
+    answer = framework_app.test_client().post(
+        "/", input_stream=Spaces(1000), environ_overrides=environ
+    )
+    assert answer.status_code == 400, answer.get_data()
+    assert answer.get_json()["error"]["field"] == "body"
+
+
+def test_a_chunked_body_of_exactly_the_limit_is_read_whole(framework_app: flask.Flask) -> None:
+    body = Spaces(MAX_BODY_BYTES)
+    answer = framework_app.test_client().post("/", input_stream=body, environ_overrides=CHUNKED)
+    error = answer.get_json()["error"]
+    assert answer.status_code == 400 and error["field"] == "body", error
+    assert "not strict JSON" in error["message"]  # all spaces: read whole, and not JSON
+    assert body.read_bytes == MAX_BODY_BYTES
 
 
 def test_messages_for_another_bucket_are_403_and_nothing_is_written(client: FakeClient) -> None:
