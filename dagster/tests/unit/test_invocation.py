@@ -1,6 +1,8 @@
 """The HTTP invocation against a scripted server on 127.0.0.1: retries, errors, headers."""
 
 import json
+import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -444,3 +446,41 @@ def test_an_interrupt_leaves_the_shared_session_open_for_the_other_calls() -> No
             invoker.invoke(server.url, interrupted)
         assert invoker.invoke(server.url, {}).status == 200
     assert closed == []
+
+
+def test_an_interrupt_drops_its_own_connection_at_once() -> None:
+    """Without closing the shared session: urllib3 closes a connection whose request is
+    interrupted, so the function's server sees the caller leave."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: dict[str, float] = {}
+
+    def wait_for_the_caller_to_leave() -> None:
+        connection, _ = listener.accept()
+        request = b""
+        while not request.endswith(b"{}"):  # headers, then the JSON body
+            request += connection.recv(65536)
+        received = time.monotonic()
+        assert connection.recv(1) == b""  # end of stream: the caller closed
+        seen["closed_after"] = time.monotonic() - received
+
+    class Interrupt(BaseException):
+        pass
+
+    def interrupt(*_: Any) -> None:
+        raise Interrupt
+
+    server = threading.Thread(target=wait_for_the_caller_to_leave, daemon=True)
+    server.start()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        with pytest.raises(Interrupt):
+            CloudFunctionInvoker(policy=InvocationPolicy(timeout=10)).invoke(
+                f"http://127.0.0.1:{listener.getsockname()[1]}", {}
+            )
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    server.join(5)
+    listener.close()
+    assert seen["closed_after"] < 1.0

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
+import google.auth.credentials
+import google.auth.exceptions
 import pytest
 from dagster._core.pipes.context import build_external_execution_context_data
 from dagster._core.storage.tags import (
@@ -17,8 +19,10 @@ from dagster._core.storage.tags import (
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, PipesDefaultContextLoader, decode_param
 
 from dagster_pipes_gcf import (
+    CloudFunctionError,
     CloudFunctionInvoker,
     FunctionResponse,
+    IdTokenAuth,
     PipesCloudFunctionClient,
     PipesCloudFunctionEventContextInjector,
 )
@@ -173,3 +177,41 @@ def test_a_directly_invoked_range_gets_its_keys() -> None:
     )
     (context,) = function.contexts
     assert context["partition_key_range"] == RANGE
+
+
+class RefusingCredentials(google.auth.credentials.Credentials):
+    """google-auth credentials whose every refresh is refused (e.g. permission denied)."""
+
+    def refresh(self, request: Any) -> None:
+        raise google.auth.exceptions.RefreshError("Permission 'getOpenIdToken' denied")
+
+
+class TokenForEveryUrl(IdTokenAuth):
+    """Asks for a token for a local URL too, as it would for a deployed function."""
+
+    def headers_for(self, url: str, timeout: float | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token_for('https://fn-ew.a.run.app', timeout)}"}
+
+
+def test_a_refused_token_fails_the_step_as_a_call_failure_with_its_trace() -> None:
+    errors: list[CloudFunctionError] = []
+    client = PipesCloudFunctionClient(
+        message_reader=dg.PipesTempFileMessageReader(),
+        invoker=CloudFunctionInvoker(
+            auth=TokenForEveryUrl(default_factory=lambda _: RefusingCredentials())
+        ),
+    )
+
+    @dg.asset
+    def people(context: dg.AssetExecutionContext) -> None:
+        try:
+            client.run(context=context, function_url=URL)
+        except CloudFunctionError as error:
+            errors.append(error)
+            raise
+
+    assert not dg.materialize([people], raise_on_error=False).success
+    (error,) = errors
+    assert "no ID token" in str(error.description) and "getOpenIdToken" in str(error.description)
+    assert "trace_id" in error.metadata
+    assert error.function_may_still_run is False
