@@ -61,8 +61,10 @@ class InvocationPolicy:
             functions that are idempotent on the invocation id (header
             ``X-Dagster-Invocation-Id``, Pipes extra ``invocation_id``): a retry of work that
             was done must do nothing. Off by default.
-        deadline: seconds that bound all attempts and backoffs together; ``None`` means
-            the attempt timeout plus 60 s.
+        deadline: seconds that bound the whole call: ID tokens, connecting, every
+            attempt's wait, the backoffs, and the checks and cancel markers between attempts
+            (an attempt's wait is cut short to fit); ``None`` means the attempt timeout plus
+            60 s.
     """
 
     timeout: float = 540.0
