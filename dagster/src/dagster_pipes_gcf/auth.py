@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import google.auth
+import google.auth.exceptions
 import google.auth.transport.requests
 from google.auth import impersonated_credentials
 from google.oauth2 import id_token
+
+from dagster_pipes_gcf.bounded import TimedOut, call_within
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 DEVSTORAGE_READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 DEVSTORAGE_READ_WRITE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
-# Refresh this long before expiry: a retried call may reuse the token minutes later.
-DEFAULT_REFRESH_MARGIN = timedelta(minutes=5)
 
 
 def needs_id_token(url: str) -> bool:
@@ -71,7 +72,6 @@ class TokenCredentials(Protocol):
     """The part of google-auth's ID-token credentials that :class:`IdTokenAuth` uses."""
 
     token: Any
-    expiry: datetime | None
 
     @property
     def valid(self) -> bool: ...
@@ -121,13 +121,11 @@ def impersonated_marker_credentials(target_principal: str) -> Any:
     return _impersonated(target_principal, DEVSTORAGE_READ_WRITE_SCOPE)
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+class TokenTimeout(google.auth.exceptions.TransportError):
+    """No ID token within the time the call had left (the refresh may finish later)."""
 
-
-def _as_utc(moment: datetime) -> datetime:
-    # google-auth keeps expiries as naive UTC datetimes.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    def __init__(self, message: str):
+        super().__init__(message)  # type: ignore[no-untyped-call]
 
 
 class IdTokenAuth:
@@ -135,14 +133,14 @@ class IdTokenAuth:
 
     Tokens come from a service-account key file (``GOOGLE_APPLICATION_CREDENTIALS``) or the
     metadata server, or, with ``impersonate_service_account``, are minted for that service
-    account from the caller's own credentials. One credential per audience is cached and
-    refreshed ``refresh_margin`` before its token expires.
+    account from the caller's own credentials. One credential per audience is cached;
+    google-auth decides when its token is due for a refresh (shortly before it expires).
 
     The audience is derived from each function URL (:func:`audience_for`); ``audience`` sets
     it for every call instead, as a custom domain needs.
 
-    The keyword-only arguments exist for tests: where credentials, transport requests and the
-    current time come from.
+    The keyword-only factories exist for tests: where credentials and transport requests
+    come from.
     """
 
     def __init__(
@@ -150,43 +148,57 @@ class IdTokenAuth:
         impersonate_service_account: str | None = None,
         *,
         audience: str | None = None,
-        refresh_margin: timedelta = DEFAULT_REFRESH_MARGIN,
         default_factory: DefaultCredentialsFactory = default_id_token_credentials,
         impersonated_factory: ImpersonatedCredentialsFactory = impersonated_id_token_credentials,
         request_factory: Callable[[], Any] = google.auth.transport.requests.Request,
-        clock: Callable[[], datetime] = _utcnow,
     ):
         self.impersonate_service_account = impersonate_service_account
         self.audience = audience
-        self.refresh_margin = refresh_margin
         self._default_factory = default_factory
         self._impersonated_factory = impersonated_factory
         self._request_factory = request_factory
-        self._clock = clock
         self._credentials: dict[str, TokenCredentials] = {}
         self._lock = threading.Lock()
 
-    def headers_for(self, url: str) -> dict[str, str]:
+    def headers_for(self, url: str, timeout: float | None = None) -> dict[str, str]:
+        """The ``Authorization`` header a call to ``url`` needs (none for a local URL).
+
+        Raises:
+            TokenTimeout: no token within ``timeout`` seconds.
+            google.auth.exceptions.GoogleAuthError: google-auth could not get a token.
+        """
         if not needs_id_token(url):
             return {}
-        return {"Authorization": f"Bearer {self.token_for(audience_for(url, self.audience))}"}
+        token = self.token_for(audience_for(url, self.audience), timeout)
+        return {"Authorization": f"Bearer {token}"}
 
-    def token_for(self, audience: str) -> str:
-        with self._lock:
+    def token_for(self, audience: str, timeout: float | None = None) -> str:
+        """A valid ID token for ``audience``, waiting at most ``timeout`` seconds (None: as
+        long as google-auth takes) for another caller's refresh and for this one's."""
+        started = time.monotonic()
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            raise TokenTimeout(f"another call's token refresh took over {timeout:g}s")
+        try:
             credentials = self._credentials.get(audience)
             if credentials is None:
                 credentials = self._credentials[audience] = self._make_credentials(audience)
-            if not self._is_fresh(credentials):
-                credentials.refresh(self._request_factory())
+            if not credentials.valid:  # google-auth's own refresh threshold
+                left = None if timeout is None else timeout - (time.monotonic() - started)
+                self._refresh(credentials, left)
             return str(credentials.token)
+        finally:
+            self._lock.release()
+
+    def _refresh(self, credentials: TokenCredentials, timeout: float | None) -> None:
+        if timeout is None:
+            credentials.refresh(self._request_factory())
+            return
+        try:
+            call_within(timeout, lambda: credentials.refresh(self._request_factory()))
+        except TimedOut as exc:
+            raise TokenTimeout(f"refreshing the ID token: {exc}") from None
 
     def _make_credentials(self, audience: str) -> TokenCredentials:
         if self.impersonate_service_account:
             return self._impersonated_factory(self.impersonate_service_account, audience)
         return self._default_factory(audience)
-
-    def _is_fresh(self, credentials: TokenCredentials) -> bool:
-        if not credentials.token or not credentials.valid:
-            return False
-        expiry = credentials.expiry
-        return expiry is None or _as_utc(expiry) - self.refresh_margin > self._clock()

@@ -33,7 +33,7 @@ from dagster_pipes_gcf.invocation import (
     PayloadForAttempt,
 )
 from dagster_pipes_gcf.message_reader import PipesAttemptStreams, PipesCloudStorageMessageReader
-from dagster_pipes_gcf.partition_range import add_partition_range
+from dagster_pipes_gcf.partition_range import PipesPartitionRangeInjector, is_direct_invocation
 from dagster_pipes_gcf.tracing import CallTrace, FunctionLocation
 
 INVOCATION_ID_EXTRA = "invocation_id"
@@ -97,6 +97,9 @@ def partition_of(context: Context) -> str:
 class InvocationIds:
     """Invocation ids per ``run()`` call: the n-th call of a step attempt gets ordinal n.
 
+    A directly invoked asset or op (``build_asset_context()``, as in unit tests) gets a new
+    random id per call: it has no run or step to derive one from.
+
     Thread-safe. The ordinal restarts with each step retry, so a retried step's calls get the
     ids of the first try's calls in the same order. Clients share one counter
     (:data:`STEP_CALLS`): a step calling through two clients still counts its calls once.
@@ -130,6 +133,10 @@ class InvocationIds:
         """The id of the call about to be made from ``context``'s step."""
         if call_key is not None and not call_key:
             raise ValueError("call_key must be a non-empty string (or None)")
+        if is_direct_invocation(context):
+            # build_asset_context(): no run to resume and no retries, and every such context
+            # has the run id "EPHEMERAL": each call is new work, never a repeat of another.
+            return str(uuid.uuid4())
         step_key = context.get_step_execution_context().step.key
         if call_key is not None:
             self.claim_call_key(context.run_id, step_key, context.retry_number, call_key)
@@ -253,11 +260,10 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
         )
         with open_pipes_session(
             context=context,
-            context_injector=self.context_injector,
+            context_injector=PipesPartitionRangeInjector(self.context_injector, context),
             message_reader=self.message_reader,
             extras={**(extras or {}), INVOCATION_ID_EXTRA: invocation_id},
         ) as session:
-            add_partition_range(session.context_data, context)  # a range run's days
             attempts = self._attempt_streams(session)
             context.log.info(
                 f"[pipes] invoking Cloud Function {function_url} ({invocation_id}); "

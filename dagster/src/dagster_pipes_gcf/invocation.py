@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import google.auth.exceptions
 import requests
 from dagster import Failure, MetadataValue
 from tenacity import (
@@ -29,7 +30,8 @@ from tenacity import (
 )
 from urllib3.exceptions import NewConnectionError
 
-from dagster_pipes_gcf.auth import IdTokenAuth
+from dagster_pipes_gcf.auth import IdTokenAuth, TokenTimeout
+from dagster_pipes_gcf.bounded import TimedOut, call_within
 
 # Extra time the default deadline allows beyond one attempt's timeout, for retries.
 DEFAULT_RETRY_ALLOWANCE_S = 60.0
@@ -59,8 +61,10 @@ class InvocationPolicy:
             functions that are idempotent on the invocation id (header
             ``X-Dagster-Invocation-Id``, Pipes extra ``invocation_id``): a retry of work that
             was done must do nothing. Off by default.
-        deadline: seconds that bound all attempts and backoffs together; ``None`` means
-            the attempt timeout plus 60 s.
+        deadline: seconds that bound the whole call: ID tokens, connecting, every
+            attempt's wait, the backoffs, and the checks and cancel markers between attempts
+            (an attempt's wait is cut short to fit); ``None`` means the attempt timeout plus
+            60 s.
     """
 
     timeout: float = 540.0
@@ -129,7 +133,7 @@ class _FailedAttempt(Exception):
         outcome: Outcome,
         reason: str,
         response: requests.Response | None = None,
-        error: requests.RequestException | None = None,
+        error: Exception | None = None,
     ):
         super().__init__(reason)
         self.outcome = outcome
@@ -137,14 +141,40 @@ class _FailedAttempt(Exception):
         self.response = response
         self.error = error
 
-    def rechecked(self, attempt: int, handler_started: HandlerStarted | None) -> _FailedAttempt:
+    def rechecked(
+        self, attempt: int, handler_started: HandlerStarted | None, seconds_left: float
+    ) -> _FailedAttempt:
         """This failure, ambiguous after all when the platform refused an attempt (429/503)
-        whose handler nonetheless left evidence that it ran."""
+        whose handler nonetheless left evidence that it ran, or when the deadline leaves no
+        time to look for that evidence."""
         refusal = self.outcome is Outcome.NOT_REACHED and self.response is not None
-        if not refusal or handler_started is None or not handler_started(attempt):
+        if not refusal or handler_started is None:
+            return self
+        try:
+            started = call_within(seconds_left, lambda: handler_started(attempt))
+        except TimedOut:
+            reason = (
+                f"{self.reason}; whether its handler had started is unknown (the call's "
+                "deadline passed before its Pipes messages could be checked)"
+            )
+            return _FailedAttempt(Outcome.AMBIGUOUS, reason, self.response, self.error)
+        if not started:
             return self
         reason = f"{self.reason} after the handler had started (its Pipes messages exist)"
         return _FailedAttempt(Outcome.AMBIGUOUS, reason, self.response, self.error)
+
+
+class _DeadlinePassed(Exception):
+    """The call's overall deadline passed before an attempt could be sent."""
+
+
+class _Unanswered(Exception):
+    """An attempt was sent and got no answer in time: the function may still be working."""
+
+    def __init__(self, waited: float, attempt_timeout: float):
+        super().__init__(f"no answer within {waited:g}s")
+        self.waited = waited
+        self.cut_by_deadline = waited < attempt_timeout
 
 
 def _json_body(response: requests.Response) -> Mapping[str, Any] | None:
@@ -310,12 +340,11 @@ class CloudFunctionInvoker:
             for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    data = json.dumps(body_for(attempts, abandoned))
-                    read_timeout = max(0.1, min(attempt_timeout, clock.remaining()))
+                    data = json.dumps(body_for(attempts, abandoned))  # may write cancel markers
                     try:
-                        response = self._post(url, data, headers, read_timeout)
+                        response = self._post(url, data, headers, attempt_timeout, clock)
                     except _FailedAttempt as refused:
-                        failed = refused.rechecked(attempts, handler_started)
+                        failed = refused.rechecked(attempts, handler_started, clock.remaining())
                         abandoned = failed.reason
                         ambiguous = ambiguous or failed.outcome is Outcome.AMBIGUOUS
                         if failed is refused:
@@ -325,13 +354,19 @@ class CloudFunctionInvoker:
             raise _may_still_run(self._failure(url, failed, attempts, clock), ambiguous) from (
                 failed.error
             )
-        except requests.Timeout as exc:  # a read timeout: the function may still be working
+        except _DeadlinePassed as passed:
             raise _may_still_run(
                 CloudFunctionError(
-                    description=f"Cloud Function at {url} did not answer within "
-                    f"{read_timeout:g}s ({type(exc).__name__}: {exc})"
-                )
-            ) from exc
+                    description=f"the call to the Cloud Function at {url} ran out of time: its "
+                    f"deadline of {clock.seconds:g}s passed {passed} (attempt {attempts}, "
+                    f"{clock.elapsed():.1f}s after the call began)"
+                ),
+                ambiguous,
+            ) from passed.__cause__
+        except _Unanswered as unanswered:
+            raise _may_still_run(
+                CloudFunctionError(description=_describe_unanswered(url, unanswered, clock))
+            ) from unanswered.__cause__
         except requests.RequestException as exc:
             raise _may_still_run(
                 CloudFunctionError(
@@ -340,10 +375,6 @@ class CloudFunctionInvoker:
                 ),
                 ambiguous,
             ) from exc
-        except BaseException:
-            # Run terminated mid-call: drop the connection now instead of leaving it open.
-            self.session.close()
-            raise
         if not response.ok:  # this attempt's final answer; an ambiguous earlier one may run on
             raise _may_still_run(describe_error_response(url, response), ambiguous)
         return FunctionResponse(
@@ -372,8 +403,18 @@ class CloudFunctionInvoker:
         )
 
     def _post(
-        self, url: str, data: str, headers: Mapping[str, str] | None, timeout: float
+        self,
+        url: str,
+        data: str,
+        headers: Mapping[str, str] | None,
+        attempt_timeout: float,
+        clock: _Clock,
     ) -> requests.Response:
+        """One attempt, within what is left of the deadline: the token, connecting, the answer."""
+        auth_headers = self._auth_headers(url, clock)
+        wait = min(attempt_timeout, clock.remaining())
+        if wait <= 0:
+            raise _DeadlinePassed("before the attempt could be sent")
         try:
             response = self.session.post(
                 url,
@@ -385,11 +426,13 @@ class CloudFunctionInvoker:
                     # would look like an ambiguous "reset after sending" instead of a clean
                     # connect error. Calls are long, so a new handshake costs nothing.
                     "Connection": "close",
-                    **self.auth.headers_for(url),
+                    **auth_headers,
                     **(headers or {}),
                 },
-                timeout=(self.policy.connect_timeout, timeout),
+                timeout=(min(self.policy.connect_timeout, wait), wait),
             )
+        except requests.ReadTimeout as exc:
+            raise _Unanswered(wait, attempt_timeout) from exc
         except requests.RequestException as exc:
             outcome = classify_exception(exc)
             if outcome is None:
@@ -399,6 +442,35 @@ class CloudFunctionInvoker:
         if outcome is not None:
             raise _FailedAttempt(outcome, _describe_status(response), response=response)
         return response
+
+    def _auth_headers(self, url: str, clock: _Clock) -> dict[str, str]:
+        """The ID token header; a token that google-auth could not get is an attempt that
+        never reached the function (retried if google-auth says the error is transient)."""
+        try:
+            return self.auth.headers_for(url, timeout=clock.remaining())
+        except TokenTimeout as exc:
+            raise _DeadlinePassed(f"while waiting for an ID token ({exc})") from exc
+        except google.auth.exceptions.TransportError as exc:
+            reason = f"no ID token: google-auth could not reach its token service ({exc})"
+            raise _FailedAttempt(Outcome.NOT_REACHED, reason, error=exc) from exc
+        except google.auth.exceptions.GoogleAuthError as exc:
+            if isinstance(exc, google.auth.exceptions.RefreshError) and exc.retryable:
+                reason = f"no ID token: google-auth's refresh failed transiently ({exc})"
+                raise _FailedAttempt(Outcome.NOT_REACHED, reason, error=exc) from exc
+            raise CloudFunctionError(
+                description=f"no ID token to call the Cloud Function at {url} "
+                f"({type(exc).__name__}: {exc}); the function was not called"
+            ) from exc
+
+
+def _describe_unanswered(url: str, unanswered: _Unanswered, clock: _Clock) -> str:
+    if unanswered.cut_by_deadline:
+        return (
+            f"Cloud Function at {url} did not answer before the call's deadline of "
+            f"{clock.seconds:g}s ({unanswered.waited:.1f}s of it were left for the last "
+            "attempt); it may still be working"
+        )
+    return f"Cloud Function at {url} did not answer within {unanswered.waited:g}s"
 
 
 def _describe_exception(exc: requests.RequestException) -> str:
@@ -410,5 +482,7 @@ def _describe_exception(exc: requests.RequestException) -> str:
 
 
 def _describe_status(response: requests.Response) -> str:
-    origin = "the platform" if _json_body(response) is None else "the server"
-    return f"HTTP {response.status_code} from {origin}"
+    if _json_body(response) is None:
+        # The platform's own errors and a function that crashed outside Pipes look alike.
+        return f"HTTP {response.status_code} without an answer from the handler"
+    return f"HTTP {response.status_code} with a JSON body that is not the handler's error"

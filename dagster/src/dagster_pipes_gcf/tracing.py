@@ -203,14 +203,17 @@ class CallTrace:
 
     @contextmanager
     def annotating_failures(self) -> Iterator[None]:
-        """A :class:`CloudFunctionError` raised inside carries this trace's metadata too."""
+        """A :class:`CloudFunctionError` raised inside carries this trace's metadata too, and
+        keeps saying whether the function may still run."""
         try:
             yield
         except CloudFunctionError as error:
-            raise CloudFunctionError(
+            annotated = CloudFunctionError(
                 description=error.description,
                 metadata={**error.metadata, **self.metadata()},
-            ) from error
+            )
+            annotated.function_may_still_run = error.function_may_still_run
+            raise annotated from error
 
 
 def _random_hex_id(n_bytes: int) -> str:

@@ -76,8 +76,8 @@ def run_with_lost_answer(
 
 LOST_ANSWERS = {
     "drop_connection": "connection lost after the request was sent",
-    "bare_500": "HTTP 500 from the platform",
-    "bare_503": "HTTP 503 from the platform after the handler had started",
+    "bare_500": "HTTP 500 without an answer from the handler",
+    "bare_503": "HTTP 503 without an answer from the handler after the handler had started",
 }
 
 

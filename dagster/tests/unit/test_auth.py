@@ -5,51 +5,51 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import google.auth
+import google.auth.credentials
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from google.auth import _helpers as google_auth_helpers
 from google.auth import impersonated_credentials
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
 from dagster_pipes_gcf import AudienceRequired, IdTokenAuth, audience_for, needs_id_token
-from dagster_pipes_gcf.auth import impersonated_id_token_credentials
+from dagster_pipes_gcf.auth import TokenTimeout, impersonated_id_token_credentials
 
 FUNCTION_URL = "https://dagster-pipes-gcp-abc123-ez.a.run.app/run?x=1"
 AUDIENCE = "https://dagster-pipes-gcp-abc123-ez.a.run.app"
 SA = "dagster-pipes-orchestrator@my-proj.iam.gserviceaccount.com"
-NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+NOW = datetime(2026, 1, 1, 12, 0)  # google-auth keeps naive UTC times
 
 
-class FakeCredentials:
-    """google-auth ID-token credentials: each refresh mints token-N valid for an hour."""
+class MintingCredentials(google.auth.credentials.Credentials):
+    """Real google-auth credentials (its validity rules and refresh threshold) whose refresh
+    mints token-N, valid for an hour by google-auth's clock, after ``delay`` seconds."""
 
-    def __init__(self, clock: "Clock", lifetime: timedelta = timedelta(hours=1)):
-        self.clock = clock
-        self.lifetime = lifetime
-        self.token: str | None = None
-        self.expiry: datetime | None = None
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__()
+        self.delay = delay
         self.refreshes = 0
-
-    @property
-    def valid(self) -> bool:
-        return self.token is not None
 
     def refresh(self, request: Any) -> None:
         assert request == "request", "refresh must use the injected transport"
+        time.sleep(self.delay)
         self.refreshes += 1
         self.token = f"token-{self.refreshes}"
-        self.expiry = (self.clock() + self.lifetime).replace(tzinfo=None)  # naive UTC
+        self.expiry = google_auth_helpers.utcnow() + timedelta(hours=1)
 
 
 class Clock:
+    """google-auth's clock, set by the test."""
+
     def __init__(self) -> None:
         self.now = NOW
 
@@ -60,33 +60,35 @@ class Clock:
 class Factories:
     """Records which credential source IdTokenAuth picks, and for which audience."""
 
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
+    def __init__(self, refresh_delay: float = 0.0) -> None:
+        self.refresh_delay = refresh_delay
         self.default_calls: list[str] = []
         self.impersonated_calls: list[tuple[str, str]] = []
-        self.made: list[FakeCredentials] = []
+        self.made: list[MintingCredentials] = []
 
-    def default(self, audience: str) -> FakeCredentials:
+    def default(self, audience: str) -> MintingCredentials:
         self.default_calls.append(audience)
         return self._make()
 
-    def impersonated(self, target: str, audience: str) -> FakeCredentials:
+    def impersonated(self, target: str, audience: str) -> MintingCredentials:
         self.impersonated_calls.append((target, audience))
         return self._make()
 
-    def _make(self) -> FakeCredentials:
-        self.made.append(FakeCredentials(self.clock))
+    def _make(self) -> MintingCredentials:
+        self.made.append(MintingCredentials(self.refresh_delay))
         return self.made[-1]
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    google_clock = Clock()
+    monkeypatch.setattr(google_auth_helpers, "utcnow", google_clock)
+    return google_clock
 
 
 @pytest.fixture
 def factories(clock: Clock) -> Factories:
-    return Factories(clock)
+    return Factories()
 
 
 def auth_with(
@@ -98,7 +100,6 @@ def auth_with(
         default_factory=factories.default,
         impersonated_factory=factories.impersonated,
         request_factory=lambda: "request",
-        clock=factories.clock,
     )
 
 
@@ -212,15 +213,16 @@ def test_an_empty_target_principal_means_no_impersonation(factories: Factories) 
     assert factories.impersonated_calls == []
 
 
-def test_the_token_is_reused_until_shortly_before_expiry(
+def test_the_token_is_reused_until_google_auth_says_it_is_due(
     factories: Factories, clock: Clock
 ) -> None:
+    due = NOW + timedelta(hours=1) - google_auth_helpers.REFRESH_THRESHOLD
     auth = auth_with(factories)
     assert auth.token_for(AUDIENCE) == "token-1"
-    clock.now = NOW + timedelta(minutes=54)  # 6 min left: more than the 5 min margin
+    clock.now = due - timedelta(seconds=1)
     assert auth.token_for(AUDIENCE) == "token-1"
     assert factories.made[0].refreshes == 1
-    clock.now = NOW + timedelta(minutes=55, seconds=1)  # inside the margin: refresh
+    clock.now = due  # within google-auth's refresh threshold: refresh
     assert auth.token_for(AUDIENCE) == "token-2"
     assert len(factories.made) == 1, "the cached credentials are refreshed, not rebuilt"
     clock.now += timedelta(minutes=30)
@@ -239,6 +241,27 @@ def test_invalid_credentials_are_refreshed_whatever_the_expiry(factories: Factor
     auth.token_for(AUDIENCE)
     factories.made[0].token = None  # e.g. google-auth dropped a revoked token
     assert auth.token_for(AUDIENCE) == "token-2"
+
+
+def test_a_refresh_slower_than_the_timeout_ends_the_wait_in_time(clock: Clock) -> None:
+    slow = Factories(refresh_delay=3.0)
+    started = time.monotonic()
+    with pytest.raises(TokenTimeout, match=r"no answer within 0\.2s"):
+        auth_with(slow).token_for(AUDIENCE, timeout=0.2)
+    assert time.monotonic() - started < 1.5
+
+
+def test_waiting_for_another_callers_refresh_is_bounded_too(clock: Clock) -> None:
+    auth = auth_with(Factories(refresh_delay=2.0))
+    first = threading.Thread(target=lambda: auth.token_for(AUDIENCE))
+    first.start()
+    time.sleep(0.2)  # the first caller holds the lock while it refreshes
+    started = time.monotonic()
+    with pytest.raises(TokenTimeout, match="another call's token refresh"):
+        auth.token_for(AUDIENCE, timeout=0.3)
+    assert time.monotonic() - started < 1.5
+    first.join()
+    assert auth.token_for(AUDIENCE, timeout=0.3) == "token-1"
 
 
 def test_each_audience_has_its_own_credentials(factories: Factories) -> None:
@@ -374,6 +397,15 @@ def test_a_key_file_yields_id_tokens_for_the_function_audience(
     )
     auth.headers_for(FUNCTION_URL)
     assert audiences == [AUDIENCE], "the cached token is reused, not fetched again"
+    # The token lives an hour: google-auth refreshes it within its threshold of the end.
+    issued = google_auth_helpers.utcnow()
+    due = issued + timedelta(hours=1) - google_auth_helpers.REFRESH_THRESHOLD
+    monkeypatch.setattr(google_auth_helpers, "utcnow", lambda: due - timedelta(seconds=30))
+    auth.headers_for(FUNCTION_URL)
+    assert audiences == [AUDIENCE]
+    monkeypatch.setattr(google_auth_helpers, "utcnow", lambda: due + timedelta(seconds=30))
+    auth.headers_for(FUNCTION_URL)
+    assert audiences == [AUDIENCE, AUDIENCE], "a token due for refresh is fetched again"
     cached = auth._credentials[AUDIENCE]
     assert isinstance(cached, service_account.IDTokenCredentials)
     assert cached.service_account_email == SA

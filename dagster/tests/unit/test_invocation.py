@@ -1,12 +1,16 @@
 """The HTTP invocation against a scripted server on 127.0.0.1: retries, errors, headers."""
 
 import json
+import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import google.auth.credentials
+import google.auth.exceptions
 import pytest
 import requests
 from urllib3.exceptions import NewConnectionError, ProtocolError
@@ -137,6 +141,10 @@ def test_ambiguous_platform_errors_fail_naming_the_ambiguity_without_the_opt_in(
     assert "ambiguous outcome" in description and f"HTTP {status}" in description
     assert "retry_ambiguous=True" in description and "<html>oops</html>" in description
     assert error.value.function_may_still_run  # the client asks the function to cancel
+    # A bare error page may come from the platform or from a function that crashed
+    # outside Pipes: the client cannot tell, so it does not say.
+    assert "without an answer from the handler" in description
+    assert "platform" not in description
 
 
 @pytest.mark.parametrize("status", [500, 502, 504])
@@ -195,7 +203,7 @@ def test_each_attempt_gets_its_own_payload_told_why_the_previous_one_was_abandon
 
     with ScriptedServer([(503, "busy"), (200, {"status": "ok"})]) as server:
         invoker.invoke(server.url, payload_for)
-    assert calls == [(1, None), (2, "HTTP 503 from the platform")]
+    assert calls == [(1, None), (2, "HTTP 503 without an answer from the handler")]
     assert [request["body"] for request in server.requests] == [{"attempt": 1}, {"attempt": 2}]
     assert all(r["headers"]["Connection"] == "close" for r in server.requests)
 
@@ -260,7 +268,7 @@ def test_a_client_error_names_status_field_and_is_not_retried(
 
 def test_deployed_urls_get_an_id_token_for_the_base_url() -> None:
     class FixedTokens(IdTokenAuth):
-        def token_for(self, audience: str) -> str:
+        def token_for(self, audience: str, timeout: float | None = None) -> str:
             self.audience = audience
             return "t0ken"
 
@@ -293,3 +301,186 @@ def test_a_final_answer_leaves_nothing_running_unless_an_earlier_attempt_was_amb
     ):
         CloudFunctionInvoker(policy=AMBIGUOUS_OK).invoke(server.url, {})
     assert after_retry.value.function_may_still_run  # attempt 1 may still be working
+
+
+# --- the overall deadline and google-auth's errors -------------------------------------------
+
+
+class ScriptedCredentials(google.auth.credentials.Credentials):
+    """google-auth credentials whose refreshes take ``delay`` s and raise ``errors`` in turn
+    (then mint a token)."""
+
+    def __init__(self, delay: float = 0.0, errors: list[Exception] | None = None) -> None:
+        super().__init__()
+        self.delay = delay
+        self.errors = list(errors or [])
+        self.refreshes = 0
+
+    def refresh(self, request: Any) -> None:
+        self.refreshes += 1
+        time.sleep(self.delay)
+        if self.errors:
+            raise self.errors.pop(0)
+        self.token = f"token-{self.refreshes}"
+
+
+class TokenForEveryUrl(IdTokenAuth):
+    """Gets a token for a local URL too, so a scripted server can stand in for the function."""
+
+    def headers_for(self, url: str, timeout: float | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token_for('https://fn-abc-ew.a.run.app', timeout)}"}
+
+
+def token_auth(credentials: ScriptedCredentials) -> IdTokenAuth:
+    return TokenForEveryUrl(default_factory=lambda _: credentials, request_factory=object)
+
+
+def test_a_token_refresh_counts_against_the_deadline_and_is_named_as_the_cause() -> None:
+    slow = ScriptedCredentials(delay=3.0)
+    invoker = CloudFunctionInvoker(policy=InvocationPolicy(deadline=0.5), auth=token_auth(slow))
+    started = time.monotonic()
+    with (
+        ScriptedServer([(200, {"status": "ok"})]) as server,
+        pytest.raises(CloudFunctionError) as error,
+    ):
+        invoker.invoke(server.url, {})
+    assert time.monotonic() - started < 1.5
+    assert server.requests == [], "no attempt was sent"
+    description = str(error.value.description)
+    assert "deadline of 0.5s passed while waiting for an ID token" in description
+    assert "did not answer" not in description
+    assert not error.value.function_may_still_run
+
+
+def test_a_transport_error_getting_the_token_is_retried_as_never_reached() -> None:
+    flaky = ScriptedCredentials(errors=[google.auth.exceptions.TransportError("metadata down")])
+    invoker = CloudFunctionInvoker(policy=FAST, auth=token_auth(flaky))
+    with ScriptedServer([(200, {"status": "ok"})]) as server:
+        response = invoker.invoke(server.url, {})
+    assert response.attempts == 2 and len(server.requests) == 1
+    assert server.requests[0]["headers"]["Authorization"] == "Bearer token-2"
+
+
+def test_a_transient_refresh_error_is_retried_and_a_permanent_one_fails_the_call() -> None:
+    transient = google.auth.exceptions.RefreshError("503 from the token service", retryable=True)
+    invoker = CloudFunctionInvoker(
+        policy=FAST, auth=token_auth(ScriptedCredentials(errors=[transient]))
+    )
+    with ScriptedServer([(200, {"status": "ok"})]) as server:
+        assert invoker.invoke(server.url, {}).attempts == 2
+
+    denied = google.auth.exceptions.RefreshError(
+        "Permission 'iam.serviceAccounts.getOpenIdToken' denied"
+    )
+    credentials = ScriptedCredentials(errors=[denied, denied])
+    invoker = CloudFunctionInvoker(policy=FAST, auth=token_auth(credentials))
+    with (
+        ScriptedServer([(200, {"status": "ok"})]) as server,
+        pytest.raises(CloudFunctionError) as error,
+    ):
+        invoker.invoke(server.url, {})
+    assert server.requests == [] and credentials.refreshes == 1, "not retried"
+    assert "no ID token" in str(error.value.description)
+    assert "getOpenIdToken" in str(error.value.description)
+    assert not error.value.function_may_still_run
+
+
+def test_a_deadline_shorter_than_the_attempt_timeout_is_named_when_it_cuts_the_wait() -> None:
+    invoker = CloudFunctionInvoker(policy=InvocationPolicy(timeout=5, deadline=0.5))
+    with ScriptedServer([(200, SLOW)]) as server, pytest.raises(CloudFunctionError) as error:
+        invoker.invoke(server.url, {})
+    description = str(error.value.description)
+    assert "did not answer before the call's deadline of 0.5s" in description
+    assert error.value.function_may_still_run
+
+
+def test_time_spent_before_a_retry_counts_against_the_deadline() -> None:
+    """E.g. writing the cancel marker of the abandoned attempt: a retry that has no time
+    left is not sent with a tiny timeout and then blamed on the function."""
+
+    def payload_for(attempt: int, abandoned_because: str | None) -> dict[str, Any]:
+        if attempt == 2:
+            time.sleep(0.6)
+        return {"attempt": attempt}
+
+    policy = InvocationPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.01, deadline=0.5)
+    with (
+        ScriptedServer([(503, "busy"), (200, {"status": "ok"})]) as server,
+        pytest.raises(CloudFunctionError) as error,
+    ):
+        CloudFunctionInvoker(policy=policy).invoke(server.url, payload_for)
+    assert len(server.requests) == 1
+    description = str(error.value.description)
+    assert "deadline of 0.5s passed before the attempt could be sent (attempt 2" in description
+
+
+def test_the_handler_started_check_is_bounded_by_the_deadline() -> None:
+    def slow_check(attempt: int) -> bool:
+        time.sleep(3)
+        return False
+
+    policy = InvocationPolicy(attempts=3, initial_backoff=0.01, deadline=0.5)
+    started = time.monotonic()
+    with ScriptedServer([(503, "busy")]) as server, pytest.raises(CloudFunctionError) as error:
+        CloudFunctionInvoker(policy=policy).invoke(server.url, {}, handler_started=slow_check)
+    assert time.monotonic() - started < 1.5
+    assert len(server.requests) == 1
+    assert "whether its handler had started is unknown" in str(error.value.description)
+    assert error.value.function_may_still_run
+
+
+def test_an_interrupt_leaves_the_shared_session_open_for_the_other_calls() -> None:
+    closed: list[bool] = []
+
+    class RecordingSession(requests.Session):
+        def close(self) -> None:
+            closed.append(True)
+            super().close()
+
+    def interrupted(attempt: int, abandoned_because: str | None) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    invoker = CloudFunctionInvoker(policy=FAST, session=RecordingSession())
+    with ScriptedServer([(200, {"status": "ok"})]) as server:
+        with pytest.raises(KeyboardInterrupt):
+            invoker.invoke(server.url, interrupted)
+        assert invoker.invoke(server.url, {}).status == 200
+    assert closed == []
+
+
+def test_an_interrupt_drops_its_own_connection_at_once() -> None:
+    """Without closing the shared session: urllib3 closes a connection whose request is
+    interrupted, so the function's server sees the caller leave."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: dict[str, float] = {}
+
+    def wait_for_the_caller_to_leave() -> None:
+        connection, _ = listener.accept()
+        request = b""
+        while not request.endswith(b"{}"):  # headers, then the JSON body
+            request += connection.recv(65536)
+        received = time.monotonic()
+        assert connection.recv(1) == b""  # end of stream: the caller closed
+        seen["closed_after"] = time.monotonic() - received
+
+    class Interrupt(BaseException):
+        pass
+
+    def interrupt(*_: Any) -> None:
+        raise Interrupt
+
+    server = threading.Thread(target=wait_for_the_caller_to_leave, daemon=True)
+    server.start()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        with pytest.raises(Interrupt):
+            CloudFunctionInvoker(policy=InvocationPolicy(timeout=10)).invoke(
+                f"http://127.0.0.1:{listener.getsockname()[1]}", {}
+            )
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    server.join(5)
+    listener.close()
+    assert seen["closed_after"] < 1.0

@@ -130,3 +130,17 @@ def test_a_failed_call_carries_the_trace_in_its_metadata() -> None:
     assert raised.value.metadata["trace_id"] == dg.MetadataValue.text(trace.trace_id)
     assert raised.value.metadata["status"] == dg.MetadataValue.int(500)
     assert "cloud_logging_url" in raised.value.metadata
+
+
+@pytest.mark.parametrize("may_still_run", [True, False])
+def test_an_annotated_failure_still_says_whether_the_function_may_still_run(
+    may_still_run: bool,
+) -> None:
+    trace = trace_for("https://europe-west4-my-proj.cloudfunctions.net/people")
+    error = CloudFunctionError(description="read timeout")
+    error.function_may_still_run = may_still_run
+    with pytest.raises(CloudFunctionError) as raised:
+        with trace.annotating_failures():
+            raise error
+    assert raised.value is not error and "trace_id" in raised.value.metadata
+    assert raised.value.function_may_still_run is may_still_run
