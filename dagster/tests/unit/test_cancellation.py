@@ -11,7 +11,6 @@ import dagster as dg
 import pytest
 from dagster._core.errors import DagsterExecutionInterruptedError
 from google.api_core import exceptions as gexc
-from google.auth.credentials import AnonymousCredentials
 
 from dagster_pipes_gcf import (
     CloudFunctionError,
@@ -204,26 +203,44 @@ def test_an_unknown_session_is_reported_not_raised(gcs: FakeClient) -> None:
     assert not outcome.ok and "no open Pipes session" in outcome.describe()
 
 
-def test_impersonated_markers_use_a_read_write_client_of_the_orchestrator(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    scopes: list[tuple[str, str]] = []
+ORCHESTRATOR = "orchestrator@p.iam.gserviceaccount.com"
 
-    def impersonated(principal: str, scope: str) -> AnonymousCredentials:
-        scopes.append((principal, scope))
-        return AnonymousCredentials()  # type: ignore[no-untyped-call]
+
+def test_under_impersonation_the_session_reads_read_only_and_the_marker_is_written_read_write(
+    gcs: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the real order (the session opens, then the run is terminated), against a bucket
+    that refuses a write made with a read-only token, as GCS does."""
+    minted: list[tuple[str, str]] = []
+
+    def impersonated(principal: str, scope: str) -> SimpleNamespace:
+        minted.append((principal, scope))
+        return SimpleNamespace(scope=scope)
+
+    def client_for(credentials: SimpleNamespace, project: str | None) -> FakeClient:
+        scoped = FakeClient(objects=gcs.objects)
+        if credentials.scope == auth.DEVSTORAGE_READ_ONLY_SCOPE:
+            scoped.fault = refuse_writes
+        return scoped
+
+    def refuse_writes(operation: str, key: str) -> None:
+        if operation == "upload":
+            raise gexc.Forbidden("insufficient scope: the token is read-only")
 
     monkeypatch.setattr(auth, "_impersonated", impersonated)
-    reader = PipesCloudStorageMessageReader(
-        bucket=BUCKET, impersonate_service_account="orchestrator@p.iam.gserviceaccount.com"
-    )
-    reader._marker_bucket()
-    reader.client  # noqa: B018 - the reader's own client
-    assert scopes == [
-        ("orchestrator@p.iam.gserviceaccount.com", auth.DEVSTORAGE_READ_WRITE_SCOPE),
-        ("orchestrator@p.iam.gserviceaccount.com", auth.DEVSTORAGE_READ_ONLY_SCOPE),
+    monkeypatch.setattr(reader_module.storage, "Client", client_for)
+    reader = PipesCloudStorageMessageReader(bucket=BUCKET, impersonate_service_account=ORCHESTRATOR)
+    reader.new_key_prefix = lambda: "p/s"  # type: ignore[method-assign]
+    with reader.read_messages(Handler()) as params:  # type: ignore[arg-type]
+        outcome = reader.request_cancellation(params, REASON)
+        reader.attempts(params).answered()
+        gcs.objects[BUCKET]["p/s/1/1.json"] = json.dumps({"method": "closed", "params": {}})
+    assert outcome == CancelOutcome(("gs://pipes/p/s/1/cancel",), ())
+    assert markers(gcs) == ["p/s/1/cancel"]
+    assert minted == [
+        (ORCHESTRATOR, auth.DEVSTORAGE_READ_ONLY_SCOPE),  # when the session opened
+        (ORCHESTRATOR, auth.DEVSTORAGE_READ_WRITE_SCOPE),  # when the run was terminated
     ]
-    assert reader_module.impersonated_marker_credentials is auth.impersonated_marker_credentials
 
 
 # --- the client: a run terminated while the call waits ---------------------------------------
