@@ -14,6 +14,8 @@ from google.api_core import exceptions as gexc
 
 from dagster_pipes_gcf import (
     CloudFunctionError,
+    CloudFunctionInvoker,
+    InvocationPolicy,
     PipesCloudFunctionClient,
     PipesCloudStorageMessageReader,
     auth,
@@ -26,6 +28,7 @@ from dagster_pipes_gcf.cancellation import (
     write_cancel_markers,
 )
 from devstack.fake_gcs import FakeClient, always_fail
+from devstack.net import free_port
 
 BUCKET = "pipes"
 REASON = {"reason": "run terminated"}
@@ -249,6 +252,8 @@ def test_under_impersonation_the_session_reads_read_only_and_the_marker_is_writt
 class InterruptedInvoker:
     """Starts attempt 1 (as the real invoker does), then the run is terminated."""
 
+    policy = InvocationPolicy()
+
     def __init__(self, interrupt: type[BaseException]) -> None:
         self.interrupt = interrupt
 
@@ -257,10 +262,12 @@ class InterruptedInvoker:
         raise self.interrupt()
 
 
-def run_with(client: PipesCloudFunctionClient) -> tuple[dg.ExecuteInProcessResult, list[str]]:
+def run_with(
+    client: PipesCloudFunctionClient, url: str = "http://127.0.0.1:1/"
+) -> tuple[dg.ExecuteInProcessResult, list[str]]:
     @dg.asset
     def called(context: dg.AssetExecutionContext, pipes: PipesCloudFunctionClient) -> Any:
-        return pipes.run(context=context, function_url="http://127.0.0.1:1/").get_results()
+        return pipes.run(context=context, function_url=url).get_results()
 
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
@@ -305,6 +312,8 @@ def test_a_terminated_run_on_a_hung_bucket_stops_waiting_within_two_seconds(
     times: dict[str, float] = {}
 
     class LateInterrupt:
+        policy = InvocationPolicy()
+
         def invoke(self, url: str, payload: Any, **_: Any) -> Any:
             payload(1, None)
             time.sleep(0.3)  # the poller is now inside a download that hangs
@@ -328,3 +337,37 @@ def test_a_terminated_run_on_a_hung_bucket_stops_waiting_within_two_seconds(
     result = dg.materialize([called], resources={"pipes": client}, raise_on_error=False)
     assert not result.success
     assert times["returned"] - times["interrupted"] < 2.0, times
+
+
+def test_a_call_that_never_reached_a_function_fails_at_once_and_writes_no_marker(
+    gcs: FakeClient,
+) -> None:
+    """Connection refused on every attempt: no message can come and nothing runs to cancel."""
+    reader = PipesCloudStorageMessageReader(bucket=BUCKET, client=gcs)  # type: ignore[arg-type]
+    policy = InvocationPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.01)
+    client = PipesCloudFunctionClient(
+        message_reader=reader, invoker=CloudFunctionInvoker(policy=policy)
+    )
+    times: dict[str, float] = {}
+
+    @dg.asset
+    def unreachable(context: dg.AssetExecutionContext, pipes: PipesCloudFunctionClient) -> Any:
+        times["called"] = time.monotonic()
+        try:
+            url = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+            return pipes.run(context=context, function_url=url).get_results()
+        finally:
+            times["failed"] = time.monotonic()
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [unreachable], resources={"pipes": client}, instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "could not reach the Cloud Function" in str(failure.step_failure_data.error)
+    assert "after 3 attempt(s)" in str(failure.step_failure_data.error)
+    assert times["failed"] - times["called"] < 1.5, "it waited for messages that cannot come"
+    assert markers(gcs) == []
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert not any("cancel" in line for line in logs), logs
