@@ -223,6 +223,7 @@ class GcsRequest:
     method: str
     path: str
     principal: str | None
+    scopes: tuple[str, ...]
     status: int
 
 
@@ -273,33 +274,40 @@ class ScopedGcs:
                 body = self.body()
                 token = front.tokens.token(self.bearer())
                 refused = front.refusal(self.command, token)
-                principal = token.principal if token else None
-                status = refused[0] if refused else self.forward(body)
-                front.seen.append(GcsRequest(self.command, self.path, principal, status))
                 if refused:
+                    self.record(token, refused[0])
                     self.answer(*refused)
+                    return
+                status, headers, data = self.upstream(body)
+                self.record(token, status)
+                self.relay(status, headers, data)
 
-            def forward(self, body: bytes) -> int:
-                upstream = urlsplit(front.upstream)
-                connection = http.client.HTTPConnection(upstream.netloc, timeout=30)
+            def record(self, token: Token | None, status: int) -> None:
+                # Before the answer: a caller that saw the answer finds the request in `seen`.
+                principal, scopes = (token.principal, token.scopes) if token else (None, ())
+                front.seen.append(GcsRequest(self.command, self.path, principal, scopes, status))
+
+            def upstream(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+                connection = http.client.HTTPConnection(urlsplit(front.upstream).netloc, timeout=30)
                 try:
                     headers = {
                         k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS
                     }
                     connection.request(self.command, self.path, body=body, headers=headers)
                     response = connection.getresponse()
-                    data = response.read()
+                    return response.status, response.getheaders(), response.read()
                 finally:
                     connection.close()
-                self.send_response(response.status)
-                for name, value in response.getheaders():
+
+            def relay(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+                self.send_response(status)
+                for name, value in headers:
                     if name.lower() not in _HOP_HEADERS | {"content-length"}:
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
-                return response.status
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any
 
