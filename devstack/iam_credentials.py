@@ -7,8 +7,9 @@ way they work in the cloud, where fake-gcs-server lets every caller do anything:
   caller's application-default credentials) gets its tokens from and the IAM Credentials API's
   ``generateAccessToken`` (a service account's token, with the scopes asked for). Point
   ``google.auth.impersonated_credentials`` at it with ``iam_endpoint_override``
-  (:meth:`TokenService.access_token_url`). It remembers every token it minted: principal
-  and scopes.
+  (:meth:`TokenService.access_token_url`), or, for code that builds its credentials itself,
+  with ``google.auth.iam._IAM_ENDPOINT = access_token_url("{}")``. It remembers every token
+  it minted: principal and scopes.
 - :class:`ScopedGcs` is an HTTP front for a GCS server (fake-gcs-server) that answers as GCS
   does: 401 without a token it knows, 403 for a write made with a read-only token, and
   otherwise forwards the request unchanged.

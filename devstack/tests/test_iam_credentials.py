@@ -113,3 +113,14 @@ def test_a_request_without_a_known_token_is_unauthenticated(gcs: ScopedGcs) -> N
         assert answer.status_code == 401, answer.text
         assert answer.json()["error"]["message"] == "Invalid Credentials"
     assert [(r.principal, r.status) for r in gcs.seen] == [(None, 401), (None, 401)]
+
+
+def test_a_caller_token_without_an_iam_scope_cannot_impersonate(tokens: TokenService) -> None:
+    storage_only = tokens._mint(CALLER, [STORAGE_READ_ONLY])
+    answer = requests.post(
+        tokens.access_token_url(ACCOUNT),
+        json={"scope": [STORAGE_READ_ONLY]},
+        headers={"Authorization": f"Bearer {storage_only.value}"},
+        timeout=10,
+    )
+    assert answer.status_code == 403 and "SCOPE_INSUFFICIENT" in answer.text
