@@ -20,6 +20,7 @@ from devstack.stack import LocalStack
 from .conftest import TEST_POLLING, fresh_lake, materialize_people, table_dir
 from .test_termination import delta_version, function_lines, wait_for_line
 
+pytestmark = pytest.mark.integration
 ORCHESTRATOR = "orchestrator@p.iam.gserviceaccount.com"
 DEVELOPER = "developer@p.iam.gserviceaccount.com"
 ROWS = 5_000_000  # the most one request may write: the function works for seconds
