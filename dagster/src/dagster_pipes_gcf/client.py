@@ -276,8 +276,12 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
                     context.log.warning,
                 ),
             ):
-                cancel_abandoned = self._canceller(
-                    session, context.run_id, invocation_id, abandoned_only=True
+                # Without ambiguous retries, every attempt given up provably never reached the
+                # function (refused, unreachable, a 429/503 with no Pipes messages): no marker.
+                cancel_abandoned = (
+                    self._canceller(session, context.run_id, invocation_id, abandoned_only=True)
+                    if self.invoker.policy.retry_ambiguous
+                    else None
                 )
                 response = self.invoker.invoke(
                     function_url,

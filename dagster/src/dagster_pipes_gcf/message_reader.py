@@ -382,7 +382,10 @@ class PipesAttemptStreams:
             self.live.answered = True
 
     def read_available(self, stop: threading.Event) -> int:
-        """Deliver what the live attempt has now; return how many messages were delivered."""
+        """Deliver what the live attempt has now; return how many messages were delivered.
+
+        A handler error is recorded (:attr:`handler_error`, the step fails after the call) and
+        reading goes on: the message is not delivered again."""
         delivered = 0
         with self._reading:
             attempt = self.live
@@ -393,7 +396,12 @@ class PipesAttemptStreams:
                     message = attempt.stream.next_message(stop)
                     if message is None:
                         break
-                delivered += self._deliver(attempt, message)
+                try:
+                    delivered += self._deliver(attempt, message)
+                except PipesHandlerError as exc:
+                    # Recorded before the lock is released, whoever reads (the poller being
+                    # stopped, or the drain): the message is consumed, so the step must fail.
+                    self.record_background_error(exc)
         return delivered
 
     def _deliver(self, attempt: _Attempt, message: Any) -> int:
@@ -543,30 +551,38 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         self.log_coalescing = log_coalescing
         self.impersonate_service_account = impersonate_service_account
         self._client = client
-        self._marker_client: storage.Client | None = None
+        # A given client reads and writes markers; one created here under impersonation reads
+        # with a read-only token, so markers then need a read-write client of their own.
+        self._marker_client = client
         self._sessions: dict[str, PipesAttemptStreams] = {}
         self._sessions_lock = threading.Lock()
 
     @property
     def client(self) -> storage.Client:
+        """The client that reads messages (read-only scoped under impersonation)."""
         if self._client is None:
-            if self.impersonate_service_account:
-                credentials = impersonated_storage_credentials(self.impersonate_service_account)
-                # project=None: reading objects needs no project (and ADC may name none).
-                self._client = storage.Client(credentials=credentials, project=None)
-            else:
-                self._client = storage.Client()
+            self._client = self._new_client(impersonated_storage_credentials)
         return self._client
 
-    def _marker_bucket(self) -> storage.Bucket:
-        """The Pipes bucket through a client that may create objects: the reader's own unless
-        it reads with read-only impersonated credentials."""
-        if not self.impersonate_service_account or self._client is not None:
-            return self.client.bucket(self.bucket)
+    @property
+    def marker_client(self) -> storage.Client:
+        """The client that writes cancellation markers: one that may create objects."""
         if self._marker_client is None:
-            credentials = impersonated_marker_credentials(self.impersonate_service_account)
-            self._marker_client = storage.Client(credentials=credentials, project=None)
-        return self._marker_client.bucket(self.bucket)
+            if self.impersonate_service_account:
+                self._marker_client = self._new_client(impersonated_marker_credentials)
+            else:
+                self._marker_client = self.client  # default scopes include read-write
+        return self._marker_client
+
+    def _new_client(self, impersonated: Callable[[str], Any]) -> storage.Client:
+        if not self.impersonate_service_account:
+            return storage.Client()
+        # project=None: objects need no project (and ADC may name none).
+        credentials = impersonated(self.impersonate_service_account)
+        return storage.Client(credentials=credentials, project=None)
+
+    def _marker_bucket(self) -> storage.Bucket:
+        return self.marker_client.bucket(self.bucket)
 
     def request_cancellation(
         self, params: PipesParams, reason: dict[str, str], *, abandoned_only: bool = False
@@ -630,10 +646,13 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         try:
             yield params
         except Exception:
-            # The call failed: deliver what its last attempt wrote, keep the call's error.
+            # The call failed: deliver what its last attempt wrote, keep the call's error. An
+            # attempt that wrote no chunk never ran Pipes (refused, unreachable, 429s): no
+            # `closed` can come, so there is nothing to wait for.
             poller.stop()
             streams.answered()
-            self._drain(streams, timeout=min(self.polling.drain_timeout, 5.0), strict=False)
+            if streams.stream.written():
+                self._drain(streams, timeout=min(self.polling.drain_timeout, 5.0), strict=False)
             raise
         except BaseException:
             poller.stop()  # run terminated (KeyboardInterrupt, Dagster interrupt): stop waiting
@@ -652,9 +671,6 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         while True:
             try:
                 found = streams.read_available(never)
-            except PipesHandlerError as exc:
-                streams.record_background_error(exc)  # raised once everything is delivered
-                continue
             except Exception:
                 if strict:
                     raise

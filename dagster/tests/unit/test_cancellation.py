@@ -11,10 +11,11 @@ import dagster as dg
 import pytest
 from dagster._core.errors import DagsterExecutionInterruptedError
 from google.api_core import exceptions as gexc
-from google.auth.credentials import AnonymousCredentials
 
 from dagster_pipes_gcf import (
     CloudFunctionError,
+    CloudFunctionInvoker,
+    InvocationPolicy,
     PipesCloudFunctionClient,
     PipesCloudStorageMessageReader,
     auth,
@@ -27,6 +28,7 @@ from dagster_pipes_gcf.cancellation import (
     write_cancel_markers,
 )
 from devstack.fake_gcs import FakeClient, always_fail
+from devstack.net import free_port
 
 BUCKET = "pipes"
 REASON = {"reason": "run terminated"}
@@ -204,26 +206,44 @@ def test_an_unknown_session_is_reported_not_raised(gcs: FakeClient) -> None:
     assert not outcome.ok and "no open Pipes session" in outcome.describe()
 
 
-def test_impersonated_markers_use_a_read_write_client_of_the_orchestrator(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    scopes: list[tuple[str, str]] = []
+ORCHESTRATOR = "orchestrator@p.iam.gserviceaccount.com"
 
-    def impersonated(principal: str, scope: str) -> AnonymousCredentials:
-        scopes.append((principal, scope))
-        return AnonymousCredentials()  # type: ignore[no-untyped-call]
+
+def test_under_impersonation_the_session_reads_read_only_and_the_marker_is_written_read_write(
+    gcs: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the real order (the session opens, then the run is terminated), against a bucket
+    that refuses a write made with a read-only token, as GCS does."""
+    minted: list[tuple[str, str]] = []
+
+    def impersonated(principal: str, scope: str) -> SimpleNamespace:
+        minted.append((principal, scope))
+        return SimpleNamespace(scope=scope)
+
+    def client_for(credentials: SimpleNamespace, project: str | None) -> FakeClient:
+        scoped = FakeClient(objects=gcs.objects)
+        if credentials.scope == auth.DEVSTORAGE_READ_ONLY_SCOPE:
+            scoped.fault = refuse_writes
+        return scoped
+
+    def refuse_writes(operation: str, key: str) -> None:
+        if operation == "upload":
+            raise gexc.Forbidden("insufficient scope: the token is read-only")
 
     monkeypatch.setattr(auth, "_impersonated", impersonated)
-    reader = PipesCloudStorageMessageReader(
-        bucket=BUCKET, impersonate_service_account="orchestrator@p.iam.gserviceaccount.com"
-    )
-    reader._marker_bucket()
-    reader.client  # noqa: B018 - the reader's own client
-    assert scopes == [
-        ("orchestrator@p.iam.gserviceaccount.com", auth.DEVSTORAGE_READ_WRITE_SCOPE),
-        ("orchestrator@p.iam.gserviceaccount.com", auth.DEVSTORAGE_READ_ONLY_SCOPE),
+    monkeypatch.setattr(reader_module.storage, "Client", client_for)
+    reader = PipesCloudStorageMessageReader(bucket=BUCKET, impersonate_service_account=ORCHESTRATOR)
+    reader.new_key_prefix = lambda: "p/s"  # type: ignore[method-assign]
+    with reader.read_messages(Handler()) as params:  # type: ignore[arg-type]
+        outcome = reader.request_cancellation(params, REASON)
+        reader.attempts(params).answered()
+        gcs.objects[BUCKET]["p/s/1/1.json"] = json.dumps({"method": "closed", "params": {}})
+    assert outcome == CancelOutcome(("gs://pipes/p/s/1/cancel",), ())
+    assert markers(gcs) == ["p/s/1/cancel"]
+    assert minted == [
+        (ORCHESTRATOR, auth.DEVSTORAGE_READ_ONLY_SCOPE),  # when the session opened
+        (ORCHESTRATOR, auth.DEVSTORAGE_READ_WRITE_SCOPE),  # when the run was terminated
     ]
-    assert reader_module.impersonated_marker_credentials is auth.impersonated_marker_credentials
 
 
 # --- the client: a run terminated while the call waits ---------------------------------------
@@ -231,6 +251,8 @@ def test_impersonated_markers_use_a_read_write_client_of_the_orchestrator(
 
 class InterruptedInvoker:
     """Starts attempt 1 (as the real invoker does), then the run is terminated."""
+
+    policy = InvocationPolicy()
 
     def __init__(self, interrupt: type[BaseException]) -> None:
         self.interrupt = interrupt
@@ -240,10 +262,12 @@ class InterruptedInvoker:
         raise self.interrupt()
 
 
-def run_with(client: PipesCloudFunctionClient) -> tuple[dg.ExecuteInProcessResult, list[str]]:
+def run_with(
+    client: PipesCloudFunctionClient, url: str = "http://127.0.0.1:1/"
+) -> tuple[dg.ExecuteInProcessResult, list[str]]:
     @dg.asset
     def called(context: dg.AssetExecutionContext, pipes: PipesCloudFunctionClient) -> Any:
-        return pipes.run(context=context, function_url="http://127.0.0.1:1/").get_results()
+        return pipes.run(context=context, function_url=url).get_results()
 
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
@@ -288,6 +312,8 @@ def test_a_terminated_run_on_a_hung_bucket_stops_waiting_within_two_seconds(
     times: dict[str, float] = {}
 
     class LateInterrupt:
+        policy = InvocationPolicy()
+
         def invoke(self, url: str, payload: Any, **_: Any) -> Any:
             payload(1, None)
             time.sleep(0.3)  # the poller is now inside a download that hangs
@@ -311,3 +337,37 @@ def test_a_terminated_run_on_a_hung_bucket_stops_waiting_within_two_seconds(
     result = dg.materialize([called], resources={"pipes": client}, raise_on_error=False)
     assert not result.success
     assert times["returned"] - times["interrupted"] < 2.0, times
+
+
+def test_a_call_that_never_reached_a_function_fails_at_once_and_writes_no_marker(
+    gcs: FakeClient,
+) -> None:
+    """Connection refused on every attempt: no message can come and nothing runs to cancel."""
+    reader = PipesCloudStorageMessageReader(bucket=BUCKET, client=gcs)  # type: ignore[arg-type]
+    policy = InvocationPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.01)
+    client = PipesCloudFunctionClient(
+        message_reader=reader, invoker=CloudFunctionInvoker(policy=policy)
+    )
+    times: dict[str, float] = {}
+
+    @dg.asset
+    def unreachable(context: dg.AssetExecutionContext, pipes: PipesCloudFunctionClient) -> Any:
+        times["called"] = time.monotonic()
+        try:
+            url = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+            return pipes.run(context=context, function_url=url).get_results()
+        finally:
+            times["failed"] = time.monotonic()
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [unreachable], resources={"pipes": client}, instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "could not reach the Cloud Function" in str(failure.step_failure_data.error)
+    assert "after 3 attempt(s)" in str(failure.step_failure_data.error)
+    assert times["failed"] - times["called"] < 1.5, "it waited for messages that cannot come"
+    assert markers(gcs) == []
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert not any("cancel" in line for line in logs), logs

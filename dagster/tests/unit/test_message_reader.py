@@ -19,6 +19,7 @@ from dagster_pipes_gcf import (
     PipesCloudStorageMessageReader,
     PollingPolicy,
 )
+from dagster_pipes_gcf import message_reader as reader_module
 from dagster_pipes_gcf.message_reader import PipesHandlerError, coalesce_logs
 from devstack.fake_gcs import FakeClient, always_fail, fail_first
 
@@ -436,3 +437,69 @@ def test_with_dagsters_handler_a_bad_message_is_reported_and_fails_the_step_at_t
     assert any("fails after the call" in m for m in messages), "no warning in the run"
     assert any("framework exception occurred" in m for m in messages)
     assert sum("after the bad one" in m for m in messages) == 1
+
+
+def test_a_handler_error_while_the_poller_stops_still_fails_the_step(
+    client: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poller downloads a chunk, the call answers and the session stops the poller, then
+    Dagster's handler refuses the chunk's first message: that message is consumed, so the
+    step must fail as for any other handler error (it used to succeed)."""
+    stopping = threading.Event()
+    signal_stop = reader_module._Poller.signal_stop
+
+    def signal_stop_and_note(poller: Any) -> None:
+        signal_stop(poller)
+        stopping.set()
+
+    def download_once_stopping(operation: str, key: str) -> None:
+        if operation == "download" and key.endswith("/1/1.json"):
+            stopping.wait(5)  # the download in flight when the stop is asked for
+
+    monkeypatch.setattr(reader_module._Poller, "signal_stop", signal_stop_and_note)
+    client.fault = download_once_stopping
+    reader = reader_for(client)
+
+    @dg.asset
+    def refused_while_stopping(context: dg.AssetExecutionContext) -> dg.MaterializeResult[None]:
+        with dg.open_pipes_session(
+            context=context,
+            context_injector=PipesCloudFunctionEventContextInjector(),
+            message_reader=reader,
+        ) as session:
+            put_chunk(client, session.message_reader_params["key_prefix"], 1,
+                      message("no_such_method"), message("closed"))  # fmt: skip
+        return dg.MaterializeResult()
+
+    result = dg.materialize([refused_while_stopping], raise_on_error=False)
+    assert stopping.is_set(), "the handler must have run while the poller was being stopped"
+    assert not result.success, "a consumed message the handler refused must fail the step"
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_failure_data.error is not None
+    assert "Unknown message method: no_such_method" in failure.step_failure_data.error.to_string()
+
+
+def test_a_failed_call_whose_attempt_wrote_nothing_fails_at_once(client: FakeClient) -> None:
+    """Nothing was written (refused, unreachable, 429s exhausted): no `closed` can come."""
+    reader = reader_for(client, PollingPolicy(min_interval=0.01, drain_timeout=30))
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="connection refused"):
+        with reader.read_messages(RecordingHandler()):  # type: ignore[arg-type]
+            raise RuntimeError("connection refused")
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_failed_call_whose_attempt_wrote_waits_for_its_last_messages(
+    client: FakeClient,
+) -> None:
+    handler = RecordingHandler()
+    reader = reader_for(client, PollingPolicy(min_interval=0.01, drain_timeout=5))
+    with pytest.raises(RuntimeError, match="HTTP 500"):
+        with reader.read_messages(handler) as params:  # type: ignore[arg-type]
+            prefix = params["key_prefix"]
+            put_chunk(client, prefix, 1, message("log", message="crashing"))
+            threading.Timer(
+                0.5, put_chunk, (client, prefix, 2, message("log", message="last words"))
+            ).start()
+            raise RuntimeError("HTTP 500")
+    assert handler.logs == ["crashing", "last words"]
