@@ -28,6 +28,7 @@ from dagster_pipes import DAGSTER_PIPES_MESSAGES_ENV_VAR, PipesExtras, encode_pa
 from dagster_pipes_gcf.cancellation import CancelOutcome, forwarding_termination
 from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
 from dagster_pipes_gcf.invocation import (
+    AbandonedAttempt,
     CloudFunctionInvoker,
     FunctionResponse,
     PayloadForAttempt,
@@ -276,12 +277,8 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
                     context.log.warning,
                 ),
             ):
-                # Without ambiguous retries, every attempt given up provably never reached the
-                # function (refused, unreachable, a 429/503 with no Pipes messages): no marker.
-                cancel_abandoned = (
-                    self._canceller(session, context.run_id, invocation_id, abandoned_only=True)
-                    if self.invoker.policy.retry_ambiguous
-                    else None
+                cancel_abandoned = self._canceller(
+                    session, context.run_id, invocation_id, abandoned_only=True
                 )
                 response = self.invoker.invoke(
                     function_url,
@@ -345,12 +342,14 @@ def attempt_payloads(
     """
     base = {**(event or {}), **session.get_bootstrap_env_vars()}
 
-    def payload_for(attempt: int, abandoned_because: str | None) -> dict[str, Any]:
+    def payload_for(attempt: int, abandoned: AbandonedAttempt | None) -> dict[str, Any]:
         if attempts is None:
             return base
-        messages = attempts.begin_attempt(attempt, abandoned_because)
-        if attempt > 1 and cancel_abandoned is not None:
-            why = f"attempt {attempt - 1} abandoned ({abandoned_because or 'retried'})"
+        messages = attempts.begin_attempt(attempt, abandoned.reason if abandoned else None)
+        # An attempt that never reached the function (refused, unreachable, a 429/503 that left
+        # no Pipes messages) has no copy to stop: no marker for it.
+        if abandoned is not None and abandoned.may_have_run and cancel_abandoned is not None:
+            why = f"attempt {attempt - 1} abandoned ({abandoned.reason})"
             report(f"[pipes] before attempt {attempt}: {cancel_abandoned(why).describe()}")
         return {**base, DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param(messages)}
 

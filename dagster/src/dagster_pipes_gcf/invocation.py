@@ -118,9 +118,21 @@ def _may_still_run(error: CloudFunctionError, may: bool = True) -> CloudFunction
     return error
 
 
-# Builds the request body of attempt ``n`` (1-based), told why the previous attempt was
-# abandoned (None for the first): each attempt gets its own Pipes message prefix.
-PayloadForAttempt = Callable[[int, str | None], Mapping[str, Any]]
+@dataclass(frozen=True)
+class AbandonedAttempt:
+    """Why an attempt was given up for a retry, and whether it may have reached the function
+    (only then can a copy of the call still be working on it)."""
+
+    reason: str
+    may_have_run: bool
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+# Builds the request body of attempt ``n`` (1-based), told about the attempt abandoned before
+# it (None for the first): each attempt gets its own Pipes message prefix.
+PayloadForAttempt = Callable[[int, AbandonedAttempt | None], Mapping[str, Any]]
 # Whether attempt ``n``'s handler left evidence that it ran (e.g. its Pipes messages).
 HandlerStarted = Callable[[int], bool]
 
@@ -335,7 +347,8 @@ class CloudFunctionInvoker:
             ),
             reraise=True,
         )
-        attempts, abandoned, ambiguous = 0, None, False
+        attempts, ambiguous = 0, False
+        abandoned: AbandonedAttempt | None = None
         try:
             for attempt in retrying:
                 with attempt:
@@ -345,8 +358,9 @@ class CloudFunctionInvoker:
                         response = self._post(url, data, headers, attempt_timeout, clock)
                     except _FailedAttempt as refused:
                         failed = refused.rechecked(attempts, handler_started, clock.remaining())
-                        abandoned = failed.reason
-                        ambiguous = ambiguous or failed.outcome is Outcome.AMBIGUOUS
+                        may_have_run = failed.outcome is Outcome.AMBIGUOUS
+                        abandoned = AbandonedAttempt(failed.reason, may_have_run)
+                        ambiguous = ambiguous or may_have_run
                         if failed is refused:
                             raise
                         raise failed from refused

@@ -339,12 +339,16 @@ def test_a_terminated_run_on_a_hung_bucket_stops_waiting_within_two_seconds(
     assert times["returned"] - times["interrupted"] < 2.0, times
 
 
+@pytest.mark.parametrize("retry_ambiguous", [False, True])
 def test_a_call_that_never_reached_a_function_fails_at_once_and_writes_no_marker(
-    gcs: FakeClient,
+    gcs: FakeClient, retry_ambiguous: bool
 ) -> None:
-    """Connection refused on every attempt: no message can come and nothing runs to cancel."""
+    """Connection refused on every attempt: no message can come and nothing runs to cancel,
+    whether or not ambiguous outcomes would be retried."""
     reader = PipesCloudStorageMessageReader(bucket=BUCKET, client=gcs)  # type: ignore[arg-type]
-    policy = InvocationPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.01)
+    policy = InvocationPolicy(
+        attempts=3, initial_backoff=0.01, max_backoff=0.01, retry_ambiguous=retry_ambiguous
+    )
     client = PipesCloudFunctionClient(
         message_reader=reader, invoker=CloudFunctionInvoker(policy=policy)
     )

@@ -21,7 +21,7 @@ from dagster_pipes_gcf import (
     IdTokenAuth,
     InvocationPolicy,
 )
-from dagster_pipes_gcf.invocation import Outcome, classify_exception
+from dagster_pipes_gcf.invocation import AbandonedAttempt, Outcome, classify_exception
 from devstack.net import free_port
 
 FAST = InvocationPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05, timeout=5)
@@ -195,15 +195,18 @@ def test_classification_of_transport_errors() -> None:
 def test_each_attempt_gets_its_own_payload_told_why_the_previous_one_was_abandoned(
     invoker: CloudFunctionInvoker,
 ) -> None:
-    calls: list[tuple[int, str | None]] = []
+    calls: list[tuple[int, AbandonedAttempt | None]] = []
 
-    def payload_for(attempt: int, abandoned_because: str | None) -> dict[str, Any]:
-        calls.append((attempt, abandoned_because))
+    def payload_for(attempt: int, abandoned: AbandonedAttempt | None) -> dict[str, Any]:
+        calls.append((attempt, abandoned))
         return {"attempt": attempt}
 
     with ScriptedServer([(503, "busy"), (200, {"status": "ok"})]) as server:
         invoker.invoke(server.url, payload_for)
-    assert calls == [(1, None), (2, "HTTP 503 without an answer from the handler")]
+    assert calls == [
+        (1, None),
+        (2, AbandonedAttempt("HTTP 503 without an answer from the handler", may_have_run=False)),
+    ]
     assert [request["body"] for request in server.requests] == [{"attempt": 1}, {"attempt": 2}]
     assert all(r["headers"]["Connection"] == "close" for r in server.requests)
 
@@ -398,7 +401,7 @@ def test_time_spent_before_a_retry_counts_against_the_deadline() -> None:
     """E.g. writing the cancel marker of the abandoned attempt: a retry that has no time
     left is not sent with a tiny timeout and then blamed on the function."""
 
-    def payload_for(attempt: int, abandoned_because: str | None) -> dict[str, Any]:
+    def payload_for(attempt: int, abandoned: AbandonedAttempt | None) -> dict[str, Any]:
         if attempt == 2:
             time.sleep(0.6)
         return {"attempt": attempt}
@@ -437,7 +440,7 @@ def test_an_interrupt_leaves_the_shared_session_open_for_the_other_calls() -> No
             closed.append(True)
             super().close()
 
-    def interrupted(attempt: int, abandoned_because: str | None) -> dict[str, Any]:
+    def interrupted(attempt: int, abandoned: AbandonedAttempt | None) -> dict[str, Any]:
         raise KeyboardInterrupt
 
     invoker = CloudFunctionInvoker(policy=FAST, session=RecordingSession())
