@@ -47,7 +47,12 @@ test: sync
     @# The Terraform hooks run as infra-check next (once, with its skip notices visible).
     SKIP=checkov,terraform-fmt just lint
     just infra-check
+    just docs
     {{ run }} pytest
+
+# build the docs and the API reference from the docstrings into .site/ (warnings fail it)
+docs: sync
+    {{ run }} mkdocs build --strict --quiet
 
 # browser test: materialize the demo asset in the Dagster UI (Debian's chromium, headless)
 test-ui: sync
