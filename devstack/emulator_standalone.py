@@ -94,6 +94,8 @@ def _serve_until_stopped(
     except KeyboardInterrupt:
         return 0
     finally:
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):  # a repeated one (just, uv) too
+            signal.signal(stop_signal, signal.SIG_IGN)
         for process in processes:
             _stop(process)
 

@@ -58,7 +58,7 @@ def test_just_emulator_serves_the_bucket_it_prints_without_the_workspace(
         os.execve(str(JUST), [str(JUST), "emulator"], env)
     seen = bytearray()
     try:
-        up = read_until(terminal, f"export PIPES_BUCKET={bucket}".encode(), 120, seen)
+        up = read_until(terminal, b"Press Ctrl-C to stop the emulator.", 120, seen)
         output = seen.decode(errors="replace")
         assert up, output
         assert f"serving the bucket '{bucket}'" in output
