@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 import time
 import traceback
@@ -63,6 +64,8 @@ Handler = Callable[[PipesContext, Mapping[str, Any]], Mapping[str, Any] | None]
 DEFAULT_FUNCTION_URL = "https://europe-west1-fake-project.cloudfunctions.net/fake-function"
 DEFAULT_PIPES_BUCKET = "fake-pipes-bucket"
 FAKE_ID_TOKEN = "fake-id-token"
+# Loggers whose records never reach Dagster (transport chatter), as in the deployed function.
+NOT_FORWARDED_LOGGERS = ("urllib3", "google", "werkzeug", "requests", "dagster")
 
 
 class UnsupportedByFake(NotImplementedError):
@@ -250,7 +253,8 @@ class FakeCloudFunction:
     The handler gets a real ``PipesContext`` (its messages go to the in-memory Pipes bucket)
     and the request body without the Pipes params, as a handler of
     ``gcf_pipes.handle_pipes_request`` does, so the same business-logic function can be
-    tested here and deployed there. The answer is the one that function gives: 200
+    tested here and deployed there; its Python ``logging`` records (INFO and up) reach Dagster
+    as with ``gcf_pipes.install_logging_bridge()``. The answer is the one that function gives: 200
     ``{"status": "ok", "result": ...}``; for an exception, HTTP 500 with its type, message
     and traceback (or, for an error carrying a 4xx ``status`` such as ``gcf_pipes``'
     ``RequestError``, that status without a traceback), and the Pipes context is closed with
@@ -342,7 +346,10 @@ class FakeCloudFunction:
         writer = InMemoryChunkWriter(self.storage)
         status, answer = 200, dict[str, Any]()
         try:
-            with PipesContext(params, PipesDefaultContextLoader(), writer) as pipes:
+            with (
+                PipesContext(params, PipesDefaultContextLoader(), writer) as pipes,
+                _forwarding_logging(pipes),
+            ):
                 result = dict(self.handler(pipes, event) or {})
             answer = {"status": "ok", "result": json.loads(json.dumps(result))}
         except Exception as exc:  # noqa: BLE001 - a crash is the function's HTTP 500, as deployed
@@ -350,6 +357,36 @@ class FakeCloudFunction:
         answer["duration_s"] = round(time.monotonic() - started, 3)
         answer["pipes_chunks"] = writer.channel.chunks_written if writer.channel else 0
         return status, answer
+
+
+class _LoggingBridge(logging.Handler):
+    """Forwards the handler's ``logging`` records (INFO and up, from its thread) to its Pipes
+    context, as ``gcf_pipes.install_logging_bridge()`` does in the deployed function."""
+
+    def __init__(self, pipes: PipesContext):
+        super().__init__(level=logging.INFO)
+        self._pipes = pipes
+        self._thread = threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self._thread or record.name.startswith(NOT_FORWARDED_LOGGERS):
+            return
+        if not self._pipes.is_closed:
+            self._pipes.log.log(record.levelno, record.getMessage())
+
+
+@contextmanager
+def _forwarding_logging(pipes: PipesContext) -> Iterator[None]:
+    root = logging.getLogger()
+    level, bridge = root.level, _LoggingBridge(pipes)
+    root.addHandler(bridge)
+    if level == logging.NOTSET or level > logging.INFO:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(bridge)
+        root.setLevel(level)
 
 
 def _error(kind: str, message: str, **details: Any) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """``dagster_pipes_gcf.testing``: assets tested as a user would, against the in-process double."""
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,7 @@ def greeting(
 def greet(pipes: PipesContext, event: Mapping[str, Any]) -> dict[str, Any]:
     text = f"Hello, {event['name']}!"
     pipes.log.info(f"greeting {event['name']}")
+    logging.getLogger("greeter").info("through Python logging")
     pipes.report_asset_materialization(metadata={"greeting": text, "length": len(text)})
     pipes.report_asset_check(
         check_name="greeting_not_empty", passed=bool(text), metadata={"length": len(text)}
@@ -71,6 +73,7 @@ def test_materialize_delivers_the_handlers_logs_metadata_and_check() -> None:
     assert (check.check_name, check.passed) == ("greeting_not_empty", True)
     assert check.metadata["length"] == dg.IntMetadataValue(11)
     assert "greeting Ada" in logs
+    assert "through Python logging" in logs, "the handler's logging records reach the run"
     [call] = function.calls
     assert call.event == {"name": "Ada"}, "the handler gets the event without the Pipes params"
     assert call.body["result"] == {"greeting": "Hello, Ada!"}
@@ -104,6 +107,7 @@ def test_the_messages_are_the_pipes_chunk_protocol() -> None:
     ]
     assert methods == [
         "opened",
+        "log",
         "log",
         "report_asset_materialization",
         "report_asset_check",
