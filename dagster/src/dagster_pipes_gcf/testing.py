@@ -13,6 +13,8 @@ production, and a handler that raises fails the step with its remote traceback.
 
 The doubles are strict: a call the production code does not make (another URL, another
 bucket, a storage method the reader and writer never use) raises instead of pretending.
+What they leave out is the function side's own plumbing (``gcf_pipes``: bounds on the request,
+context validation, cancellation markers, deadlines); test that through the real local stack.
 
 Example::
 
@@ -20,11 +22,8 @@ Example::
         pipes.report_asset_materialization(metadata={"rows": 3})
         return {"rows": 3}
 
-    function = FakeCloudFunction(handler)
-    result = dg.materialize(
-        [my_asset],
-        resources={"cloud_function": function.pipes_client(), "url": function.url},
-    )
+    function = FakeCloudFunction(handler, url="https://my-function-xyz-ew.a.run.app")
+    result = dg.materialize([my_asset], resources={"cloud_function": function.pipes_client()})
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 from dagster._core.errors import DagsterInvalidPropertyError
 from dagster_pipes import PipesContext
+from google.api_core.exceptions import NotFound, PreconditionFailed
 
 from dagster_pipes_gcf import PipesCloudFunctionClient
 from dagster_pipes_gcf.testing import (
@@ -212,3 +213,26 @@ def test_storage_calls_the_pipes_code_does_not_make_raise() -> None:
         bucket.get_blob("x")
     with pytest.raises(UnsupportedByFake, match="if_generation_match"):
         bucket.blob("x").upload_from_string("{}", if_generation_match=7)
+
+
+def test_storage_keeps_gcs_semantics_for_what_pipes_relies_on() -> None:
+    storage = InMemoryStorageClient(("fake-pipes-bucket",))
+    blob = storage.bucket("fake-pipes-bucket").blob("p/1.json")
+
+    assert not blob.exists()
+    with pytest.raises(NotFound, match="No such object"):
+        blob.download_as_text()
+    blob.upload_from_string("{}", if_generation_match=0)
+    with pytest.raises(PreconditionFailed):
+        blob.upload_from_string("{}", if_generation_match=0)
+    with pytest.raises(NotFound, match="bucket does not exist"):
+        storage.bucket("another").blob("p/1.json").download_as_text()
+
+
+def test_an_https_call_without_the_id_token_is_refused_with_401() -> None:
+    function = FakeCloudFunction(greet)
+
+    status, _ = function.answer(function.url, {}, b"{}")
+
+    assert status == 401
+    assert not function.calls
