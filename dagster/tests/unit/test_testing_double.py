@@ -7,7 +7,6 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from dagster._core.errors import DagsterInvalidPropertyError
 from dagster_pipes import PipesContext
 from google.api_core.exceptions import NotFound, PreconditionFailed
 
@@ -135,13 +134,6 @@ def test_a_handler_that_raises_fails_the_step_with_its_remote_error() -> None:
     assert not result.asset_materializations_for_node("greeting")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DagsterInvalidPropertyError,
-    reason="Dagster's PipesMessageHandler needs a step context for a `closed` message that "
-    "carries an exception, and the reader reports handler errors the same way: a directly "
-    "invoked asset whose function fails raises DagsterInvalidPropertyError, not the call's error",
-)
 def test_a_directly_invoked_asset_whose_handler_raises_raises_the_remote_error() -> None:
     def crash(pipes: PipesContext, event: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError("no greeting today")
