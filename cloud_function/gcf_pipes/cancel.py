@@ -36,10 +36,21 @@ from dataclasses import dataclass
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 from requests import exceptions as rexc
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 CANCEL_MARKER = "cancel"
 CANCELLED_STATUS = 409
 DEADLINE_STATUS = 504
+
+TRANSIENT_LOOK_ERRORS: tuple[type[BaseException], ...] = (
+    gexc.TooManyRequests,
+    gexc.InternalServerError,
+    gexc.BadGateway,
+    gexc.ServiceUnavailable,
+    gexc.GatewayTimeout,
+    rexc.ConnectionError,
+    rexc.Timeout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,16 +82,22 @@ class CancellationPolicy:
             marker is looked for at most this often). At least 0.25.
         request_timeout: seconds one look may take; a slow look delays the writer's next
             flush by at most this.
+        fresh_look_attempts: tries of the look right before a commit when the marker's GET
+            fails transiently (429, 5xx, a lost connection): a cancelled request must not
+            commit because of one failed GET.
     """
 
     poll_interval: float = 0.5
     request_timeout: float = 2.0
+    fresh_look_attempts: int = 4
 
     def __post_init__(self) -> None:
         if not self.poll_interval >= 0.25:
             raise ValueError("CancellationPolicy.poll_interval must be >= 0.25 s")
         if not self.request_timeout > 0:
             raise ValueError("CancellationPolicy.request_timeout must be > 0")
+        if self.fresh_look_attempts < 1:
+            raise ValueError("CancellationPolicy.fresh_look_attempts must be >= 1")
 
 
 class Cancellation:
@@ -142,18 +159,27 @@ class Cancellation:
             return
         self.look()
 
-    def look(self) -> bool:
-        """One GET of the marker now; True when it exists. A failed look counts as "not
-        cancelled" and is reported once (the request then runs on as if never cancelled)."""
+    def look(self, *, attempts: int = 1) -> bool:
+        """A GET of the marker now; True when it exists. A failed look is tried again up to
+        ``attempts`` times in all when the error is transient (429, 5xx, a lost connection);
+        then it counts as "not cancelled" and is reported once (the request then runs on as
+        if never cancelled)."""
         if self._bucket is None or self._event.is_set():
             return self._event.is_set()
         with self._looking:
             self._next_look = self._clock() + self.policy.poll_interval
-            self.looks += 1
             try:
-                self._bucket.blob(self.key).download_as_text(
-                    timeout=self.policy.request_timeout, retry=None
-                )
+                for attempt in Retrying(
+                    stop=stop_after_attempt(attempts),
+                    wait=wait_exponential(multiplier=0.1, max=1.0),
+                    retry=retry_if_exception_type(TRANSIENT_LOOK_ERRORS),
+                    reraise=True,
+                ):
+                    with attempt:
+                        self.looks += 1
+                        self._bucket.blob(self.key).download_as_text(
+                            timeout=self.policy.request_timeout, retry=None
+                        )
             except gexc.NotFound:
                 return False
             except (gexc.GoogleAPICallError, rexc.RequestException) as exc:
@@ -181,8 +207,8 @@ class Cancellation:
         if self.deadline_passed():
             self.stopped_by = self._deadline_error()
             raise self.stopped_by
-        if fresh:
-            self.look()
+        if fresh:  # the last look before a commit: a transient error must not let it through
+            self.look(attempts=self.policy.fresh_look_attempts)
         if self._event.is_set():
             self.stopped_by = self._error()
             raise self.stopped_by

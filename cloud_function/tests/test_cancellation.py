@@ -23,7 +23,7 @@ from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from devstack.fake_gcs import FakeClient, always_fail
+from devstack.fake_gcs import FakeClient, always_fail, fail_first
 from devstack.stack import local_stack
 from gcf_pipes import (
     Cancellation,
@@ -141,6 +141,36 @@ def test_a_failed_look_is_not_a_cancellation_and_is_reported_once(gcs: FakeClien
     assert len(warnings) == 1
     assert "gs://pipes/t/1/cancel" in warnings[0] and "Forbidden" in warnings[0]
     assert "cannot be cancelled" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [gexc.ServiceUnavailable("busy"), gexc.TooManyRequests("slow"), requests.ConnectionError()],
+)
+def test_the_look_before_a_commit_sees_a_marker_behind_a_transient_error(
+    gcs: FakeClient, error: Exception
+) -> None:
+    """One failed GET right before the commit must not let a cancelled request commit."""
+    cancel(gcs)
+    gcs.fault = fail_first("download", 2, error)
+    cancellation = Cancellation(gcs.bucket(PIPES_BUCKET), "t/1")  # type: ignore[arg-type]
+
+    with pytest.raises(RequestCancelled):
+        cancellation.raise_if_cancelled(fresh=True)
+    assert cancellation.looks == 3
+
+
+def test_the_look_before_a_commit_gives_up_on_a_lasting_outage_and_says_so(
+    gcs: FakeClient,
+) -> None:
+    gcs.fault = always_fail(gexc.ServiceUnavailable("down"))
+    warnings: list[str] = []
+    cancellation = Cancellation(gcs.bucket(PIPES_BUCKET), "t/1")  # type: ignore[arg-type]
+    cancellation.warn = warnings.append
+
+    cancellation.raise_if_cancelled(fresh=True)  # runs on, as documented
+    assert cancellation.looks == CancellationPolicy().fresh_look_attempts
+    assert len(warnings) == 1 and "cannot be cancelled" in warnings[0]
 
 
 def test_raise_if_cancelled_and_surfacing_a_wrapped_cancellation(gcs: FakeClient) -> None:
