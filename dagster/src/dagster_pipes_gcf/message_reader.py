@@ -213,7 +213,7 @@ class ChunkStream:
             except json.JSONDecodeError as exc:
                 raise DagsterPipesExecutionError(
                     f"malformed Pipes message in {self.key(index)} line {line_number}: {exc}"
-                ) from exc
+                ) from None
         self.messages_read += len(messages)
         return coalesce_logs(messages, self.coalescing)
 
@@ -236,18 +236,18 @@ class ChunkStream:
             if "bucket" in str(exc).lower() and "does not exist" in str(exc).lower():
                 raise DagsterPipesExecutionError(
                     f"Pipes bucket gs://{self.bucket.name} does not exist: {exc}"
-                ) from exc
+                ) from None
             return None
         except gexc.Forbidden as exc:
             raise DagsterPipesExecutionError(
                 f"no permission to read Pipes messages at {self.location}: the orchestrator "
                 f"needs storage.objects.get on bucket {self.bucket.name} ({exc})"
-            ) from exc
+            ) from None
         except (gexc.GoogleAPICallError, rexc.RequestException) as exc:
             raise DagsterPipesExecutionError(
                 f"could not read Pipes messages from {self.location} after "
                 f"{self.policy.download_attempts} attempt(s): {type(exc).__name__}: {exc}"
-            ) from exc
+            ) from None  # quoted above: chained, it would be printed twice
         return None  # pragma: no cover - Retrying either returns or raises
 
     def written(self) -> bool:
