@@ -22,6 +22,22 @@ DEVSTORAGE_READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_on
 DEVSTORAGE_READ_WRITE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 
 
+def missing_credentials_hint(exc: google.auth.exceptions.DefaultCredentialsError) -> str:
+    """What to do when google-auth found no credentials at all (``exc`` is its error)."""
+    return (
+        f"no Google credentials found ({exc}). Set up Application Default Credentials: "
+        "`gcloud auth application-default login`, or GOOGLE_APPLICATION_CREDENTIALS naming "
+        "a service-account key file. Against the local GCS emulator instead, set "
+        "STORAGE_EMULATOR_HOST (e.g. http://127.0.0.1:4443) on both the Dagster and the "
+        "function side."
+    )
+
+
+def is_loopback(url: str) -> bool:
+    """True when ``url`` names this machine (127.0.0.1, localhost, ::1)."""
+    return (urlsplit(url).hostname or "") in LOCAL_HOSTS
+
+
 def needs_id_token(url: str) -> bool:
     """True for a deployed function (https, non-local host); False for a local server."""
     parts = urlsplit(url)

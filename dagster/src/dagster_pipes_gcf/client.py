@@ -29,6 +29,7 @@ from dagster_pipes_gcf.cancellation import CancelOutcome, forwarding_termination
 from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
 from dagster_pipes_gcf.invocation import (
     AbandonedAttempt,
+    CloudFunctionError,
     CloudFunctionInvoker,
     FunctionResponse,
     PayloadForAttempt,
@@ -39,6 +40,8 @@ from dagster_pipes_gcf.tracing import CallTrace, FunctionLocation
 
 INVOCATION_ID_EXTRA = "invocation_id"
 INVOCATION_ID_HEADER = "X-Dagster-Invocation-Id"
+# Where Dagster shows the exception a function's Pipes `closed` message carried.
+CLOSED_EVENT = "in the run's event '[pipes] external process pipes closed with exception'"
 
 Context = AssetExecutionContext | OpExecutionContext
 MAX_RESUME_CHAIN = 100  # ancestors looked up for a chain of from-failure re-executions
@@ -259,40 +262,29 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
             partition_key=partition_of(context),
             location=self.function_location,
         )
-        with open_pipes_session(
-            context=context,
-            context_injector=PipesPartitionRangeInjector(self.context_injector, context),
-            message_reader=self.message_reader,
-            extras={**(extras or {}), INVOCATION_ID_EXTRA: invocation_id},
-        ) as session:
-            attempts = self._attempt_streams(session)
-            context.log.info(
-                f"[pipes] invoking Cloud Function {function_url} ({invocation_id}); "
-                f"{trace.describe()}"
-            )
-            with (
-                trace.annotating_failures(),
-                forwarding_termination(
-                    self._canceller(session, context.run_id, invocation_id, abandoned_only=False),
-                    context.log.warning,
-                ),
-            ):
-                cancel_abandoned = self._canceller(
-                    session, context.run_id, invocation_id, abandoned_only=True
-                )
-                response = self.invoker.invoke(
-                    function_url,
-                    attempt_payloads(event, session, attempts, cancel_abandoned, context.log.info),
-                    headers={INVOCATION_ID_HEADER: invocation_id, **trace.headers},
+        attempts: PipesAttemptStreams | None = None
+        try:
+            with open_pipes_session(
+                context=context,
+                context_injector=PipesPartitionRangeInjector(self.context_injector, context),
+                message_reader=self.message_reader,
+                extras={**(extras or {}), INVOCATION_ID_EXTRA: invocation_id},
+            ) as session:
+                attempts = self._attempt_streams(session)
+                response = self._invoke(
+                    context,
+                    session,
+                    attempts,
+                    trace=trace,
+                    function_url=function_url,
+                    event=event,
+                    invocation_id=invocation_id,
                     timeout=timeout,
-                    handler_started=attempts.handler_started if attempts else None,
                 )
-            if attempts is not None:
-                attempts.answered()
-            context.log.info(
-                f"[pipes] Cloud Function answered HTTP {response.status} in "
-                f"{response.elapsed_s:.2f}s ({response.attempts} attempt(s))"
-            )
+        except CloudFunctionError as error:
+            if attempts is not None and attempts.closed_with_exception:
+                error.traceback_shown_elsewhere(CLOSED_EVENT)
+            raise
         return PipesCloudFunctionCompletedInvocation(
             session,
             metadata={
@@ -300,6 +292,47 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
                 **trace.metadata(response.body),
             },
         )
+
+    def _invoke(
+        self,
+        context: Context,
+        session: PipesSession,
+        attempts: PipesAttemptStreams | None,
+        *,
+        trace: CallTrace,
+        function_url: str,
+        event: Mapping[str, Any] | None,
+        invocation_id: str,
+        timeout: float | None,
+    ) -> FunctionResponse:
+        """The HTTP call within the open session: its attempts, and termination forwarded."""
+        context.log.info(
+            f"[pipes] invoking Cloud Function {function_url} ({invocation_id}); {trace.describe()}"
+        )
+        with (
+            trace.annotating_failures(),
+            forwarding_termination(
+                self._canceller(session, context.run_id, invocation_id, abandoned_only=False),
+                context.log.warning,
+            ),
+        ):
+            cancel_abandoned = self._canceller(
+                session, context.run_id, invocation_id, abandoned_only=True
+            )
+            response = self.invoker.invoke(
+                function_url,
+                attempt_payloads(event, session, attempts, cancel_abandoned, context.log.info),
+                headers={INVOCATION_ID_HEADER: invocation_id, **trace.headers},
+                timeout=timeout,
+                handler_started=attempts.handler_started if attempts else None,
+            )
+        if attempts is not None:
+            attempts.answered()
+        context.log.info(
+            f"[pipes] Cloud Function answered HTTP {response.status} in "
+            f"{response.elapsed_s:.2f}s ({response.attempts} attempt(s))"
+        )
+        return response
 
     def _canceller(
         self, session: PipesSession, run_id: str, invocation_id: str, *, abandoned_only: bool

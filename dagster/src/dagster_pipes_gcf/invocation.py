@@ -17,11 +17,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import google.auth.exceptions
 import requests
 from dagster import Failure, MetadataValue
 from tenacity import (
+    RetryCallState,
     Retrying,
     retry_if_exception,
     stop_after_attempt,
@@ -30,11 +32,18 @@ from tenacity import (
 )
 from urllib3.exceptions import NewConnectionError
 
-from dagster_pipes_gcf.auth import IdTokenAuth, TokenTimeout
+from dagster_pipes_gcf.auth import (
+    IdTokenAuth,
+    TokenTimeout,
+    is_loopback,
+    missing_credentials_hint,
+)
 from dagster_pipes_gcf.bounded import TimedOut, call_within
 
 # Extra time the default deadline allows beyond one attempt's timeout, for retries.
 DEFAULT_RETRY_ALLOWANCE_S = 60.0
+# Longest backoff after a connection refused on a loopback URL.
+LOCAL_REFUSED_BACKOFF_S = 0.2
 
 
 class Outcome(enum.Enum):
@@ -108,9 +117,35 @@ class CloudFunctionError(Failure):
     ``function_may_still_run`` is True when an attempt may still be working on the call (a
     read timeout, a connection lost after sending, a platform error that does not say
     whether the handler ran): the client then asks the function to cancel.
+
+    ``remote_traceback`` is the function's traceback of a crash, shown after the description
+    unless :meth:`traceback_shown_elsewhere` says the run's log has it already.
     """
 
     function_may_still_run: bool = False
+
+    def __init__(
+        self,
+        description: str,
+        metadata: Mapping[str, Any] | None = None,
+        remote_traceback: str | None = None,
+    ):
+        self.summary = description
+        self.remote_traceback = remote_traceback
+        super().__init__(description=self._full(), metadata=metadata)
+
+    def _full(self, traceback_note: str | None = None) -> str:
+        if traceback_note is not None:
+            return f"{self.summary}\n({traceback_note})"
+        if self.remote_traceback:
+            return f"{self.summary}\n\nRemote traceback:\n{self.remote_traceback}"
+        return self.summary
+
+    def traceback_shown_elsewhere(self, where: str) -> None:
+        """Leave the remote traceback out and point to ``where`` the run shows it (once)."""
+        if self.remote_traceback:
+            self.description = self._full(f"remote traceback: {where}")
+            self.args = (self.description,)
 
 
 def _may_still_run(error: CloudFunctionError, may: bool = True) -> CloudFunctionError:
@@ -152,6 +187,9 @@ class _FailedAttempt(Exception):
         self.reason = reason
         self.response = response
         self.error = error
+        # Refused on this machine: a local function that is not running; a restarting one is
+        # back within a moment, so long backoffs only delay the failure.
+        self.refused_locally = False
 
     def rechecked(
         self, attempt: int, handler_started: HandlerStarted | None, seconds_left: float
@@ -247,32 +285,42 @@ def classify_exception(exc: requests.RequestException) -> Outcome | None:
 
 def describe_error_response(url: str, response: requests.Response) -> CloudFunctionError:
     """Turn a non-2xx response into a Failure that names the status and the remote error."""
-    description, metadata = _response_details(url, response)
-    return CloudFunctionError(description=description, metadata=metadata)
+    return _response_error(url, response)
 
 
-def _response_details(url: str, response: requests.Response) -> tuple[str, dict[str, Any]]:
+def _response_error(
+    url: str, response: requests.Response, before: str = "", after: str = ""
+) -> CloudFunctionError:
+    """The Failure of a non-2xx ``response``, its description framed by ``before``/``after``.
+
+    A remote traceback is kept out of the metadata: it is shown once, after the description
+    (or only in the run's Pipes ``closed`` event, see ``traceback_shown_elsewhere``).
+    """
     body = _json_body(response)
     error = body.get("error") if body else None
     metadata: dict[str, Any] = {
         "function_url": MetadataValue.url(url),
         "http_status": response.status_code,
     }
+    remote_traceback = None
     if isinstance(error, dict):
-        kind, message = error.get("type", "Error"), error.get("message", "")
+        kind, message = error.get("type", "Error"), str(error.get("message", ""))
         where = f" (field: {error['field']})" if error.get("field") else ""
-        description = (
-            f"Cloud Function returned HTTP {response.status_code}: {kind}: {message}{where}"
-        )
         if error.get("traceback"):
-            description += f"\n\nRemote traceback:\n{error['traceback']}"
-            metadata["remote_traceback"] = MetadataValue.text(str(error["traceback"]))
-        metadata["response"] = MetadataValue.json(dict(body or {}))
+            remote_traceback = str(error["traceback"])
+            message = message.splitlines()[0] if message else message  # in full in the traceback
+        details = f"Cloud Function returned HTTP {response.status_code}: {kind}: {message}{where}"
+        shown = {k: v for k, v in error.items() if k != "traceback"}
+        metadata["response"] = MetadataValue.json({**(body or {}), "error": shown})
     else:
         text = response.text[:2000]
-        description = f"Cloud Function returned HTTP {response.status_code}: {text}"
+        details = f"Cloud Function returned HTTP {response.status_code}: {text}"
         metadata["response"] = MetadataValue.text(text)
-    return description, metadata
+    return CloudFunctionError(
+        description=f"{before}{details}{after}",
+        metadata=metadata,
+        remote_traceback=remote_traceback,
+    )
 
 
 def _ambiguity_failure(url: str, failed: _FailedAttempt, attempts: int) -> CloudFunctionError:
@@ -282,11 +330,11 @@ def _ambiguity_failure(url: str, failed: _FailedAttempt, attempts: int) -> Cloud
         "function is idempotent on the invocation id (X-Dagster-Invocation-Id), allow such "
         "retries with InvocationPolicy(retry_ambiguous=True)."
     )
-    metadata: dict[str, Any] = {"function_url": MetadataValue.url(url)}
     if failed.response is not None:
-        details, metadata = _response_details(url, failed.response)
-        description += f"\n\n{details}"
-    return CloudFunctionError(description=description, metadata=metadata)
+        return _response_error(url, failed.response, before=f"{description}\n\n")
+    return CloudFunctionError(
+        description=description, metadata={"function_url": MetadataValue.url(url)}
+    )
 
 
 class _Clock:
@@ -337,11 +385,7 @@ class CloudFunctionInvoker:
         body_for: PayloadForAttempt = payload if callable(payload) else (lambda *_: payload)
         retrying = Retrying(
             stop=stop_after_attempt(policy.attempts) | stop_before_delay(clock.seconds),
-            wait=wait_exponential_jitter(
-                multiplier=policy.initial_backoff,
-                max=policy.max_backoff,
-                jitter=policy.initial_backoff,
-            ),
+            wait=_backoff(policy),
             retry=retry_if_exception(
                 lambda exc: isinstance(exc, _FailedAttempt) and policy.allows(exc.outcome)
             ),
@@ -365,9 +409,8 @@ class CloudFunctionInvoker:
                             raise
                         raise failed from refused
         except _FailedAttempt as failed:
-            raise _may_still_run(self._failure(url, failed, attempts, clock), ambiguous) from (
-                failed.error
-            )
+            # The description quotes the transport error: chaining it would print it twice.
+            raise _may_still_run(self._failure(url, failed, attempts, clock), ambiguous) from None
         except _DeadlinePassed as passed:
             raise _may_still_run(
                 CloudFunctionError(
@@ -376,7 +419,7 @@ class CloudFunctionInvoker:
                     f"{clock.elapsed():.1f}s after the call began)"
                 ),
                 ambiguous,
-            ) from passed.__cause__
+            ) from None
         except _Unanswered as unanswered:
             raise _may_still_run(
                 CloudFunctionError(description=_describe_unanswered(url, unanswered, clock))
@@ -388,7 +431,7 @@ class CloudFunctionInvoker:
                     f"{type(exc).__name__}: {exc}"
                 ),
                 ambiguous,
-            ) from exc
+            ) from None
         if not response.ok:  # this attempt's final answer; an ambiguous earlier one may run on
             raise _may_still_run(describe_error_response(url, response), ambiguous)
         return FunctionResponse(
@@ -407,10 +450,7 @@ class CloudFunctionInvoker:
         if clock.remaining() <= 0 or attempts < self.policy.attempts:
             gave_up += f" (deadline {clock.seconds:g}s)"
         if failed.response is not None:
-            error = describe_error_response(url, failed.response)
-            return CloudFunctionError(
-                description=f"{error.description}\n({gave_up})", metadata=error.metadata
-            )
+            return _response_error(url, failed.response, after=f"\n({gave_up})")
         return CloudFunctionError(
             description=f"could not reach the Cloud Function at {url} after {attempts} "
             f"attempt(s): {failed.reason} ({gave_up})"
@@ -451,7 +491,9 @@ class CloudFunctionInvoker:
             outcome = classify_exception(exc)
             if outcome is None:
                 raise
-            raise _FailedAttempt(outcome, _describe_exception(exc), error=exc) from exc
+            failed = _FailedAttempt(outcome, _describe_exception(url, exc), error=exc)
+            failed.refused_locally = is_loopback(url) and _caused_by(exc, ConnectionRefusedError)
+            raise failed from exc
         outcome = classify_response(response)
         if outcome is not None:
             raise _FailedAttempt(outcome, _describe_status(response), response=response)
@@ -471,10 +513,33 @@ class CloudFunctionInvoker:
             if isinstance(exc, google.auth.exceptions.RefreshError) and exc.retryable:
                 reason = f"no ID token: google-auth's refresh failed transiently ({exc})"
                 raise _FailedAttempt(Outcome.NOT_REACHED, reason, error=exc) from exc
+            cause = (
+                missing_credentials_hint(exc)
+                + " ID tokens come from a service account: with a user's credentials, set "
+                "IdTokenAuth(impersonate_service_account=...)."
+                if isinstance(exc, google.auth.exceptions.DefaultCredentialsError)
+                else f"{type(exc).__name__}: {exc}"
+            )
             raise CloudFunctionError(
-                description=f"no ID token to call the Cloud Function at {url} "
-                f"({type(exc).__name__}: {exc}); the function was not called"
-            ) from exc
+                description=f"no ID token to call the Cloud Function at {url}, so it was not "
+                f"called: {cause}"
+            ) from None
+
+
+def _backoff(policy: InvocationPolicy) -> Callable[[RetryCallState], float]:
+    """The policy's exponential backoff, cut short after a loopback refusal."""
+    exponential = wait_exponential_jitter(
+        multiplier=policy.initial_backoff, max=policy.max_backoff, jitter=policy.initial_backoff
+    )
+
+    def wait(state: RetryCallState) -> float:
+        failed = state.outcome.exception() if state.outcome else None
+        seconds = exponential(state)
+        if isinstance(failed, _FailedAttempt) and failed.refused_locally:
+            return min(seconds, LOCAL_REFUSED_BACKOFF_S)
+        return seconds
+
+    return wait
 
 
 def _describe_unanswered(url: str, unanswered: _Unanswered, clock: _Clock) -> str:
@@ -487,9 +552,12 @@ def _describe_unanswered(url: str, unanswered: _Unanswered, clock: _Clock) -> st
     return f"Cloud Function at {url} did not answer within {unanswered.waited:g}s"
 
 
-def _describe_exception(exc: requests.RequestException) -> str:
+def _describe_exception(url: str, exc: requests.RequestException) -> str:
     if isinstance(exc, requests.ConnectTimeout):
         return f"connect timeout ({exc})"
+    if is_loopback(url) and _caused_by(exc, ConnectionRefusedError):
+        where = urlsplit(url).netloc
+        return f"connection refused: nothing listens on {where}; is the local function running?"
     if _caused_by(exc, NewConnectionError):
         return f"connection refused or host unreachable ({exc})"
     return f"connection lost after the request was sent ({type(exc).__name__}: {exc})"

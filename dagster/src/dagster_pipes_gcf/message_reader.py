@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import google.auth.exceptions
 from dagster import PipesMessageHandler, PipesMessageReader
 from dagster._core.errors import DagsterPipesExecutionError
 from dagster_pipes import PipesParams
@@ -42,6 +43,7 @@ from tenacity import (
 from dagster_pipes_gcf.auth import (
     impersonated_marker_credentials,
     impersonated_storage_credentials,
+    missing_credentials_hint,
 )
 from dagster_pipes_gcf.cancellation import CancelOutcome, write_cancel_markers
 
@@ -211,7 +213,7 @@ class ChunkStream:
             except json.JSONDecodeError as exc:
                 raise DagsterPipesExecutionError(
                     f"malformed Pipes message in {self.key(index)} line {line_number}: {exc}"
-                ) from exc
+                ) from None
         self.messages_read += len(messages)
         return coalesce_logs(messages, self.coalescing)
 
@@ -234,18 +236,18 @@ class ChunkStream:
             if "bucket" in str(exc).lower() and "does not exist" in str(exc).lower():
                 raise DagsterPipesExecutionError(
                     f"Pipes bucket gs://{self.bucket.name} does not exist: {exc}"
-                ) from exc
+                ) from None
             return None
         except gexc.Forbidden as exc:
             raise DagsterPipesExecutionError(
                 f"no permission to read Pipes messages at {self.location}: the orchestrator "
                 f"needs storage.objects.get on bucket {self.bucket.name} ({exc})"
-            ) from exc
+            ) from None
         except (gexc.GoogleAPICallError, rexc.RequestException) as exc:
             raise DagsterPipesExecutionError(
                 f"could not read Pipes messages from {self.location} after "
                 f"{self.policy.download_attempts} attempt(s): {type(exc).__name__}: {exc}"
-            ) from exc
+            ) from None  # quoted above: chained, it would be printed twice
         return None  # pragma: no cover - Retrying either returns or raises
 
     def written(self) -> bool:
@@ -310,6 +312,9 @@ class PipesAttemptStreams:
         self._reading = threading.Lock()  # one reader at a time: poller or drain
         self.background_error: BaseException | None = None
         self.handler_error: PipesHandlerError | None = None
+        # The answering attempt's `closed` carried the function's exception: Dagster showed
+        # it (with its remote stack) in the run's "pipes closed with exception" event.
+        self.closed_with_exception = False
         # Tells the background poller to stop (set while it runs): a terminated run lets it
         # wind down while the cancel marker is written, not after.
         self.stop_polling: Callable[[], None] = lambda: None
@@ -418,6 +423,8 @@ class PipesAttemptStreams:
                 self._opened_delivered = True
             try:
                 self.handler.handle_message(message)
+                if method == "closed" and (message.get("params") or {}).get("exception"):
+                    self.closed_with_exception = True
             except Exception as exc:
                 raise PipesHandlerError(
                     f"Dagster could not handle the Pipes message {method!r} of attempt "
@@ -575,11 +582,17 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         return self._marker_client
 
     def _new_client(self, impersonated: Callable[[str], Any]) -> storage.Client:
-        if not self.impersonate_service_account:
-            return storage.Client()
-        # project=None: objects need no project (and ADC may name none).
-        credentials = impersonated(self.impersonate_service_account)
-        return storage.Client(credentials=credentials, project=None)
+        try:
+            if not self.impersonate_service_account:
+                return storage.Client()
+            # project=None: objects need no project (and ADC may name none).
+            credentials = impersonated(self.impersonate_service_account)
+            return storage.Client(credentials=credentials, project=None)
+        except google.auth.exceptions.DefaultCredentialsError as exc:
+            raise DagsterPipesExecutionError(
+                f"cannot read Pipes messages from gs://{self.bucket}: "
+                f"{missing_credentials_hint(exc)}"
+            ) from None
 
     def _marker_bucket(self) -> storage.Bucket:
         return self.marker_client.bucket(self.bucket)

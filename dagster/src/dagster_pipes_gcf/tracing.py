@@ -208,12 +208,10 @@ class CallTrace:
         try:
             yield
         except CloudFunctionError as error:
-            annotated = CloudFunctionError(
-                description=error.description,
-                metadata={**error.metadata, **self.metadata()},
-            )
-            annotated.function_may_still_run = error.function_may_still_run
-            raise annotated from error
+            # Annotated in place: a copy raised from it would print the same error twice.
+            normalized = dg.Failure(metadata=self.metadata()).metadata
+            error.metadata = {**error.metadata, **normalized}
+            raise
 
 
 def _random_hex_id(n_bytes: int) -> str:

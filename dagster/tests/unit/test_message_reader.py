@@ -4,6 +4,7 @@ import json
 import re
 import threading
 import time
+import traceback
 from types import SimpleNamespace
 from typing import Any
 
@@ -145,16 +146,26 @@ def test_transient_download_errors_are_retried(client: FakeClient) -> None:
 
 def test_forbidden_is_a_clear_permission_error(client: FakeClient) -> None:
     client.fault = always_fail(gexc.Forbidden("caller lacks storage.objects.get"))
-    with pytest.raises(DagsterPipesExecutionError, match="no permission to read Pipes messages"):
+    with pytest.raises(
+        DagsterPipesExecutionError, match="no permission to read Pipes messages"
+    ) as error:
         with reader_for(client).read_messages(RecordingHandler()):
             pass
+    assert_printed_once(error.value, "caller lacks storage.objects.get")
 
 
 def test_a_missing_bucket_is_named(client: FakeClient) -> None:
     reader = PipesCloudStorageMessageReader(bucket="nope", client=client, polling=FAST)  # type: ignore[arg-type]
-    with pytest.raises(DagsterPipesExecutionError, match="gs://nope does not exist"):
+    with pytest.raises(DagsterPipesExecutionError, match="gs://nope does not exist") as error:
         with reader.read_messages(RecordingHandler()):
             pass
+    assert error.value.__cause__ is None and error.value.__suppress_context__
+
+
+def assert_printed_once(error: BaseException, text: str) -> None:
+    """``text`` is in the message of ``error`` and not again in a chained cause or context."""
+    printed = "".join(traceback.format_exception(error))
+    assert printed.count(text) == 1, printed
 
 
 def test_a_failed_call_keeps_its_own_error_and_still_delivers_logs(client: FakeClient) -> None:
