@@ -240,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--dagster-port", type=int, help="default: DAGSTER_PORT or 3000")
         cmd.add_argument("--no-browser", action="store_true")
+    table = sub.add_parser("table", help="print a table of the local lake (DATA_LAKE_URI)")
+    table.add_argument("asset", nargs="?", default="cloud_function_pipes_asset")
     ready = sub.add_parser("ready", help=argparse.SUPPRESS)
     for name in ("emulator", "function", "dagster", "bucket"):
         ready.add_argument(f"--{name}")
@@ -248,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "ready":
         return wait_until_ready(args)
+    if args.command == "table":
+        from devstack.read_table import main as print_table
+
+        return print_table(args.asset)
     which = {
         "up": ("emulator", "function", "dagster"),
         "fn": ("emulator", "function"),

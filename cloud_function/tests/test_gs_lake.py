@@ -20,6 +20,7 @@ from dagster_pipes import (
     encode_param,
 )
 
+from devstack.read_table import describe_table
 from devstack.stack import LocalStack, local_stack
 from people_lake.storage import storage_options_for
 
@@ -185,3 +186,13 @@ def test_a_directory_lake_stays_supported_beside_gs(stack: LocalStack) -> None:
 
     assert answer.status_code == 200, answer.text
     assert pl.read_delta(str(lake / "people")).height == 5
+
+
+def test_the_local_table_is_read_in_one_command(stack: LocalStack) -> None:
+    lake = new_lake(stack)
+    assert "no Delta table at" in describe_table(lake, "people", stack.emulator_url)
+    invoke(stack, request_body("people", dl_bucket=lake, num_rows=6))
+
+    shown = describe_table(lake, "people", stack.emulator_url)
+
+    assert shown.startswith(f"{lake}/people (version 1, 6 rows)\n")
