@@ -511,6 +511,7 @@ class AdapterHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server: AdapterServer
+    relaying = False  # the answer's status line is sent: no other answer may follow
 
     def do_GET(self) -> None:
         self._route()
@@ -545,6 +546,7 @@ class AdapterHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send_error(error)
             return
+        self.relaying = False
         try:
             if self.path.startswith(JSON_API_PREFIXES):
                 self._pass_through(payload)
@@ -558,7 +560,9 @@ class AdapterHandler(BaseHTTPRequestHandler):
         except (OSError, http.client.HTTPException) as error:
             print(f"gcs-xml-adapter: {self.command} {self.path}: {error!r}", file=sys.stderr)
             self.close_connection = True
-            self._send_error(XmlError(502, "InternalError", "the emulator did not answer"))
+            if not self.relaying:  # else an answer is half sent: closing tells the client
+                with suppress(OSError):
+                    self._send_error(XmlError(502, "InternalError", "the emulator failed"))
         finally:
             payload.file.close()
 
@@ -613,14 +617,13 @@ class AdapterHandler(BaseHTTPRequestHandler):
     def _send_error(self, error: XmlError) -> None:
         self._send(error.status, {"Content-Type": "application/xml"}, error_xml(error))
 
-    def _relay(self, response: http.client.HTTPResponse, extra: Mapping[str, str] = {}) -> None:
+    def _relay(self, response: http.client.HTTPResponse) -> None:
         """Send ``response`` on, streaming its body (with its length, or chunked)."""
+        self.relaying = True
         self.send_response(response.status)
         for name, value in response.getheaders():
             if name.lower() not in HOP_BY_HOP:
                 self.send_header(name, value)
-        for name, value in extra.items():
-            self.send_header(name, value)
         no_body = self.command == "HEAD" or response.status in (204, 304)
         chunked = response.getheader("Content-Length") is None and not no_body
         if chunked:

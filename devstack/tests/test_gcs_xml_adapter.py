@@ -164,6 +164,15 @@ def adapter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Adapter]:
             yield Adapter(adapter_url, work)
 
 
+def object_store_encoded(key: str) -> str:
+    """``key`` as object_store puts it in a URL: every byte but ASCII letters and digits
+    percent-encoded."""
+    return "".join(
+        chr(byte) if chr(byte).isascii() and chr(byte).isalnum() else f"%{byte:02X}"
+        for byte in key.encode()
+    )
+
+
 def new_table(adapter: Adapter) -> str:
     return f"gs://{BUCKET}/tables/{uuid.uuid4().hex[:8]}"
 
@@ -201,7 +210,7 @@ def test_a_data_file_over_the_multipart_threshold_is_uploaded_in_parts(adapter: 
     uri, options = new_table(adapter), adapter.storage_options()
     random = os.urandom(24 * MIB)  # incompressible: one data file larger than 20 MiB
     rows = pl.DataFrame({"blob": [random[i : i + MIB] for i in range(0, len(random), MIB)]})
-    table_key = quote(uri.removeprefix(f"gs://{BUCKET}/"), safe="")
+    table_key = object_store_encoded(uri.removeprefix(f"gs://{BUCKET}/"))
 
     deltalake.write_deltalake(uri, rows, storage_options=options)
 
@@ -227,8 +236,10 @@ def test_concurrent_appends_meet_412s_and_commit_each_version_once(adapter: Adap
         list(pool.map(append, range(1, writers + 1)))
 
     table = deltalake.DeltaTable(uri, storage_options=options)
-    table_log = quote(uri.removeprefix(f"gs://{BUCKET}/") + "/_delta_log/", safe="")
-    losers = [line for line in adapter.requests_logged() if table_log in line and "412" in line]
+    table_log = object_store_encoded(uri.removeprefix(f"gs://{BUCKET}/") + "/_delta_log/")
+    losers = [
+        line for line in adapter.requests_logged() if table_log in line and line.endswith(" 412")
+    ]
     assert losers, "no commit lost a race: the writers did not overlap"
     assert table.version() == writers
     versions = [entry["version"] for entry in table.history()]
@@ -269,6 +280,22 @@ def test_answers_carry_what_object_store_reads(adapter: Adapter) -> None:
     again = requests.put(adapter.object_url(key), data=b"x", timeout=30,
                          headers={"x-goog-if-generation-match": "0"})  # fmt: skip
     assert again.status_code == 412 and b"PreconditionFailed" in again.content
+
+
+def test_an_update_under_a_generation_precondition_wins_only_on_the_current_one(
+    adapter: Adapter,
+) -> None:
+    url = adapter.object_url(f"update/{uuid.uuid4().hex}")
+    first = requests.put(url, data=b"v1", timeout=30)
+    generation = first.headers["x-goog-generation"]
+
+    update = requests.put(url, data=b"v2", timeout=30,
+                          headers={"x-goog-if-generation-match": generation})  # fmt: skip
+    stale = requests.put(url, data=b"v3", timeout=30,
+                         headers={"x-goog-if-generation-match": generation})  # fmt: skip
+
+    assert (update.status_code, stale.status_code) == (200, 412)
+    assert requests.get(url, timeout=30).content == b"v2"
 
 
 def test_copy_honours_create_only_and_delete_then_answers_404(adapter: Adapter) -> None:
