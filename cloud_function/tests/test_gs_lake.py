@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ from dagster_pipes import (
     DAGSTER_PIPES_MESSAGES_ENV_VAR,
     encode_param,
 )
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
 
 from devstack.read_table import describe_table
 from devstack.stack import LocalStack, local_stack
@@ -38,7 +41,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield running
 
 
-def request_body(asset: str, invocation_id: str | None = None, **event: Any) -> dict[str, Any]:
+def request_body(
+    asset: str, invocation_id: str | None = None, key_prefix: str | None = None, **event: Any
+) -> dict[str, Any]:
     context = {
         "asset_keys": [asset],
         "code_version_by_asset_key": {asset: None},
@@ -51,7 +56,8 @@ def request_body(asset: str, invocation_id: str | None = None, **event: Any) -> 
         "retry_number": 0,
         "extras": {"invocation_id": invocation_id or uuid.uuid4().hex},
     }
-    messages = {"bucket": PIPES_BUCKET, "key_prefix": f"runs/{uuid.uuid4().hex}/1"}
+    key_prefix = key_prefix or f"runs/{uuid.uuid4().hex}/1"
+    messages = {"bucket": PIPES_BUCKET, "key_prefix": key_prefix}
     return {
         **event,
         DAGSTER_PIPES_CONTEXT_ENV_VAR: encode_param({"data": context}),
@@ -196,3 +202,38 @@ def test_the_local_table_is_read_in_one_command(stack: LocalStack) -> None:
     shown = describe_table(lake, "people", stack.emulator_url)
 
     assert shown.startswith(f"{lake}/people (version 1, 6 rows)\n")
+
+
+def wait_for_log(stack: LocalStack, after: str, line_start: str, timeout: float) -> None:
+    """Wait until a function log line starting with ``line_start`` follows ``after``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = stack.function_log()
+        if after in log and f'"message": "{line_start}' in log.split(after, 1)[1]:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {line_start!r} after {after!r}: {stack.function_log()[-2000:]}")
+
+
+def test_a_cancelled_write_to_gs_commits_nothing(stack: LocalStack) -> None:
+    lake, key_prefix, rows_asked = new_lake(stack), f"runs/{uuid.uuid4().hex}/1", 4_000_000
+    body = request_body("people", key_prefix=key_prefix, dl_bucket=lake, num_rows=rows_asked)
+    answers: list[requests.Response] = []
+    sender = threading.Thread(target=lambda: answers.append(invoke(stack, body)))
+    sender.start()
+    wait_for_log(stack, f"writing {rows_asked} rows to {lake}/people", "batch 1:", timeout=120)
+    table = deltalake.DeltaTable(f"{lake}/people", storage_options=options(stack))
+    version_before = table.version()  # the table is created empty before batch 1
+
+    gcs = storage.Client(
+        project="local",
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": stack.emulator_url},
+    )
+    gcs.bucket(PIPES_BUCKET).blob(f"{key_prefix}/cancel").upload_from_string("")
+    sender.join(timeout=120)
+
+    assert [answer.status_code for answer in answers] == [409], [a.text for a in answers]
+    time.sleep(2)  # the request has ended; look again a little later all the same
+    table = deltalake.DeltaTable(f"{lake}/people", storage_options=options(stack))
+    assert table.version() == version_before and data_commits(stack, f"{lake}/people") == []
