@@ -496,6 +496,7 @@ class AdapterServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # racing writers open many connections at once
 
     def __init__(
         self, address: tuple[str, int], upstream: Upstream, work_dir: Path, log_requests: bool
