@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 LOCAL_DEFAULTS = {
     "CLOUD_FUNCTION_URL": "http://127.0.0.1:8080",
     "PIPES_BUCKET": "dagster-pipes-local",
-    "DATA_LAKE_URI": ".data/lake",
+    "DATA_LAKE_URI": "gs://data-lake-local/lake",
     "GOOGLE_IMPERSONATE_SERVICE_ACCOUNT": "",
     "CLOUD_FUNCTION_AUDIENCE": "",
     "CLOUD_FUNCTION_PROJECT": "",
