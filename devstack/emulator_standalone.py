@@ -22,10 +22,10 @@ import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
-from devstack.__main__ import terminal_foreground
+from devstack.__main__ import emulator_services, terminal_foreground
 from devstack.net import LOOPBACK, port_is_free, url_port
 from devstack.readiness import emulator_probe
-from devstack.services import REPO_ROOT, emulator_command
+from devstack.services import REPO_ROOT
 
 # The local stack's defaults (.env.example), here without importing the demo's settings.
 DEFAULT_PORT = 9023
@@ -33,9 +33,9 @@ DEFAULT_BUCKET = "dagster-pipes-local"
 READY_TIMEOUT_S = 60.0
 
 
-def emulator_commands(port: int, bucket: str) -> dict[str, list[str]]:
-    """The processes that serve ``bucket`` on ``port``, named as ``just dd`` names them."""
-    return {"emulator": emulator_command(port, bucket)}
+def emulator_commands(url: str, bucket: str, data_lake_uri: str) -> dict[str, list[str]]:
+    """The processes that serve ``bucket`` and a ``gs://`` lake's at ``url``, as ``just dd``'s."""
+    return {s.name: s.command for s in emulator_services(url, bucket, data_lake_uri)}
 
 
 def instructions(url: str, bucket: str) -> str:
@@ -58,15 +58,16 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
     )
     parser.add_argument("--url", default=env.get("STORAGE_EMULATOR_HOST") or "")
     parser.add_argument("--bucket", default=env.get("PIPES_BUCKET") or DEFAULT_BUCKET)
+    parser.add_argument("--data-lake-uri", default=env.get("DATA_LAKE_URI") or "")
     args = parser.parse_args(argv)
     url = _http_url(args.url or f"{LOOPBACK}:{DEFAULT_PORT}")
     port = url_port(url, DEFAULT_PORT)
     if not port_is_free(port):
         return _fail(f"port {port} on {LOOPBACK} is already in use (`lsof -i :{port}`)")
     try:
-        commands = emulator_commands(port, args.bucket)
+        commands = emulator_commands(url, args.bucket, args.data_lake_uri)
     except ValueError as error:
-        return _fail(f"PIPES_BUCKET: {error}")
+        return _fail(str(error))
     return serve(commands, url, args.bucket)
 
 

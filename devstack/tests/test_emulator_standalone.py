@@ -93,4 +93,4 @@ def test_a_bucket_name_gcs_would_refuse_is_named_before_anything_starts(
 ) -> None:
     url = f"http://{LOOPBACK}:{free_port()}"
     assert main(["--url", url, "--bucket", "Not_A_Bucket"], env={}) == 2
-    assert "PIPES_BUCKET: 'Not_A_Bucket' is not a GCS bucket name" in capsys.readouterr().err
+    assert "'Not_A_Bucket' is not a GCS bucket name" in capsys.readouterr().err

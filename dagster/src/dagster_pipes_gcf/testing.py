@@ -9,7 +9,8 @@ bucket. Everything between them is the production code path and protocol: the re
 ``dagster_pipes.PipesContext`` whose messages are written as JSON-lines chunks
 ``<key_prefix>/<n>.json``, and the real :class:`~dagster_pipes_gcf.PipesCloudStorageMessageReader`
 reads them. So the asset sees logs, materialization metadata and check results as it would in
-production, and a handler that raises fails the step with its remote traceback.
+production, and a handler that raises fails the step with its remote error (its traceback
+shown once in the run).
 
 The doubles are strict: a call the production code does not make (another URL, another
 bucket, a storage method the reader and writer never use) raises instead of pretending.
