@@ -17,8 +17,9 @@ import webbrowser
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 
-from devstack.net import LOOPBACK, port_is_free, url_port
+from devstack.net import LOOPBACK, free_port, port_is_free, url_port
 from devstack.readiness import (
     Check,
     banner,
@@ -28,11 +29,14 @@ from devstack.readiness import (
     wait_ready,
 )
 from devstack.services import (
+    EMULATOR_DATA,
     FUNCTION_SOURCE,
     REPO_ROOT,
+    adapter_command,
     dagster_command,
     emulator_command,
     function_command,
+    lake_bucket,
 )
 from devstack.supervise import run_processes
 
@@ -40,6 +44,8 @@ DEFAULT_DAGSTER_PORT = 3000
 DEFAULT_EMULATOR_PORT, DEFAULT_FUNCTION_PORT = 9023, 8080
 DEFAULT_EMULATOR = f"http://{LOOPBACK}:{DEFAULT_EMULATOR_PORT}"
 DEFAULT_THREADS = "8"  # request threads of the local function (Cloud Run concurrency)
+EMULATOR_DATA_VAR = "EMULATOR_DATA_DIR"  # where the emulator keeps objects (.data/gcs)
+READY_CHECKED = ("emulator", "function", "dagster")  # fake-gcs: checked through the emulator
 READY_TIMEOUT = float(os.environ.get("DEVSTACK_READY_TIMEOUT", "180"))
 
 
@@ -89,10 +95,7 @@ def plan(
         else:
             emulator = emulator_host or DEFAULT_EMULATOR
             env["STORAGE_EMULATOR_HOST"] = emulator
-            port = url_port(emulator, DEFAULT_EMULATOR_PORT)
-            services.append(
-                Service("emulator", emulator_command(port, settings.pipes_bucket), port, emulator)
-            )
+            services += emulator_services(emulator, settings.pipes_bucket, settings.data_lake_uri)
     if "function" in which:
         if local_function:
             port = url_port(settings.function_url, DEFAULT_FUNCTION_PORT)
@@ -108,6 +111,21 @@ def plan(
         url = f"http://{LOOPBACK}:{dagster_port}"
         services.append(Service("dagster", dagster_command(dagster_port), dagster_port, url))
     return services, env
+
+
+def emulator_services(emulator: str, pipes_bucket: str, data_lake_uri: str) -> list[Service]:
+    """fake-gcs-server on a free port behind the XML-API adapter, which listens at
+    ``emulator`` (STORAGE_EMULATOR_HOST) and creates the Pipes bucket and a ``gs://`` lake's."""
+    port, backend_port = url_port(emulator, DEFAULT_EMULATOR_PORT), free_port()
+    backend = f"http://{LOOPBACK}:{backend_port}"
+    buckets = [pipes_bucket, *filter(None, [lake_bucket(data_lake_uri)])]
+    data_dir = Path(os.environ.get(EMULATOR_DATA_VAR) or EMULATOR_DATA)
+    return [
+        Service(
+            "fake-gcs", emulator_command(backend_port, emulator, data_dir), backend_port, backend
+        ),
+        Service("emulator", adapter_command(port, backend, buckets), port, emulator),
+    ]
 
 
 def preflight(services: Sequence[Service]) -> list[str]:
@@ -141,7 +159,7 @@ def run_stack(which: Sequence[str], dagster_port: int | None, open_browser: bool
     full_env = {**os.environ, **env}
     commands: dict[str, Sequence[str]] = {s.name: s.command for s in services}
     ready = [sys.executable, "-m", "devstack", "ready"]
-    ready += [f"--{s.name}={s.url}" for s in services]
+    ready += [f"--{s.name}={s.url}" for s in services if s.name in READY_CHECKED]
     ready += [f"--bucket={env['PIPES_BUCKET']}"]
     commands["ready"] = [*ready, *(["--open-browser"] if open_browser else [])]
     with terminal_foreground():

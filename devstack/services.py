@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,8 @@ FUNCTION_SOURCE = REPO_ROOT / "cloud_function" / "main.py"
 BIN = Path(sys.executable).parent
 
 
-EMULATOR_DATA = REPO_ROOT / ".data" / "emulator"
+# The emulator's objects (every bucket, the gs:// lake too) survive restarts of `just dd`.
+EMULATOR_DATA = REPO_ROOT / ".data" / "gcs"
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
 
 
@@ -45,21 +45,16 @@ def fake_gcs_server_binary() -> Path:
         raise EmulatorUnavailable(f"fake-gcs-server cannot run here: {error}") from None
 
 
-def emulator_command(port: int, bucket: str, data_dir: Path = EMULATOR_DATA) -> list[str]:
-    """fake-gcs-server in memory, over HTTP, with ``bucket`` created before it listens.
+def emulator_command(port: int, public_url: str, data_dir: Path = EMULATOR_DATA) -> list[str]:
+    """fake-gcs-server over HTTP on ``port``, its objects kept as files under ``data_dir``.
 
-    fake-gcs-server creates one bucket per folder of ``-data`` (files become objects), so the
-    bucket's folder is made empty here. It enforces generation preconditions like GCS
-    (``if_generation_match=0`` on an existing object is HTTP 412). What it lacks: auth and
-    IAM (every caller may do anything: permissions are proven by infra/'s contract tests),
-    and the XML API that delta-rs uploads with (``PUT /bucket/object`` is HTTP 400 "invalid
-    uploadType"), so it serves the Pipes bucket only and the local Delta lake is a directory.
+    It serves the JSON API behind the XML-API adapter (:func:`adapter_command`), which
+    listens at ``public_url``: upload URLs it hands out (resumable uploads) point there. It
+    enforces generation preconditions on JSON uploads like GCS (``ifGenerationMatch=0`` on
+    an existing object is HTTP 412). What it lacks: auth and IAM (every caller may do
+    anything: permissions are proven by infra/'s contract tests), and the XML API delta-rs
+    writes with, which the adapter provides.
     """
-    if not BUCKET_NAME.fullmatch(bucket):
-        raise ValueError(f"{bucket!r} is not a GCS bucket name")
-    seed = data_dir / bucket
-    shutil.rmtree(seed, ignore_errors=True)  # leftovers would be served as objects
-    seed.mkdir(parents=True)
     try:
         binary = fake_gcs_server_binary()
     except EmulatorUnavailable as error:
@@ -68,10 +63,27 @@ def emulator_command(port: int, bucket: str, data_dir: Path = EMULATOR_DATA) -> 
         return [sys.executable, "-c", "import sys; sys.exit(sys.argv[1])", f"devstack: {error}"]
     address = f"{LOOPBACK}:{port}"
     return [
-        str(binary), "-scheme", "http", "-backend", "memory",
-        "-host", LOOPBACK, "-port", str(port), "-public-host", address,
-        "-external-url", f"http://{address}", "-data", str(data_dir), "-log-level", "warn",
+        str(binary), "-scheme", "http", "-backend", "filesystem",
+        "-filesystem-root", str(data_dir), "-host", LOOPBACK, "-port", str(port),
+        "-public-host", address, "-external-url", public_url, "-log-level", "warn",
     ]  # fmt: skip
+
+
+def adapter_command(port: int, emulator_url: str, buckets: Sequence[str]) -> list[str]:
+    """The XML-API adapter on ``port`` in front of the emulator, ``buckets`` created first."""
+    for bucket in buckets:
+        if not BUCKET_NAME.fullmatch(bucket):
+            raise ValueError(f"{bucket!r} is not a GCS bucket name")
+    command = [sys.executable, "-m", "devstack.gcs_xml_adapter", "--port", str(port)]
+    command += ["--upstream", emulator_url]
+    return command + [f"--bucket={bucket}" for bucket in dict.fromkeys(buckets)]
+
+
+def lake_bucket(data_lake_uri: str) -> str | None:
+    """The bucket of a ``gs://`` data lake (None for a directory)."""
+    if not data_lake_uri.startswith("gs://"):
+        return None
+    return data_lake_uri.removeprefix("gs://").partition("/")[0]
 
 
 def function_command(

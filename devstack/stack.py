@@ -12,21 +12,26 @@ from devstack.readiness import Check, emulator_probe, wait_ready
 from devstack.services import (
     FUNCTION_SOURCE,
     ServiceFailed,
+    adapter_command,
     emulator_command,
     function_command,
     running,
 )
+
+GS_LAKE_BUCKET = "people-lake-test"
 
 
 @dataclass(frozen=True)
 class LocalStack:
     """Addresses of a running local stack."""
 
-    emulator_url: str
+    emulator_url: str  # the XML-API adapter, which passes the JSON API through
     function_url: str
     pipes_bucket: str
-    data_lake_uri: str
+    data_lake_uri: str  # the function's default lake (a directory unless gs_lake=True)
     log_dir: Path
+    directory_lake: str = ""
+    gs_lake_uri: str = ""  # gs://<lake bucket>/lake in the emulator; always allowed too
 
     def function_log(self) -> str:
         return (self.log_dir / "function.log").read_text(errors="replace")
@@ -39,19 +44,29 @@ def local_stack(
     pipes_bucket: str = "dagster-pipes-test",
     function_env: Mapping[str, str] | None = None,
     function_source: Path = FUNCTION_SOURCE,
+    gs_lake: bool = False,
 ) -> Iterator[LocalStack]:
-    """Run the GCS emulator (fake-gcs-server, the Pipes bucket created) and a function (by
-    default the people function, served by functions-framework with 8 request threads) until
-    the block exits."""
+    """Run the GCS emulator (fake-gcs-server behind the XML-API adapter, the Pipes and lake
+    buckets created) and a function (by default the people function, served by
+    functions-framework with 8 request threads) until the block exits.
+
+    The function may write to both lakes, a directory and ``gs://<lake bucket>/lake``;
+    ``gs_lake`` makes the ``gs://`` one its default (``DATA_LAKE_URI``).
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
-    emulator_port, function_port = free_port(), free_port()
-    emulator_url = f"http://{LOOPBACK}:{emulator_port}"
+    emulator_port, adapter_port, function_port = free_port(), free_port(), free_port()
+    emulator_url = f"http://{LOOPBACK}:{adapter_port}"
     lake = work_dir / "lake"
     lake.mkdir(exist_ok=True)
+    emulator_data = work_dir / "emulator-data"  # its objects, and the adapter's log
+    emulator_data.mkdir(exist_ok=True)
+    gs_lake_uri = f"gs://{GS_LAKE_BUCKET}/lake"
+    default_lake = gs_lake_uri if gs_lake else str(lake)
     env = {
         "STORAGE_EMULATOR_HOST": emulator_url,
         "PIPES_BUCKET": pipes_bucket,
-        "DATA_LAKE_URI": str(lake),
+        "DATA_LAKE_URI": default_lake,
+        "ALLOWED_DATA_LAKE_ROOTS": f"{lake},{gs_lake_uri}",
         "THREADS": "8",
         **(function_env or {}),
     }
@@ -59,11 +74,22 @@ def local_stack(
         stack.enter_context(
             running(
                 "GCS emulator",
-                emulator_command(emulator_port, pipes_bucket, work_dir / "emulator-data"),
+                emulator_command(emulator_port, emulator_url, emulator_data / "objects"),
                 emulator_port,
                 log_path=work_dir / "emulator.log",
             )
         )
+        stack.enter_context(
+            running(
+                "GCS XML-API adapter",
+                adapter_command(
+                    adapter_port, f"http://{LOOPBACK}:{emulator_port}",
+                    [pipes_bucket, GS_LAKE_BUCKET],
+                ),
+                adapter_port,
+                log_path=emulator_data / "adapter.log",
+            )
+        )  # fmt: skip
         _wait_for_bucket(emulator_url, pipes_bucket)
         stack.enter_context(
             running(
@@ -78,8 +104,10 @@ def local_stack(
             emulator_url=emulator_url,
             function_url=f"http://{LOOPBACK}:{function_port}",
             pipes_bucket=pipes_bucket,
-            data_lake_uri=str(lake),
+            data_lake_uri=default_lake,
             log_dir=work_dir,
+            directory_lake=str(lake),
+            gs_lake_uri=gs_lake_uri,
         )
 
 

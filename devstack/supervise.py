@@ -25,7 +25,8 @@ HINTS = {
         "the function could not start. Fix the error above in its code (cloud_function/, or "
         "FUNCTION_SOURCE) or install what it imports (`just sync`), then start again."
     ),
-    "emulator": "the GCS emulator could not start (see its output above).",
+    "emulator": "the GCS emulator's XML-API adapter could not start (see its output above).",
+    "fake-gcs": "the GCS emulator (fake-gcs-server) could not start (see its output above).",
     "dagster": "dagster dev could not start (see its output above).",
 }
 LIBRARY_FRAME = re.compile(r'^\s*File "(<frozen [^>]+>|[^"]*/site-packages/[^"]*)"')

@@ -100,6 +100,7 @@ def devstack(tmp_path: Path) -> Iterator[Devstack]:
         "DAGSTER_PORT": str(free_port()),
         "DAGSTER_HOME": str(home),
         "DATA_LAKE_URI": str(tmp_path / "lake"),
+        "EMULATOR_DATA_DIR": str(tmp_path / "emulator-data"),
         "PIPES_BUCKET": "devstack-test",
         "THREADS": "2",
         "CI": "1",
