@@ -22,6 +22,7 @@ repeat reports what the first attempt wrote; :func:`committed_rows` reads that c
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import logging
@@ -208,6 +209,14 @@ def _committed(delta: DeltaTable, table: TableRef, invocation_id: str) -> TableW
     return _as_write(table, commit, repeated=True)
 
 
+def _own_commit(table: TableRef, invocation_id: str, write_id: str) -> TableWrite | None:
+    """This call's commit of ``invocation_id`` (None: none, or a racing copy's)."""
+    done = previous_write(table, invocation_id)
+    if done is None or done.commit_metadata.get("write") != write_id:
+        return None
+    return dataclasses.replace(done, repeated=False)
+
+
 def previous_write(table: TableRef, invocation_id: str) -> TableWrite | None:
     """What an earlier attempt of ``invocation_id`` committed, or None if it did not commit."""
     delta = open_table(table)
@@ -309,11 +318,18 @@ def write_people_table(
     """
     marker = invocation_id or f"unkeyed-{uuid.uuid4()}"  # finds the commit afterwards
     recorded = {_META + key: value for key, value in (commit_metadata or {}).items()}
-    commit: dict[str, Any] = {"custom_metadata": {**recorded, _META + "marker": marker}}
+    # Tells this call's own commit from a copy's: a commit whose answer was lost (a reset)
+    # is retried by the store client, meets its own log entry and fails as a conflict.
+    write_id = uuid.uuid4().hex
+    commit: dict[str, Any] = {
+        "custom_metadata": {**recorded, _META + "marker": marker, _META + "write": write_id}
+    }
     if invocation_id:
         txn = Transaction(app_id=app_id_for(invocation_id), version=TXN_VERSION)
         commit["app_transactions"] = [txn]
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        if attempt > 1 and invocation_id and (mine := _own_commit(table, invocation_id, write_id)):
+            return mine  # checked before the rows are made again: the committed ones stand
         stream = _arrow_stream(rows)
         if window is not None and PARTITION_COLUMN not in stream.schema.names:
             raise ValueError(f"partitioned writes need the {PARTITION_COLUMN!r} column")
