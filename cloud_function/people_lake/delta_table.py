@@ -209,9 +209,9 @@ def _committed(delta: DeltaTable, table: TableRef, invocation_id: str) -> TableW
     return _as_write(table, commit, repeated=True)
 
 
-def _own_commit(table: TableRef, invocation_id: str, write_id: str) -> TableWrite | None:
-    """This call's commit of ``invocation_id`` (None: none, or a racing copy's)."""
-    done = previous_write(table, invocation_id)
+def _own_commit(table: TableRef, marker: str, write_id: str) -> TableWrite | None:
+    """This call's commit of ``marker`` (its invocation; None: none, or a racing copy's)."""
+    done = previous_write(table, marker)
     if done is None or done.commit_metadata.get("write") != write_id:
         return None
     return dataclasses.replace(done, repeated=False)
@@ -324,11 +324,12 @@ def write_people_table(
     commit: dict[str, Any] = {
         "custom_metadata": {**recorded, _META + "marker": marker, _META + "write": write_id}
     }
-    if invocation_id:
-        txn = Transaction(app_id=app_id_for(invocation_id), version=TXN_VERSION)
-        commit["app_transactions"] = [txn]
+    # An unkeyed write gets a txn of its own too: delta-rs then refuses to rebase a commit
+    # that already landed (its answer lost) as a second commit of the same files.
+    txn = Transaction(app_id=app_id_for(marker), version=TXN_VERSION)
+    commit["app_transactions"] = [txn]
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
-        if attempt > 1 and invocation_id and (mine := _own_commit(table, invocation_id, write_id)):
+        if attempt > 1 and (mine := _own_commit(table, marker, write_id)):
             return mine  # checked before the rows are made again: the committed ones stand
         stream = _arrow_stream(rows)
         if window is not None and PARTITION_COLUMN not in stream.schema.names:

@@ -9,6 +9,7 @@ committed nothing: never a silent loss, never a second commit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -112,7 +113,7 @@ def control(proxy: FaultProxy, method: str, fault: dict[str, Any] | None = None)
     return result
 
 
-def request_body(lake: str, invocation_id: str, key_prefix: str) -> dict[str, Any]:
+def request_body(lake: str, invocation_id: str | None, key_prefix: str) -> dict[str, Any]:
     context = {
         "asset_keys": ["people"],
         "code_version_by_asset_key": {"people": None},
@@ -123,7 +124,7 @@ def request_body(lake: str, invocation_id: str, key_prefix: str) -> dict[str, An
         "run_id": "faults-run",
         "job_name": "faults_job",
         "retry_number": 0,
-        "extras": {"invocation_id": invocation_id},
+        "extras": {"invocation_id": invocation_id} if invocation_id else {},
     }
     return {
         "dl_bucket": lake,
@@ -140,7 +141,7 @@ class Invocation:
     """One request for ``ROWS`` people into a new ``gs://`` lake."""
 
     lake: str
-    invocation_id: str
+    invocation_id: str | None  # None: a caller that sends none (writes are not deduplicated)
     key_prefix: str
 
     @classmethod
@@ -273,6 +274,20 @@ def test_a_fault_on_the_data_commit_itself_commits_once(
     answer = run.send(function)
 
     assert control(proxy, "GET")["injected"] == {f"commit:{fault}": 1}
+    assert_committed_once_and_delivered(stack, run, answer)
+
+
+def test_a_lost_answer_to_the_commit_of_a_write_without_invocation_id_commits_once(
+    stack: LocalStack, proxy: FaultProxy, function: FaultyFunction
+) -> None:
+    """Without an invocation id there is no txn to find: the store client's retry of the
+    landed commit must still not become a second commit of the same files."""
+    control(proxy, "POST", fault_spec("commit", "reset_after_upstream", after=1))
+    run = dataclasses.replace(Invocation.new(stack), invocation_id=None)
+
+    answer = run.send(function)
+
+    assert control(proxy, "GET")["injected"] == {"commit:reset_after_upstream": 1}
     assert_committed_once_and_delivered(stack, run, answer)
 
 
