@@ -36,14 +36,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
-from contextlib import closing, suppress
+from collections.abc import Iterator, Mapping
+from contextlib import closing, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from devstack.net import LOOPBACK
+from devstack.net import LOOPBACK, free_port
 
 CONTROL_PATH = "/_faults"
 REQUEST_CLASSES = ("chunk_upload", "cancel_read", "data_upload", "commit", "list")
@@ -334,6 +334,19 @@ class FaultProxyHandler(BaseHTTPRequestHandler):
 def serve(port: int, upstream: str | None = None) -> FaultProxy:
     """The proxy listening on ``port`` (not yet serving), passing requests to ``upstream``."""
     return FaultProxy((LOOPBACK, port), upstream)
+
+
+@contextmanager
+def running_proxy(upstream: str, port: int | None = None) -> Iterator[FaultProxy]:
+    """The proxy in front of ``upstream``, served from a thread of this process (tests)."""
+    server = serve(port or free_port(), upstream)
+    thread = threading.Thread(target=server.serve_forever, name="fault-proxy", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def main(argv: list[str] | None = None) -> int:
