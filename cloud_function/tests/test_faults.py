@@ -358,3 +358,22 @@ def test_a_function_killed_mid_write_leaves_the_table_unchanged_and_a_retry_comm
 def with_suppressed(send: Any, function: FaultyFunction) -> None:
     with suppress(requests.ConnectionError):  # the server was killed: no answer
         send(function)
+
+
+@pytest.mark.parametrize("request_class", ["data_upload", "commit"])
+def test_a_lake_that_keeps_failing_ends_in_a_clear_error_and_no_commit(
+    stack: LocalStack, proxy: FaultProxy, function: FaultyFunction, request_class: str
+) -> None:
+    """delta-rs retries each request 10 times (within seconds here), then the job fails."""
+    after = 1 if request_class == "commit" else 0  # the first commit creates the empty table
+    control(proxy, "POST", fault_spec(request_class, "503", times=1000, after=after))
+    run = Invocation.new(stack)
+
+    answer = run.send(function)
+
+    assert answer.status_code == 500, answer.text
+    assert "503" in answer.json()["error"]["message"]
+    assert control(proxy, "GET")["injected"][f"{request_class}:503"] > 1
+    assert_clear_error_and_at_most_one_commit(stack, run, answer)
+    _, commits, _ = table_state(stack, run.table)
+    assert commits == []
