@@ -22,6 +22,7 @@ repeat reports what the first attempt wrote; :func:`committed_rows` reads that c
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import itertools
@@ -250,6 +251,14 @@ def _committed(delta: DeltaTable, table: TableRef, invocation_id: str) -> TableW
     return _as_write(table, commit, repeated=True)
 
 
+def _own_commit(table: TableRef, marker: str, write_id: str) -> TableWrite | None:
+    """This call's commit of ``marker`` (its invocation; None: none, or a racing copy's)."""
+    done = previous_write(table, marker)
+    if done is None or done.commit_metadata.get("write") != write_id:
+        return None
+    return dataclasses.replace(done, repeated=False)
+
+
 def previous_write(table: TableRef, invocation_id: str) -> TableWrite | None:
     """What an earlier attempt of ``invocation_id`` committed, or None if it did not commit."""
     delta = open_table(table)
@@ -365,11 +374,19 @@ def write_people_table(
     """
     marker = invocation_id or f"unkeyed-{uuid.uuid4()}"  # finds the commit afterwards
     recorded = {_META + key: value for key, value in (commit_metadata or {}).items()}
-    commit: dict[str, Any] = {"custom_metadata": {**recorded, _META + "marker": marker}}
-    if invocation_id:
-        txn = Transaction(app_id_for(invocation_id), TXN_VERSION, last_updated=_now_ms())
-        commit["app_transactions"] = [txn]
+    # Tells this call's own commit from a copy's: a commit whose answer was lost (a reset)
+    # is retried by the store client, meets its own log entry and fails as a conflict.
+    write_id = uuid.uuid4().hex
+    commit: dict[str, Any] = {
+        "custom_metadata": {**recorded, _META + "marker": marker, _META + "write": write_id}
+    }
+    # An unkeyed write gets a txn of its own too: delta-rs then refuses to rebase a commit
+    # that already landed (its answer lost) as a second commit of the same files.
+    txn = Transaction(app_id_for(marker), TXN_VERSION, last_updated=_now_ms())
+    commit["app_transactions"] = [txn]
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        if attempt > 1 and (mine := _own_commit(table, marker, write_id)):
+            return mine  # checked before the rows are made again: the committed ones stand
         stream = _arrow_stream(rows)
         if window is not None and PARTITION_COLUMN not in stream.schema.names:
             raise ValueError(f"partitioned writes need the {PARTITION_COLUMN!r} column")
