@@ -295,7 +295,8 @@ class FaultProxyHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if content_type:
             self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        if "Content-Length" not in headers:  # a HEAD's is the object's size, passed on as is
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD" and status not in (204, 304):
             self.wfile.write(body)
@@ -322,10 +323,13 @@ class FaultProxyHandler(BaseHTTPRequestHandler):
         if drop_answer:
             self._reset()
             return
+        dropped = HOP_BY_HOP | {"date", "server"}
+        if self.command != "HEAD":
+            dropped |= {"content-length"}  # the body is sent as read, with its own length
         headers = {
-            name: value
+            ("Content-Length" if name.lower() == "content-length" else name): value
             for name, value in response.getheaders()
-            if name.lower() not in HOP_BY_HOP | {"content-length", "date", "server"}
+            if name.lower() not in dropped
         }
         with suppress(OSError):  # the client gave up meanwhile (e.g. its timeout)
             self._answer(response.status, data, headers, content_type=None)

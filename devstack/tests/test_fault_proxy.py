@@ -62,9 +62,10 @@ class Upstream(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
-    do_GET = do_POST = do_PUT
+    do_GET = do_POST = do_HEAD = do_PUT
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -109,6 +110,15 @@ def test_an_unknown_class_fault_or_field_is_refused(proxy: FaultProxy, spec: Any
 
     assert answer.status_code == 400, answer.text
     assert requests.get(f"{proxy.url}/_faults", timeout=5).json()["pending"] == []
+
+
+def test_a_head_passes_on_the_objects_size(proxy: FaultProxy) -> None:
+    """object_store sizes a file by its HEAD before reading it: a length of 0 reads nothing."""
+    through = requests.head(f"{proxy.url}{COMMIT}", timeout=5)
+    direct = requests.get(f"{proxy.url}{COMMIT}", timeout=5)
+
+    assert through.status_code == 200
+    assert through.headers["Content-Length"] == str(len(direct.content)) != "0"
 
 
 @pytest.mark.parametrize("status", [503, 429])
