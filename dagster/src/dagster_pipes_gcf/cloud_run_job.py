@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from dagster import PipesClient, open_pipes_session
 from dagster._core.definitions.resource_annotation import TreatAsResourceParam
-from dagster._core.errors import DagsterPipesExecutionError
+from dagster._core.errors import DagsterExecutionInterruptedError, DagsterPipesExecutionError
 from dagster_pipes import PipesExtras
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
@@ -158,12 +161,20 @@ class PipesCloudRunJobClient(PipesClient, TreatAsResourceParam):
             add_partition_range(session.context_data, context)
             bootstrap = {**(env or {}), **session.get_bootstrap_env_vars()}
             request = run_request(job_name, args, bootstrap, task_count, timeout_s)
-            execution = self._launch(request, context)
-            context.log.info(
-                f"[pipes] Cloud Run job execution {execution.name} started with "
-                f"{execution.task_count} task(s) ({invocation_id}); logs: {execution.log_uri}"
-            )
-            execution = self._wait(execution.name, context)
+            launched: str | None = None
+            try:
+                with interrupts_deferred():  # an execution we started must be known to cancel it
+                    execution = self._launch(request, context)
+                    launched = execution.name
+                context.log.info(
+                    f"[pipes] Cloud Run job execution {execution.name} started with "
+                    f"{execution.task_count} task(s) ({invocation_id}); logs: {execution.log_uri}"
+                )
+                execution = self._wait(execution.name)
+            except BaseException:  # run terminated (Dagster's interrupt), or polling failed
+                if launched is not None and self.forward_termination:
+                    self._cancel(launched, context)
+                raise
             tasks = list(self.api.tasks.list_tasks(parent=execution.name))
             if execution.succeeded_count != execution.task_count:
                 raise DagsterPipesExecutionError(describe_failure(execution, tasks))
@@ -201,20 +212,15 @@ class PipesCloudRunJobClient(PipesClient, TreatAsResourceParam):
         execution: run_v2.Execution = operation.metadata
         return execution
 
-    def _wait(self, name: str, context: Context) -> run_v2.Execution:
-        """Poll until the execution completed; a terminated run cancels it first."""
-        try:
-            while True:
-                execution = self.api.executions.get_execution(
-                    name=name, timeout=self.policy.request_timeout_s
-                )
-                if "completion_time" in execution:
-                    return execution
-                time.sleep(self.policy.poll_interval_s)
-        except BaseException:  # run terminated (Dagster's interrupt), or polling failed
-            if self.forward_termination:
-                self._cancel(name, context)
-            raise
+    def _wait(self, name: str) -> run_v2.Execution:
+        """Poll until the execution completed."""
+        while True:
+            execution = self.api.executions.get_execution(
+                name=name, timeout=self.policy.request_timeout_s
+            )
+            if "completion_time" in execution:
+                return execution
+            time.sleep(self.policy.poll_interval_s)
 
     def _cancel(self, name: str, context: Context) -> None:
         try:
@@ -223,6 +229,26 @@ class PipesCloudRunJobClient(PipesClient, TreatAsResourceParam):
             context.log.warning(f"[pipes] could not cancel execution {name}: {exc}")
             return
         context.log.warning(f"[pipes] cancelled Cloud Run job execution {name}")
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Dagster's termination (SIGINT, SIGTERM) back until the block is done, then raise
+    it: a launch cut off half-way would leave an execution running that nobody cancels."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise DagsterExecutionInterruptedError()
 
 
 def run_request(

@@ -182,11 +182,10 @@ def _incomplete(task: TaskStream, timeout: float) -> str:
 def merge_results(per_task: Sequence[Sequence[Any]]) -> list[Any]:
     """One materialization per asset and one result per check, from every task's results.
 
-    Materialization metadata: values every task agrees on are kept; numbers in
-    :data:`SUMMED_METADATA` add up, other numbers take the largest (a Delta version, a row
-    count of the table); other values that differ take the first task's. A check passes only
-    if it passed in every task; a failing task's metadata is kept. Custom messages pass
-    through in task order.
+    Materialization metadata: numbers in :data:`SUMMED_METADATA` add up, other numbers take
+    the largest (a Delta version, the table's row count); other values are the first
+    task's. A check passes only if it passed in every task; a failing task's metadata is
+    kept. Custom messages pass through in task order.
     """
     grouped: dict[tuple[str, ...], list[Any]] = {}
     for results in per_task:
@@ -230,11 +229,12 @@ def _merge_metadata(metadatas: list[Mapping[str, Any]]) -> dict[str, Any]:
         entries = [metadata[key] for metadata in metadatas if key in metadata]
         raws = [entry.get("raw_value") for entry in entries]
         numbers = all(isinstance(raw, int | float) and not isinstance(raw, bool) for raw in raws)
-        if all(entry == entries[0] for entry in entries) or not numbers:
-            merged[key] = entries[0]
+        if numbers and key in SUMMED_METADATA:
+            merged[key] = {**entries[0], "raw_value": sum(raws)}
+        elif numbers:
+            merged[key] = {**entries[0], "raw_value": max(raws)}
         else:
-            value = sum(raws) if key in SUMMED_METADATA else max(raws)
-            merged[key] = {**entries[0], "raw_value": value}
+            merged[key] = entries[0]
     return merged
 
 
