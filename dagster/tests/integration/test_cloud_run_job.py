@@ -18,6 +18,7 @@ from dagster_pipes_gcf import (
     JobPolicy,
     PipesCloudRunJobClient,
     PipesCloudRunTaskMessageReader,
+    PollingPolicy,
     event_args,
 )
 from devstack.cloud_run_jobs import running_stand_in
@@ -60,6 +61,7 @@ def jobs_endpoint(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -
     jobs = {
         "people-job": {"command": TASK_COMMAND, "env": env, "max_retries": 1},
         "failing-job": {"command": flaky, "env": {**env, "FLAKY_MODE": "fail_task_2"}},
+        "silent-job": {"command": [sys.executable, "-c", "pass"], "env": env},
         "flaky-job": {
             "command": flaky,
             "env": {**env, "FLAKY_MODE": "crash_after_first_attempt"},
@@ -212,6 +214,33 @@ def test_a_retried_task_delivers_its_messages_once(stack: LocalStack, jobs_endpo
     assert table_rows(lake, "people_job") == 40  # the retry found task 1's commit
     lines = logs(instance, result.run_id)
     assert any(line.startswith("[task 1 attempt 1] invocation") for line in lines)
+
+
+def test_a_task_that_succeeded_without_closed_fails_the_step(
+    stack: LocalStack, jobs_endpoint: str
+) -> None:
+    client = PipesCloudRunJobClient(
+        message_reader=PipesCloudRunTaskMessageReader(
+            bucket=stack.pipes_bucket, polling=PollingPolicy(drain_timeout=1.0)
+        ),
+        api=CloudRunJobsApi.local(jobs_endpoint),
+        policy=JobPolicy(poll_interval_s=0.2),
+    )
+    result = dg.materialize(
+        [people_job],
+        resources={
+            "pipes_job_client": client,
+            "people_cloud_run_job": PeopleJob(
+                job_name=job_name("silent-job"), data_lake_uri=str(fresh_lake(stack))
+            ),
+        },
+        run_config={"ops": {"people_job": {"config": {"num_rows": 10, "task_count": 2}}}},
+        raise_on_error=False,
+    )
+    assert not result.success
+    message = failure(result)
+    assert "incomplete for task(s) that succeeded" in message
+    assert "task 0: no `closed` message" in message and "task 1: no `closed`" in message
 
 
 def test_daily_people_job_runs_one_task_per_month(stack: LocalStack, jobs_endpoint: str) -> None:
