@@ -131,6 +131,7 @@ class StandInConfig:
     location: str = "us-central1"
     grace_s: float = 10.0
     run_quota_per_minute: int | None = None
+    run_quota_window_s: float = 60.0  # shorter in tests: the quota refills sooner
     cwd: Path | None = None
 
     @classmethod
@@ -145,6 +146,7 @@ class StandInConfig:
             location=raw.pop("location", "us-central1"),
             grace_s=float(raw.pop("grace_s", 10.0)),
             run_quota_per_minute=None if quota is None else int(quota),
+            run_quota_window_s=float(raw.pop("run_quota_window_s", 60.0)),
             cwd=Path(raw["cwd"]) if raw.pop("cwd", None) else None,
         )
         if raw:
@@ -474,7 +476,7 @@ class CloudRunJobs:
             return
         with self._lock:
             now = time.monotonic()
-            while self._launches and now - self._launches[0] > 60:
+            while self._launches and now - self._launches[0] > self.config.run_quota_window_s:
                 self._launches.popleft()
             if len(self._launches) >= quota:
                 raise ApiError(

@@ -31,7 +31,7 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
-    stop_after_delay,
+    stop_before_delay,
     wait_exponential_jitter,
 )
 
@@ -201,7 +201,7 @@ class PipesCloudRunJobClient(PipesClient, TreatAsResourceParam):
 
         retrying = Retrying(
             retry=retry_if_exception_type(gexc.TooManyRequests),  # REST 429; gRPC ResourceExhausted
-            stop=stop_after_delay(self.policy.launch_deadline_s),
+            stop=stop_before_delay(self.policy.launch_deadline_s),
             wait=wait_exponential_jitter(initial=1.0, max=30.0),
             before_sleep=waiting,
             reraise=True,

@@ -21,6 +21,7 @@ from dagster_pipes_gcf import (
     PollingPolicy,
     event_args,
 )
+from dagster_pipes_gcf.cloud_run_job import run_request
 from devstack.cloud_run_jobs import running_stand_in
 from devstack.stack import LocalStack
 from gcf_demo.defs.assets import check_specs
@@ -309,3 +310,39 @@ def _interrupt_main() -> None:
     import _thread
 
     _thread.interrupt_main()
+
+
+def test_launches_refused_by_the_quota_are_retried_within_the_deadline(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    jobs = {"people-job": {"command": TASK_COMMAND, "env": job_env(stack)}}
+    quota = {"run_quota_per_minute": 1, "run_quota_window_s": 8.0}
+    with running_stand_in(tmp_path, jobs, **quota) as endpoint:
+        api = CloudRunJobsApi.local(endpoint)
+        request = run_request(job_name("people-job"), event_args({"num_rows": 4}), {}, 1, None)
+        api.jobs.run_job(request=request)  # the quota is used up now
+
+        instance = dg.DagsterInstance.ephemeral()
+
+        def materialize_with(deadline_s: float) -> dg.ExecuteInProcessResult:
+            client = job_client(stack, endpoint)
+            client.policy = JobPolicy(poll_interval_s=0.2, launch_deadline_s=deadline_s)
+            return dg.materialize(
+                [people_job],
+                resources={
+                    "pipes_job_client": client,
+                    "people_cloud_run_job": PeopleJob(
+                        job_name=job_name("people-job"), data_lake_uri=str(fresh_lake(stack))
+                    ),
+                },
+                run_config={"ops": {"people_job": {"config": {"num_rows": 8}}}},
+                instance=instance,
+                raise_on_error=False,
+            )
+
+        refused = materialize_with(deadline_s=0.5)
+        assert not refused.success and "Quota exceeded" in failure(refused)
+        retried = materialize_with(deadline_s=30.0)
+        assert retried.success, failure(retried)
+        lines = logs(instance, retried.run_id)
+        assert any(line.startswith("[pipes] run-job quota exhausted") for line in lines)
