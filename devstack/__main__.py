@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
+from devstack.cloud_run_jobs import DEFAULT_ENDPOINT as DEFAULT_JOBS_ENDPOINT
+from devstack.cloud_run_jobs import local_jobs_command
 from devstack.net import LOOPBACK, port_is_free, url_port
 from devstack.readiness import (
     Check,
@@ -102,12 +104,23 @@ def plan(
             services.append(Service("function", command, port, settings.function_url))
         else:
             print(f"devstack: using the deployed function at {settings.function_url}")
+    if "dagster" in which and "function" in which and local_function:
+        services.append(cloud_run_jobs_service(env))
     if "dagster" in which:
         # After DemoSettings.from_env(): a DAGSTER_PORT in .env counts too.
         dagster_port = dagster_port or int(os.environ.get("DAGSTER_PORT") or DEFAULT_DAGSTER_PORT)
         url = f"http://{LOOPBACK}:{dagster_port}"
         services.append(Service("dagster", dagster_command(dagster_port), dagster_port, url))
     return services, env
+
+
+def cloud_run_jobs_service(env: dict[str, str]) -> Service:
+    """The Cloud Run Jobs stand-in serving the demo's people-job; Dagster is told where."""
+    endpoint = os.environ.get("CLOUD_RUN_JOBS_ENDPOINT") or DEFAULT_JOBS_ENDPOINT
+    env["CLOUD_RUN_JOBS_ENDPOINT"] = endpoint
+    port = url_port(f"http://{endpoint}", 8091)
+    command = local_jobs_command(port, REPO_ROOT / ".data" / "cloud-run-jobs")
+    return Service("jobs", command, port, f"http://{endpoint}")
 
 
 def preflight(services: Sequence[Service]) -> list[str]:
@@ -189,6 +202,9 @@ def ready_checks(args: argparse.Namespace) -> list[Check]:
     if args.function:
         port = url_port(args.function, DEFAULT_FUNCTION_PORT)
         checks.append(Check("function", args.function, port_probe(port)))
+    if args.jobs:
+        port = url_port(args.jobs, 8091)
+        checks.append(Check("jobs", args.jobs, port_probe(port)))  # Cloud Run Jobs
     if args.dagster:
         checks.append(Check("dagster", args.dagster, dagster_probe(args.dagster)))
     return checks
@@ -223,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd.add_argument("--dagster-port", type=int, help="default: DAGSTER_PORT or 3000")
         cmd.add_argument("--no-browser", action="store_true")
     ready = sub.add_parser("ready", help=argparse.SUPPRESS)
-    for name in ("emulator", "function", "dagster", "bucket"):
+    for name in ("emulator", "function", "jobs", "dagster", "bucket"):
         ready.add_argument(f"--{name}")
     ready.add_argument("--open-browser", action="store_true")
     args = parser.parse_args(argv)

@@ -671,6 +671,22 @@ def running_stand_in(
         yield f"{LOOPBACK}:{port}"
 
 
+DEFAULT_ENDPOINT = f"{LOOPBACK}:8091"
+# The demo's job (gcf_demo.defs.job_assets): the people function's logic, one share per task.
+PEOPLE_JOB = {"command": [sys.executable, "-m", "people_lake.task"], "max_retries": 1}
+
+
+def local_jobs_command(port: int, work_dir: Path) -> list[str]:
+    """The stand-in for ``just dd``, serving the demo's ``people-job`` (tasks inherit the
+    stack's env: emulator, Pipes bucket, data lake)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    config_path = work_dir / "config.json"
+    config = {"jobs": {"people-job": PEOPLE_JOB}, "log_dir": str(work_dir / "tasks")}
+    config_path.write_text(json.dumps(config))
+    command = [sys.executable, "-m", "devstack.cloud_run_jobs", "--port", str(port)]
+    return [*command, "--config", str(config_path)]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
