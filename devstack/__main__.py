@@ -105,6 +105,8 @@ def plan(
             services.append(Service("function", command, port, settings.function_url))
         else:
             print(f"devstack: using the deployed function at {settings.function_url}")
+    if "dagster" in which and "function" in which and local_function:
+        services.append(cloud_run_jobs_service(env))
     if "dagster" in which:
         # After DemoSettings.from_env(): a DAGSTER_PORT in .env counts too.
         dagster_port = dagster_port or int(os.environ.get("DAGSTER_PORT") or DEFAULT_DAGSTER_PORT)
@@ -126,6 +128,18 @@ def emulator_services(emulator: str, pipes_bucket: str, data_lake_uri: str) -> l
         ),
         Service("emulator", adapter_command(port, backend, buckets), port, emulator),
     ]
+
+
+def cloud_run_jobs_service(env: dict[str, str]) -> Service:
+    """The Cloud Run Jobs stand-in serving the demo's people-job; Dagster is told where."""
+    # Imported here: the light emulator (devstack.emulator_standalone) imports this module.
+    from devstack.cloud_run_jobs import DEFAULT_ENDPOINT, local_jobs_command
+
+    endpoint = os.environ.get("CLOUD_RUN_JOBS_ENDPOINT") or DEFAULT_ENDPOINT
+    env["CLOUD_RUN_JOBS_ENDPOINT"] = endpoint
+    port = url_port(f"http://{endpoint}", 8091)
+    command = local_jobs_command(port, REPO_ROOT / ".data" / "cloud-run-jobs")
+    return Service("jobs", command, port, f"http://{endpoint}")
 
 
 def preflight(services: Sequence[Service]) -> list[str]:
@@ -207,6 +221,9 @@ def ready_checks(args: argparse.Namespace) -> list[Check]:
     if args.function:
         port = url_port(args.function, DEFAULT_FUNCTION_PORT)
         checks.append(Check("function", args.function, port_probe(port)))
+    if args.jobs:
+        port = url_port(args.jobs, 8091)
+        checks.append(Check("jobs", args.jobs, port_probe(port)))  # Cloud Run Jobs
     if args.dagster:
         checks.append(Check("dagster", args.dagster, dagster_probe(args.dagster)))
     return checks
@@ -243,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = sub.add_parser("table", help="print a table of the local lake (DATA_LAKE_URI)")
     table.add_argument("asset", nargs="?", default="cloud_function_pipes_asset")
     ready = sub.add_parser("ready", help=argparse.SUPPRESS)
-    for name in ("emulator", "function", "dagster", "bucket"):
+    for name in ("emulator", "function", "jobs", "dagster", "bucket"):
         ready.add_argument(f"--{name}")
     ready.add_argument("--open-browser", action="store_true")
     args = parser.parse_args(argv)

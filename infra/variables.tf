@@ -199,3 +199,32 @@ variable "labels" {
   type        = map(string)
   default     = {}
 }
+
+variable "job_name" {
+  description = "Name of the Cloud Run job that runs people_lake.task."
+  type        = string
+  default     = "people-job"
+}
+
+variable "job_image" {
+  description = "Container image of the job, built from ../cloud_function with the Python buildpack (see job.tf)."
+  type        = string
+}
+
+variable "job_max_retries" {
+  description = "Retries of a failed task attempt (each task commits its share once, so retries are safe)."
+  type        = number
+  default     = 1
+}
+
+variable "job_task_timeout_seconds" {
+  description = "Timeout of one task attempt, in seconds."
+  type        = number
+  default     = 3600
+}
+
+variable "job_memory" {
+  description = "Memory of one task (a task peaks at about 700 MiB whatever its rows)."
+  type        = string
+  default     = "1Gi"
+}

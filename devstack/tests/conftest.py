@@ -98,6 +98,7 @@ def devstack(tmp_path: Path) -> Iterator[Devstack]:
         "CLOUD_FUNCTION_URL": f"http://{LOOPBACK}:{free_port()}",
         "STORAGE_EMULATOR_HOST": f"http://{LOOPBACK}:{free_port()}",
         "DAGSTER_PORT": str(free_port()),
+        "CLOUD_RUN_JOBS_ENDPOINT": f"{LOOPBACK}:{free_port()}",
         "DAGSTER_HOME": str(home),
         "DATA_LAKE_URI": str(tmp_path / "lake"),
         "EMULATOR_DATA_DIR": str(tmp_path / "emulator-data"),

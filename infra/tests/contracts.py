@@ -54,6 +54,8 @@ RESOURCE_APIS: dict[str, frozenset[str]] = {
         }
     ),
     "google_cloud_run_service_iam_member": frozenset({"run.googleapis.com"}),
+    "google_cloud_run_v2_job": frozenset({"run.googleapis.com"}),
+    "google_cloud_run_v2_job_iam_member": frozenset({"run.googleapis.com"}),
     "time_sleep": frozenset(),
 }
 # What the deployment needs at run time rather than at apply time.
@@ -272,7 +274,7 @@ def grants_of(tf: Terraform, account: str) -> set[Grant]:
             target = next(
                 (
                     str(body[key])
-                    for key in ("bucket", "service", "repository", "project")
+                    for key in ("bucket", "service", "repository", "name", "project")
                     if key in body
                 ),
                 "",
@@ -523,7 +525,9 @@ def check_iam_grants(
     """Each account has exactly its grants, the cancellation ones limited to ``*/cancel``.
 
     Runtime: create Pipes chunks, read cancel markers, use the lake's objects (not admin them).
-    Orchestrator: invoke the function, read Pipes chunks, create cancel markers.
+    Orchestrator: invoke the function, read Pipes chunks, create cancel markers, run the
+    people job with overrides (and watch and cancel its executions).
+    Job: the runtime's grants, for the Cloud Run job's own account.
     """
     function_name, _ = the_function(tf)
     pipes = f"google_storage_bucket.{output_bucket(tf, env_from_outputs['PIPES_BUCKET'])}.name"
@@ -549,6 +553,20 @@ def check_iam_grants(
                 ("google_cloud_run_service_iam_member", service, "roles/run.invoker", ""),
                 (bucket_member, pipes, "roles/storage.objectViewer", ""),
                 (bucket_member, pipes, "roles/storage.objectCreator", cancel_only),
+                (
+                    "google_cloud_run_v2_job_iam_member",
+                    "google_cloud_run_v2_job.people.name",
+                    "roles/run.jobsExecutorWithOverrides",
+                    "",
+                ),
+            },
+        ),
+        "job": (
+            "job" if "job" in tf.resources.get("google_service_account", {}) else None,
+            {
+                (bucket_member, pipes, "roles/storage.objectCreator", ""),
+                (bucket_member, pipes, "roles/storage.objectViewer", cancel_only),
+                (bucket_member, lake, "roles/storage.objectUser", ""),
             },
         ),
     }

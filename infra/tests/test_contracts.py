@@ -14,8 +14,10 @@ def tf() -> c.Terraform:
 def test_the_parsed_configuration_is_the_expected_shape(tf: c.Terraform) -> None:
     # Guards against checks passing vacuously on an empty or mis-parsed configuration.
     assert set(tf.resources["google_storage_bucket"]) == {"pipes", "data_lake", "function_source"}
-    assert set(tf.resources["google_service_account"]) == {"runtime", "orchestrator", "build"}
+    accounts = {"runtime", "orchestrator", "build", "job"}
+    assert set(tf.resources["google_service_account"]) == accounts
     assert list(tf.resources["google_cloudfunctions2_function"]) == ["people"]
+    assert list(tf.resources["google_cloud_run_v2_job"]) == ["people"]
     assert set(ENV_FROM_OUTPUTS.values()) <= set(tf.outputs)
     assert len(tf.variables) >= 10 and tf.locals and tf.settings and tf.providers
 

@@ -1,9 +1,16 @@
-"""Dagster Pipes integration for Google Cloud Functions (client, GCS reader, invocation, auth)."""
+"""Dagster Pipes integration for Google Cloud Functions and Cloud Run Jobs (clients, GCS
+readers, invocation, auth)."""
 
 from dagster_pipes_gcf.auth import AudienceRequired, IdTokenAuth, audience_for, needs_id_token
 from dagster_pipes_gcf.client import (
     PipesCloudFunctionClient,
     PipesCloudFunctionCompletedInvocation,
+)
+from dagster_pipes_gcf.cloud_run_job import (
+    CloudRunJobsApi,
+    JobPolicy,
+    PipesCloudRunJobClient,
+    event_args,
 )
 from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
 from dagster_pipes_gcf.invocation import (
@@ -18,6 +25,7 @@ from dagster_pipes_gcf.message_reader import (
     PipesCloudStorageMessageReader,
     PollingPolicy,
 )
+from dagster_pipes_gcf.task_messages import PipesCloudRunTaskMessageReader
 from dagster_pipes_gcf.tracing import CallTrace, FunctionLocation
 
 __all__ = [
@@ -25,17 +33,22 @@ __all__ = [
     "CallTrace",
     "CloudFunctionError",
     "CloudFunctionInvoker",
+    "CloudRunJobsApi",
     "FunctionLocation",
     "FunctionResponse",
     "IdTokenAuth",
     "InvocationPolicy",
+    "JobPolicy",
     "LogCoalescing",
     "PipesAttemptStreams",
     "PipesCloudFunctionClient",
     "PipesCloudFunctionCompletedInvocation",
     "PipesCloudFunctionEventContextInjector",
+    "PipesCloudRunJobClient",
+    "PipesCloudRunTaskMessageReader",
     "PipesCloudStorageMessageReader",
     "PollingPolicy",
     "audience_for",
+    "event_args",
     "needs_id_token",
 ]
