@@ -30,6 +30,7 @@ from people_lake.checks import (
 from people_lake.delta_table import (
     TableWrite,
     committed_rows,
+    lake_work,
     previous_write,
     rows_beside_commit,
     with_partition,
@@ -341,10 +342,11 @@ def write_people(pipes: PipesContext, event: Mapping[str, Any]) -> dict[str, Any
     """
     plan = plan_invocation(pipes, event, FunctionSettings.from_env())
     pipes.log.info(f"people function {__version__}: writing {_target(plan)}")
-    outcome = _write_once(pipes, plan)
-    written = outcome.written
-    pipes.log.info(f"Delta table {plan.table.uri} is at version {written.version}")
-    _report(pipes, plan, outcome)
+    with lake_work():
+        outcome = _write_once(pipes, plan)
+        written = outcome.written
+        pipes.log.info(f"Delta table {plan.table.uri} is at version {written.version}")
+        _report(pipes, plan, outcome)
     window = plan.window
     return {
         "table_uri": plan.table.uri,
