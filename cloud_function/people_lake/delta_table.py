@@ -75,7 +75,7 @@ VACUUM_EVERY = 100
 # many days gets smaller row groups and files, and no column gets a dictionary (which held
 # the most). Measured peaks (`just bench`; fresh process, generation and checks included):
 # 5,000,000 rows in one day about 0.45 GiB with these settings, 1.0 GiB with the defaults;
-# 366 days x 13,661 rows about 0.55 GiB, 2.2 GiB with the defaults.
+# 366 days x 13,661 rows about 0.5 GiB, 2.2 GiB with the defaults.
 MAX_ROW_GROUP_ROWS = 32 * 1024
 BUFFERED_ROWS = 32 * 1024  # row-group rows all open partitions may hold together
 MIN_ROW_GROUP_ROWS = 8 * 1024
