@@ -10,7 +10,7 @@ The same ``seed`` (and ``day``/``now``) gives the same rows in any process (same
 vocabularies come from a fixed Faker seed and the rows from a NumPy generator seeded with
 ``seed`` and the day, so each daily partition of a seeded backfill gets different people, and
 a day's rows are the same whether it is written alone or as part of a range.
-:func:`people_batches` makes them chunk by chunk, so memory does not grow with ``num_rows``.
+:func:`people_batches` makes them piece by piece, so memory does not grow with ``num_rows``.
 """
 
 from __future__ import annotations
