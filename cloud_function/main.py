@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 
-import deltalake  # noqa: F401 - must be imported before polars (crash at exit otherwise)
 import flask
 import functions_framework
 from google.cloud import storage
 
+# people_lake first: it configures the allocators of deltalake and polars before they load, and
+# its modules import deltalake before polars (a crash at exit otherwise).
 from gcf_pipes import handle_pipes_request, install_logging_bridge, install_structured_logging
 from people_lake.job import write_people
 from people_lake.settings import FunctionSettings

@@ -77,12 +77,12 @@ VACUUM_EVERY = 100
 # of the write, each holding its unfinished row group and its unfinished file, so a range of
 # many days gets smaller row groups and files, and no column gets a dictionary (which held
 # the most). Measured peaks (`just bench`; fresh process, generation and checks included):
-# 5,000,000 rows in one day about 0.6 GiB with these settings, 1.0 GiB with the defaults;
-# 366 days x 13,661 rows about 0.6 GiB, 2.2 GiB with the defaults.
-MAX_ROW_GROUP_ROWS = 128 * 1024
-BUFFERED_ROWS = 128 * 1024  # row-group rows all open partitions may hold together
+# 5,000,000 rows in one day about 0.45 GiB with these settings, 1.0 GiB with the defaults;
+# 366 days x 13,661 rows about 0.5 GiB, 2.2 GiB with the defaults.
+MAX_ROW_GROUP_ROWS = 32 * 1024
+BUFFERED_ROWS = 32 * 1024  # row-group rows all open partitions may hold together
 MIN_ROW_GROUP_ROWS = 8 * 1024
-MAX_FILE_BYTES = 32 * 1024 * 1024  # files of about 1,000,000 rows
+MAX_FILE_BYTES = 8 * 1024 * 1024  # files of about 250,000 rows
 BUFFERED_FILE_BYTES = 64 * 1024 * 1024  # unfinished files of all open partitions together
 MIN_FILE_BYTES = 512 * 1024
 _NO_DICTIONARY = deltalake.ColumnProperties(dictionary_enabled=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +61,7 @@ from people_lake.window import DayWindow
 logger = logging.getLogger(__name__)
 
 
-BATCH_ROWS = 125_000  # rows handed to the Delta writer at once (days are packed together)
+BATCH_ROWS = 125_000  # rows between progress lines and cancellation checks
 READ_BACK_BATCH_ROWS = 250_000
 
 
@@ -110,20 +110,6 @@ def _day_chunks(plan: Plan) -> Iterator[pl.DataFrame]:
             yield with_partition(chunk, day)
 
 
-def _packed(chunks: Iterable[pl.DataFrame], rows: int) -> Iterator[pl.DataFrame]:
-    """Consecutive chunks joined into batches of at most ``rows`` (small days share one)."""
-    pending: list[pl.DataFrame] = []
-    size = 0
-    for chunk in chunks:
-        if pending and size + chunk.height > rows:
-            yield pl.concat(pending)
-            pending, size = [], 0
-        pending.append(chunk)
-        size += chunk.height
-    if pending:
-        yield pl.concat(pending)
-
-
 def _between_batches(
     pipes: PipesContext, plan: Plan, batch: int, rows_so_far: int, cancellation: Cancellation
 ) -> None:
@@ -150,15 +136,27 @@ class _CheckedBatches:
         self.preview = pl.DataFrame()
 
     def __iter__(self) -> Iterator[pl.DataFrame]:
-        for batch, people in enumerate(_packed(_day_chunks(self._plan), BATCH_ROWS), start=1):
-            self.checks.add(people)
-            if batch == 1:
+        # The generator's small pieces go to the writer as they come (whole batches held about
+        # 60 MiB more); a batch (progress line, cancellation check) ends where the next piece
+        # would take it past BATCH_ROWS, so small days still share one.
+        batch, pending = 0, 0
+        for people in _day_chunks(self._plan):
+            if pending and pending + people.height > BATCH_ROWS:
+                batch, pending = batch + 1, 0
+                self._between(batch)
+            if self.checks.rows == 0:
                 self.preview = people.head(PREVIEW_ROWS)
+            self.checks.add(people)
+            pending += people.height
             yield people
-            _between_batches(self._pipes, self._plan, batch, self.checks.rows, self._cancellation)
+        if pending:
+            self._between(batch + 1)
         # The last moment before delta-rs commits: look at the marker now, not 0.5 s ago.
         # What remains is the window of the commit itself: once it started, it completes.
         self._cancellation.raise_if_cancelled(fresh=True)
+
+    def _between(self, batch: int) -> None:
+        _between_batches(self._pipes, self._plan, batch, self.checks.rows, self._cancellation)
 
 
 def _lookup_in_commit(plan: Plan, written: TableWrite) -> IdLookup:

@@ -72,6 +72,15 @@ def test_batches_are_the_rows_in_chunks_with_the_exact_share_of_bad_emails(
     assert (~whole["email"].str.contains("@")).sum() == round(0.0155 * 1_000)
 
 
+def test_rows_do_not_depend_on_how_many_are_assembled_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    day = dt.date(2024, 5, 1)
+    whole = generate_people(1_000, seed=5, day=day, invalid_email_rate=0.0155)
+    monkeypatch.setattr(fake_people, "ASSEMBLY_ROWS", 7)
+    assert generate_people(1_000, seed=5, day=day, invalid_email_rate=0.0155).equals(whole)
+
+
 def test_the_same_seed_gives_the_same_people() -> None:
     assert generate_people(50, seed=3, now=NOW).equals(generate_people(50, seed=3, now=NOW))
     assert not generate_people(50, seed=3, now=NOW).equals(generate_people(50, seed=4, now=NOW))

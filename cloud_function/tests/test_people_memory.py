@@ -1,0 +1,64 @@
+"""Peak memory of one request at the row limit, measured like ``just bench`` does.
+
+The Terraform sizing rule and the README promise that a request of ``MAX_ROWS_PER_REQUEST``
+(5,000,000) rows fits in :data:`PEAK_LIMIT_MIB`. The request runs through the function's
+handler in a fresh process (its own peak RSS, the imports included), on a directory lake.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.data_generation import LIMIT_ROWS, PEAK_TARGET_MIB
+from people_lake import ALLOCATOR_CONF
+
+PEAK_LIMIT_MIB = 512
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_bench_holds_requests_to_the_limit() -> None:
+    assert PEAK_TARGET_MIB == PEAK_LIMIT_MIB
+    assert LIMIT_ROWS == 5_000_000
+
+
+def test_the_function_loads_its_data_libraries_after_its_own_package() -> None:
+    """The allocator settings (``people_lake``) reach polars and deltalake only when the
+    entry point imports them after the package (they are read once, at load)."""
+    code = (
+        "import os, sys\n"
+        "started = []\n"
+        "class Log:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        started.append(name)\n"
+        "sys.meta_path.insert(0, Log())\n"
+        "sys.path.insert(0, 'cloud_function')\n"
+        "import main\n"
+        "at = started.index\n"
+        "print(at('people_lake') < min(at('deltalake'), at('polars')),"
+        " os.environ.get('_RJEM_MALLOC_CONF'))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PIPES_BUCKET": "pipes", "HOME": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    first, conf = done.stdout.split()[-2:]
+    assert first == "True", done.stdout
+    assert conf.endswith(ALLOCATOR_CONF)  # polars puts its defaults first; the last one wins
+
+
+@pytest.mark.integration
+def test_a_request_of_5_000_000_rows_peaks_within_the_limit(tmp_path: Path) -> None:
+    request = ("--request", str(tmp_path), str(LIMIT_ROWS), "1")  # one write, no partitions
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.data_generation", *request],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    peak_mib = json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
+    assert peak_mib <= PEAK_LIMIT_MIB, f"peak {peak_mib:.0f} MiB"
