@@ -28,8 +28,8 @@ TABLE_URI = f"gs://{BUCKET}/lake/people"
 def gcs_bucket(tmp_path: Path) -> Iterator[tuple[storage.Bucket, str]]:
     """An empty bucket in a fresh emulator, and the emulator's URL."""
     port = free_port()
-    with running("emulator", emulator_command(port, "pipes", tmp_path / "emulator"), port):
-        url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    with running("emulator", emulator_command(port, url, tmp_path / "emulator"), port):
         client = storage.Client(
             project="local",
             credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]

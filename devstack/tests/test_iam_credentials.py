@@ -13,6 +13,7 @@ from google.auth import impersonated_credentials
 from google.auth.transport.requests import Request
 from google.cloud import storage
 
+from devstack.gcs_xml_adapter import Upstream
 from devstack.iam_credentials import (
     CLOUD_PLATFORM,
     IAM_SCOPES,
@@ -74,7 +75,9 @@ def test_a_caller_without_token_creator_on_the_account_is_refused(tokens: TokenS
 @pytest.fixture
 def gcs(tokens: TokenService, tmp_path: Path) -> Iterator[ScopedGcs]:
     port = free_port()
-    with running("GCS emulator", emulator_command(port, BUCKET, tmp_path / "data"), port):
+    url = f"http://127.0.0.1:{port}"
+    with running("GCS emulator", emulator_command(port, url, tmp_path / "data"), port):
+        Upstream.from_url(url).create_bucket(BUCKET)
         with ScopedGcs(f"http://127.0.0.1:{port}", tokens).serving() as front:
             yield front
 
