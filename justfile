@@ -8,6 +8,13 @@ run := uv + " run --no-sync"
 
 import 'infra/tasks.just'
 
+# Each distribution's directory and its unit tests, run at both ends of its declared ranges.
+client_dirs := "dagster"
+client_tests := "dagster/tests/unit"
+function_dirs := "cloud_function"
+# (without the root's warning filters: they name Dagster's classes, and Dagster is not installed)
+function_tests := "cloud_function/tests -o filterwarnings="
+
 # list the tasks
 default:
     @just --list
@@ -42,12 +49,48 @@ requirements:
 lint: sync
     {{ run }} pre-commit run --all-files --show-diff-on-failure
 
-# run every check: lint, infra checks and the whole test suite (unit + real local stack)
+# run every check: lint, infra checks, the whole test suite (unit + real local stack), and the
+# unit tests at both ends of the declared dependency ranges
 test: sync
     @# The Terraform hooks run as infra-check next (once, with its skip notices visible).
     SKIP=checkov,terraform-fmt just lint
     just infra-check
     {{ run }} pytest
+    just test-versions lowest-direct
+    just test-versions highest
+
+# the packages' unit tests at both ends of their ranges (just test-versions lowest-direct|highest)
+test-versions resolution: (_test-range resolution "client" client_dirs client_tests) (_test-range resolution "function" function_dirs function_tests)
+
+# unit tests of some distributions at one end of their ranges, in their own .venv-<name>-<end>
+[private]
+_test-range resolution name dirs tests:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    case "{{ resolution }}" in
+        lowest-direct | highest) ;;
+        *) echo "just: test-versions takes lowest-direct or highest" >&2; exit 2 ;;
+    esac
+    venv=".venv-{{ name }}-{{ resolution }}"
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    # The test tools stay at their locked versions; the distributions' dependencies move.
+    {{ uv }} export --only-group test --frozen --no-hashes --no-emit-project --no-emit-workspace \
+        --quiet -o "$tmp/requirements.in"
+    manifests=()
+    for dir in {{ dirs }}; do
+        echo "-e $PWD/$dir" >> "$tmp/requirements.in"
+        manifests+=("$dir/pyproject.toml")
+    done
+    {{ uv }} venv --quiet --allow-existing "$venv"
+    {{ uv }} pip compile --quiet --resolution {{ resolution }} --python "$venv/bin/python" \
+        "$tmp/requirements.in" -o "$tmp/requirements.txt"
+    {{ uv }} pip sync --quiet --python "$venv/bin/python" "$tmp/requirements.txt"
+    lowest=()
+    [ "{{ resolution }}" = highest ] || lowest=(--lowest)
+    echo "test-versions: {{ name }} at {{ resolution }}:"
+    "$venv/bin/python" .ci/direct_versions.py "${lowest[@]}" "${manifests[@]}"
+    "$venv/bin/python" -m pytest {{ tests }} -m "not integration" -p no:cacheprovider -q
 
 # browser test: materialize the demo asset in the Dagster UI (Debian's chromium, headless)
 test-ui: sync
