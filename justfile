@@ -11,6 +11,9 @@ import 'infra/tasks.just'
 # Each distribution's directory and its unit tests, run at both ends of its declared ranges.
 client_dirs := "dagster"
 client_tests := "dagster/tests/unit"
+# (its own run: dagster-webserver may lag a Dagster release and would hold the client back)
+demo_dirs := "dagster demo"
+demo_tests := "demo/tests"
 function_dirs := "cloud_function"
 # (without the root's warning filters: they name Dagster's classes, and Dagster is not installed)
 function_tests := "cloud_function/tests -o filterwarnings="
@@ -60,7 +63,7 @@ test: sync
     just test-versions highest
 
 # the packages' unit tests at both ends of their ranges (just test-versions lowest-direct|highest)
-test-versions resolution: (_test-range resolution "client" client_dirs client_tests) (_test-range resolution "function" function_dirs function_tests)
+test-versions resolution: (_test-range resolution "client" client_dirs client_tests) (_test-range resolution "demo" demo_dirs demo_tests) (_test-range resolution "function" function_dirs function_tests)
 
 # unit tests of some distributions at one end of their ranges, in their own .venv-<name>-<end>
 [private]
