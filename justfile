@@ -61,6 +61,7 @@ test: sync
     {{ run }} pytest
     just test-versions lowest-direct
     just test-versions highest
+    just test-wheels
 
 # the packages' unit tests at both ends of their ranges (just test-versions lowest-direct|highest)
 test-versions resolution: (_test-range resolution "client" client_dirs client_tests) (_test-range resolution "demo" demo_dirs demo_tests) (_test-range resolution "function" function_dirs function_tests)
@@ -94,6 +95,39 @@ _test-range resolution name dirs tests:
     echo "test-versions: {{ name }} at {{ resolution }}:"
     "$venv/bin/python" .ci/direct_versions.py "${lowest[@]}" "${manifests[@]}"
     "$venv/bin/python" -m pytest {{ tests }} -m "not integration" -p no:cacheprovider -q
+
+# build every wheel and install each into a clean venv (newest dependencies), then import it
+test-wheels:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    {{ uv }} build --all-packages --wheel --quiet -o "$tmp/dist"
+    # Wheels are installed by path, so no index can substitute a same-named distribution.
+    wheel() { ls "$tmp/dist/$1"-*.whl; }
+    check() {  # check <venv> <wheels> -- <modules that import> [-- <modules that must not>]
+        local venv="$tmp/$1" wheels=() imports=() absent=()
+        shift
+        while [ "$1" != -- ]; do wheels+=("$(wheel "$1")"); shift; done
+        shift
+        while [ $# -gt 0 ] && [ "$1" != -- ]; do imports+=("$1"); shift; done
+        [ $# -gt 0 ] && shift && absent=("$@")
+        {{ uv }} venv --quiet "$venv"
+        {{ uv }} pip install --quiet --python "$venv/bin/python" "${wheels[@]}"
+        (cd "$tmp" && "$venv/bin/python" - "${imports[*]}" "${absent[*]}") <<'PY'
+    import importlib, importlib.util, sys
+    from importlib.metadata import version
+    for module in sys.argv[1].split():
+        importlib.import_module(module)
+    for module in sys.argv[2].split():
+        assert importlib.util.find_spec(module) is None, f"{module} must not be installed"
+    print("with dagster-pipes", version("dagster-pipes"))
+    PY
+    }
+    check integration dagster_pipes_gcf -- dagster_pipes_gcf -- gcf_demo dagster_webserver
+    check demo dagster_pipes_gcf gcf_demo -- gcf_demo.definitions
+    check function gcf_people_function -- main gcf_pipes people_lake -- dagster
+    echo "test-wheels: every wheel installs into a clean venv and imports"
 
 # browser test: materialize the demo asset in the Dagster UI (Debian's chromium, headless)
 test-ui: sync
