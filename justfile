@@ -8,6 +8,16 @@ run := uv + " run --no-sync"
 
 import 'infra/tasks.just'
 
+# Each distribution's directory and its unit tests, run at both ends of its declared ranges.
+client_dirs := "dagster"
+client_tests := "dagster/tests/unit"
+# (its own run: dagster-webserver may lag a Dagster release and would hold the client back)
+demo_dirs := "dagster demo"
+demo_tests := "demo/tests"
+function_dirs := "cloud_function"
+# (without the root's warning filters: they name Dagster's classes, and Dagster is not installed)
+function_tests := "cloud_function/tests -o filterwarnings="
+
 # list the tasks
 default:
     @just --list
@@ -44,13 +54,83 @@ requirements:
 lint: sync
     {{ run }} pre-commit run --all-files --show-diff-on-failure
 
-# run every check: lint, infra checks and the whole test suite (unit + real local stack)
+# run every check: lint, infra checks, the whole test suite (unit + real local stack), and the
+# unit tests at both ends of the declared dependency ranges
 test: sync
     @# The Terraform hooks run as infra-check next (once, with its skip notices visible).
     SKIP=checkov,terraform-fmt just lint
     just infra-check
     just docs
     {{ run }} pytest
+    just test-versions lowest-direct
+    just test-versions highest
+    just test-wheels
+
+# the packages' unit tests at both ends of their ranges (just test-versions lowest-direct|highest)
+test-versions resolution: (_test-range resolution "client" client_dirs client_tests) (_test-range resolution "demo" demo_dirs demo_tests) (_test-range resolution "function" function_dirs function_tests)
+
+# unit tests of some distributions at one end of their ranges, in their own .venv-<name>-<end>
+[private]
+_test-range resolution name dirs tests:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    case "{{ resolution }}" in
+        lowest-direct | highest) ;;
+        *) echo "just: test-versions takes lowest-direct or highest" >&2; exit 2 ;;
+    esac
+    venv=".venv-{{ name }}-{{ resolution }}"
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    # The test tools stay at their locked versions; the distributions' dependencies move.
+    {{ uv }} export --only-group test --frozen --no-hashes --no-emit-project --no-emit-workspace \
+        --quiet -o "$tmp/requirements.in"
+    manifests=()
+    for dir in {{ dirs }}; do
+        echo "-e $PWD/$dir" >> "$tmp/requirements.in"
+        manifests+=("$dir/pyproject.toml")
+    done
+    {{ uv }} venv --quiet --allow-existing "$venv"
+    {{ uv }} pip compile --quiet --resolution {{ resolution }} --python "$venv/bin/python" \
+        "$tmp/requirements.in" -o "$tmp/requirements.txt"
+    {{ uv }} pip sync --quiet --python "$venv/bin/python" "$tmp/requirements.txt"
+    lowest=()
+    [ "{{ resolution }}" = highest ] || lowest=(--lowest)
+    echo "test-versions: {{ name }} at {{ resolution }}:"
+    "$venv/bin/python" .ci/direct_versions.py "${lowest[@]}" "${manifests[@]}"
+    "$venv/bin/python" -m pytest {{ tests }} -m "not integration" -p no:cacheprovider -q
+
+# build every wheel and install each into a clean venv (newest dependencies), then import it
+test-wheels:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    {{ uv }} build --all-packages --wheel --quiet -o "$tmp/dist"
+    # Wheels are installed by path, so no index can substitute a same-named distribution.
+    wheel() { ls "$tmp/dist/$1"-*.whl; }
+    check() {  # check <venv> <wheels> -- <modules that import> [-- <modules that must not>]
+        local venv="$tmp/$1" wheels=() imports=() absent=()
+        shift
+        while [ "$1" != -- ]; do wheels+=("$(wheel "$1")"); shift; done
+        shift
+        while [ $# -gt 0 ] && [ "$1" != -- ]; do imports+=("$1"); shift; done
+        [ $# -gt 0 ] && shift && absent=("$@")
+        {{ uv }} venv --quiet "$venv"
+        {{ uv }} pip install --quiet --python "$venv/bin/python" "${wheels[@]}"
+        (cd "$tmp" && "$venv/bin/python" - "${imports[*]}" "${absent[*]}") <<'PY'
+    import importlib, importlib.util, sys
+    from importlib.metadata import version
+    for module in sys.argv[1].split():
+        importlib.import_module(module)
+    for module in sys.argv[2].split():
+        assert importlib.util.find_spec(module) is None, f"{module} must not be installed"
+    print("with dagster-pipes", version("dagster-pipes"))
+    PY
+    }
+    check integration dagster_pipes_gcf -- dagster_pipes_gcf -- gcf_demo dagster_webserver
+    check demo dagster_pipes_gcf gcf_demo -- gcf_demo.definitions
+    check function gcf_people_function -- main gcf_pipes people_lake -- dagster
+    echo "test-wheels: every wheel installs into a clean venv and imports"
 
 # build the docs and the API reference from the docstrings into .site/ (warnings fail it)
 docs: sync

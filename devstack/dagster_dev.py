@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 GRACE_SECONDS = 8.0
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 DEV_SUPERSEDED = "Function `dev_command` is superseded"
-WORKSPACE = REPO_ROOT / "dagster" / "workspace.yaml"  # the code location `gcf_demo`
+WORKSPACE = REPO_ROOT / "demo" / "workspace.yaml"  # the code location `gcf_demo`
 
 
 MANAGED = "# Dagster instance of the local stack, written by devstack (dagster_dev.py)."

@@ -2,19 +2,41 @@
 
 For unit tests and the in-process memory benchmark only. It enforces
 ``if_generation_match=0`` as GCS and the local emulator (fake-gcs-server) do; every
-capability is also tested against the emulator process.
+capability is also tested against the emulator process. Each method takes exactly the
+arguments of its google-cloud-storage original: a call the real library would refuse with
+``TypeError`` is refused here too.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from google.api_core import exceptions as gexc
+from google.cloud import storage
 
 Fault = Callable[[str, str], None]  # (operation, key) -> may raise
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def like(real: Callable[..., Any]) -> Callable[[Method], Method]:
+    """Checks each call against ``real``'s signature, then passes the arguments by name."""
+    signature = inspect.signature(real)
+
+    def decorate(fake: Method) -> Method:
+        @functools.wraps(fake)
+        def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+            arguments = signature.bind(self, *args, **kwargs).arguments
+            arguments.pop("self")
+            return fake(self, **arguments)
+
+        return cast(Method, checked)
+
+    return decorate
 
 
 def fail_first(operation: str, times: int, error: Exception) -> Fault:
@@ -46,22 +68,32 @@ class FakeClient:
     fault: Fault | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def bucket(self, name: str) -> FakeBucket:
-        return FakeBucket(self, name)
+    @like(storage.Client.bucket)
+    def bucket(self, bucket_name: str, **_: Any) -> FakeBucket:
+        return FakeBucket(self, bucket_name)
 
-    def get_bucket(self, name: str) -> FakeBucket:
+    @like(storage.Client.get_bucket)
+    def get_bucket(self, bucket_or_name: FakeBucket | str, **_: Any) -> FakeBucket:
         """Only for the stock ``dagster_pipes.PipesGCSMessageWriter`` (ours never call it)."""
+        name = _bucket_name(bucket_or_name)
         self._bucket_objects(name)
         return self.bucket(name)
 
-    def create_bucket(self, name: str) -> FakeBucket:
+    @like(storage.Client.create_bucket)
+    def create_bucket(self, bucket_or_name: FakeBucket | str, **_: Any) -> FakeBucket:
+        name = _bucket_name(bucket_or_name)
         self.objects.setdefault(name, {})
         return self.bucket(name)
 
+    @like(storage.Client.list_blobs)
     def list_blobs(
-        self, bucket: FakeBucket | str, prefix: str = "", max_results: int | None = None
+        self,
+        bucket_or_name: FakeBucket | str,
+        max_results: int | None = None,
+        prefix: str | None = None,
+        **_: Any,
     ) -> Iterator[FakeBlob]:
-        name = bucket if isinstance(bucket, str) else bucket.name
+        name, prefix = _bucket_name(bucket_or_name), prefix or ""
         self._fault("list", prefix)
         keys = [key for key in sorted(self._bucket_objects(name)) if key.startswith(prefix)]
         for key in keys[:max_results]:
@@ -82,8 +114,9 @@ class FakeBucket:
     client: FakeClient
     name: str
 
-    def blob(self, key: str) -> FakeBlob:
-        return FakeBlob(self, key)
+    @like(storage.Bucket.blob)
+    def blob(self, blob_name: str, **_: Any) -> FakeBlob:
+        return FakeBlob(self, blob_name)
 
 
 @dataclass
@@ -91,8 +124,9 @@ class FakeBlob:
     bucket: FakeBucket
     name: str
 
+    @like(storage.Blob.upload_from_string)
     def upload_from_string(
-        self, data: str, *, if_generation_match: int | None = None, **_: Any
+        self, data: str, if_generation_match: int | None = None, **_: Any
     ) -> None:
         client = self.bucket.client
         client._fault("upload", self.name)
@@ -102,12 +136,14 @@ class FakeBlob:
                 raise gexc.PreconditionFailed(f"{self.name} exists")
             objects[self.name] = data
 
+    @like(storage.Blob.exists)
     def exists(self, **_: Any) -> bool:
         client = self.bucket.client
         client._fault("exists", self.name)
         with client.lock:
             return self.name in client._bucket_objects(self.bucket.name)
 
+    @like(storage.Blob.download_as_text)
     def download_as_text(self, **_: Any) -> str:
         client = self.bucket.client
         client._fault("download", self.name)
@@ -116,3 +152,7 @@ class FakeBlob:
             if self.name not in objects:
                 raise gexc.NotFound(f"No such object: {self.bucket.name}/{self.name}")
             return objects[self.name]
+
+
+def _bucket_name(bucket_or_name: FakeBucket | str) -> str:
+    return bucket_or_name if isinstance(bucket_or_name, str) else bucket_or_name.name

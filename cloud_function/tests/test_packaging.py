@@ -1,10 +1,13 @@
-"""The function folder is deployable as-is: requirements.txt matches uv.lock."""
+"""The function folder is deployable as-is (requirements.txt matches uv.lock), and each
+distribution declares ranges that its users can combine with their own pins."""
 
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPORT = [
@@ -42,3 +45,23 @@ def test_the_function_source_folder_has_what_the_buildpack_needs() -> None:
     ):
         assert f"{package}==" in pins
     assert "-e " not in pins and "file://" not in pins
+
+
+DISTRIBUTIONS = {"dagster-pipes-gcf": "dagster", "gcf-people-function": "cloud_function"}
+DEMO_ONLY = {"dagster-webserver", "python-dotenv"}
+
+
+def declared(folder: str) -> list[Requirement]:
+    manifest = tomllib.loads((REPO_ROOT / folder / "pyproject.toml").read_text())
+    return [Requirement(line) for line in manifest["project"]["dependencies"]]
+
+
+@pytest.mark.parametrize("folder", DISTRIBUTIONS.values())
+def test_every_dependency_is_a_range_with_a_lower_bound(folder: str) -> None:
+    for requirement in declared(folder):
+        operators = {spec.operator for spec in requirement.specifier}
+        assert ">=" in operators and "==" not in operators, f"{folder}: {requirement}"
+
+
+def test_the_integration_depends_on_nothing_demo_only() -> None:
+    assert DEMO_ONLY.isdisjoint(r.name for r in declared(DISTRIBUTIONS["dagster-pipes-gcf"]))

@@ -764,7 +764,7 @@ def check_function_sizing(tf: Terraform) -> Problems:
             ("concurrency", "max_instance_request_concurrency"),
         )
     }
-    peak = float(tf.locals.get("request_peak_memory_mib") or 0)
+    peak = request_peak_memory_mib(tf)
     memory, concurrency = _mib(str(defaults["memory"])), float(defaults["concurrency"] or 0)
     problems = []
     if not peak or memory < concurrency * peak:
@@ -780,6 +780,22 @@ def check_function_sizing(tf: Terraform) -> Problems:
     if not any("local.request_peak_memory_mib" in condition for condition in conditions):
         problems.append("a lifecycle precondition must check memory against the sizing rule")
     return problems
+
+
+def request_peak_memory_mib(tf: Terraform) -> float:
+    """The sizing rule's memory peak of one request (0 when missing)."""
+    return float(tf.locals.get("request_peak_memory_mib") or 0)
+
+
+def check_request_peak_measured(tf: Terraform, measured_mib: float) -> Problems:
+    """The sizing rule's per-request peak is no less than what one request was measured using."""
+    declared = request_peak_memory_mib(tf)
+    if measured_mib > declared:
+        return [
+            f"one request peaked at {measured_mib:.0f} MiB, above "
+            f"request_peak_memory_mib ({declared:g} MiB)"
+        ]
+    return []
 
 
 def check_checkov_skips_have_reasons(tf: Terraform) -> Problems:

@@ -94,6 +94,16 @@ def test_the_default_instance_fits_its_concurrent_requests(tf: c.Terraform) -> N
     assert c.check_function_sizing(tf) == []
 
 
+def test_one_large_request_peaks_below_the_sizing_rule_s_constant(tf: c.Terraform) -> None:
+    """The constant is checked against a measurement: a fresh process serving one request of
+    a million rows through the function's handler (`just bench` measures the 5,000,000 limit)."""
+    from bench.data_generation import _request_peak
+
+    measured = _request_peak(1_000_000, 1)["peak_mib"]
+
+    assert measured > 0 and c.check_request_peak_measured(tf, measured) == []
+
+
 def test_the_function_is_built_after_the_build_grants_propagate(tf: c.Terraform) -> None:
     assert c.check_build_grants_propagate(tf) == []
 

@@ -40,6 +40,13 @@ def timeout_check(tf: c.Terraform) -> c.Problems:
     return c.check_timeout_matches_client(tf, c.client_timeout())
 
 
+def request_peak_check(tf: c.Terraform) -> c.Problems:
+    return c.check_request_peak_measured(tf, MEASURED_PEAK_MIB)
+
+
+# About what one request of a million rows peaks at (test_contracts measures it for real).
+MEASURED_PEAK_MIB = 580.0
+
 B = Breakage
 SA = "serviceAccount:${google_service_account"
 BREAKAGES = [
@@ -182,6 +189,9 @@ BREAKAGES = [
     B("memory-below-the-sizing-rule", "variables.tf", 'default     = "4Gi"',
       'default = "2Gi"', c.check_function_sizing,
       "default function memory (2Gi) must hold 4 requests of request_peak_memory_mib (700 MiB)"),
+    B("request-peak-below-the-measured-one", "function.tf", "request_peak_memory_mib = 700",
+      "request_peak_memory_mib = 400", request_peak_check,
+      "one request peaked at 580 MiB, above request_peak_memory_mib (400 MiB)"),
     B("sizing-rule-not-enforced", "function.tf",
       "condition     = local.function_memory_mib >= var.function_concurrency",
       "condition = local.function_memory_mib > 0", c.check_function_sizing,
@@ -220,6 +230,7 @@ WRAPPED = {
     env_check: "check_function_env",
     outputs_check: "check_orchestrator_outputs",
     timeout_check: "check_timeout_matches_client",
+    request_peak_check: "check_request_peak_measured",
 }
 
 
