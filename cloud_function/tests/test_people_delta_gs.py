@@ -44,6 +44,7 @@ def upload_table(local: Path, bucket: storage.Bucket) -> None:
             bucket.blob(f"lake/people/{path.relative_to(local)}").upload_from_filename(path)
 
 
+@pytest.mark.integration  # a real emulator process
 def test_a_repeat_finds_its_commit_in_a_gs_table(
     tmp_path: Path, gcs_bucket: tuple[storage.Bucket, str]
 ) -> None:

@@ -3,7 +3,6 @@ from-failure re-execution (never by a full one). Real Dagster runs, no function 
 
 import threading
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import dagster as dg
@@ -12,7 +11,6 @@ from dagster._core.storage.tags import RESUME_RETRY_TAG
 
 from dagster_pipes_gcf import PipesCloudFunctionClient, PipesCloudStorageMessageReader
 from dagster_pipes_gcf.client import InvocationIds, derive_invocation_id, partition_of
-from people_lake.request import INVOCATION_ID_EXTRA, parse_invocation_id
 
 IDS = InvocationIds()
 SEEN: list[dict[str, Any]] = []  # what each step attempt saw: run, retry number, ids
@@ -124,27 +122,6 @@ def test_step_retries_reuse_the_ids(instance: dg.DagsterInstance) -> None:
     assert (first_try["retry"], second_try["retry"]) == (0, 1)
     assert first_try["ids"] == second_try["ids"]
     assert first_try["ids"][0] != first_try["ids"][1]
-
-
-def test_ids_differ_by_partition_and_pass_the_functions_own_check() -> None:
-    base = {"run_id": "r", "step_key": "s", "asset_keys": ["a"], "ordinal": 1}
-    day = derive_invocation_id(partition="2024-01-01", **base)  # type: ignore[arg-type]
-    other = derive_invocation_id(partition="2024-01-02", **base)  # type: ignore[arg-type]
-    week = derive_invocation_id(partition="2024-01-01..2024-01-07", **base)  # type: ignore[arg-type]
-    assert len({day, other, week}) == 3
-    assert day == derive_invocation_id(partition="2024-01-01", **base)  # type: ignore[arg-type]
-    # Whatever the names (long, non-ASCII, separators), the id passes the function's check.
-    unusual = derive_invocation_id(
-        run_id="r" * 300,
-        step_key="multi/asset step ü",
-        asset_keys=[f"prefix/asset_{n}" for n in range(200)],
-        partition="région=île-de-france|2024-01-01",
-        ordinal=10**6,
-        call_key="batch #1 / ünïcode",
-    )
-    for invocation_id in (day, other, week, unusual):
-        pipes = SimpleNamespace(extras={INVOCATION_ID_EXTRA: invocation_id})
-        assert parse_invocation_id(pipes) == invocation_id  # type: ignore[arg-type]
 
 
 def test_a_call_key_names_the_call_in_place_of_its_ordinal() -> None:
