@@ -22,7 +22,7 @@ INFRA_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = INFRA_DIR.parent
 FUNCTION_DIR = REPO_ROOT / "cloud_function"
 FUNCTION_SETTINGS = FUNCTION_DIR / "people_lake" / "settings.py"
-ORCHESTRATOR_SETTINGS = REPO_ROOT / "dagster" / "src" / "gcf_demo" / "settings.py"
+ORCHESTRATOR_SETTINGS = REPO_ROOT / "demo" / "src" / "gcf_demo" / "settings.py"
 INVOCATION = REPO_ROOT / "dagster" / "src" / "dagster_pipes_gcf" / "invocation.py"
 
 PUBLIC_PRINCIPALS = ("allUsers", "allAuthenticatedUsers")
