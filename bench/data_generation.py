@@ -25,6 +25,7 @@ from typing import Any
 from bench.report import Row
 
 ROWS = 1_000_000
+EMULATOR_VAR = "STORAGE_EMULATOR_HOST"  # set by the gs:// scenario: the lake is in the emulator
 FAKER_SAMPLE = 2_000
 RUNS = 3
 SCENARIO = "data_generation"
@@ -57,18 +58,21 @@ def faker_rows_per_second(sample: int = FAKER_SAMPLE) -> float:
 def child(table_dir: str) -> dict[str, float]:
     """One fresh-process measurement (run via ``python -m bench.data_generation``); the
     function's package loads deltalake and polars (with its allocator settings)."""
+    import os
+
     from people_lake.delta_table import open_table, write_people_table
     from people_lake.fake_people import generate_people
-    from people_lake.storage import TableRef
+    from people_lake.storage import TableRef, storage_options_for
 
+    table = TableRef(table_dir, storage_options_for(table_dir, os.environ.get(EMULATOR_VAR)))
     started = time.perf_counter()
     people = generate_people(ROWS, seed=1)
     generated = time.perf_counter()
-    write_people_table(people, TableRef(table_dir), invocation_id="bench")
+    write_people_table(people, table, invocation_id="bench")
     written = time.perf_counter()
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    table = open_table(TableRef(table_dir))
-    assert table is not None and table.count() == ROWS
+    written_table = open_table(table)
+    assert written_table is not None and written_table.count() == ROWS
     del people
     warm_started = time.perf_counter()
     generate_people(ROWS, seed=2)
@@ -88,7 +92,8 @@ RANGE_DAYS = 366
 def request_child(lake: str, rows_per_day: int, days: int) -> dict[str, float]:
     """One request of ``rows_per_day`` x ``days`` through the function's handler, in-process.
 
-    Pipes messages go to the in-memory GCS stand-in (a few kilobytes); the lake is local.
+    Pipes messages go to the in-memory GCS stand-in (a few kilobytes); the lake is a
+    directory, or ``gs://`` in the emulator at ``STORAGE_EMULATOR_HOST``.
     """
     import datetime as dt
     import os
@@ -105,7 +110,8 @@ def request_child(lake: str, rows_per_day: int, days: int) -> dict[str, float]:
     from people_lake.job import write_people
 
     os.environ.update({"DATA_LAKE_URI": lake, "ALLOWED_DATA_LAKE_ROOTS": lake})
-    os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    if not lake.startswith("gs://"):
+        os.environ.pop(EMULATOR_VAR, None)
     first = dt.date(2024, 1, 1)
     last = first + dt.timedelta(days=days - 1)
     key_range = {"start": first.isoformat(), "end": last.isoformat()} if days > 1 else None
@@ -144,7 +150,7 @@ def request_child(lake: str, rows_per_day: int, days: int) -> dict[str, float]:
     }
 
 
-def _run_child(*args: str) -> dict[str, float]:
+def _run_child(*args: str, env: dict[str, str] | None = None) -> dict[str, float]:
     done = subprocess.run(
         [sys.executable, "-m", "bench.data_generation", *args],
         cwd=Path(__file__).resolve().parents[1],
@@ -152,6 +158,7 @@ def _run_child(*args: str) -> dict[str, float]:
         text=True,
         check=True,
         timeout=600,
+        env=env,
     )
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return result

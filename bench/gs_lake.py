@@ -1,0 +1,53 @@
+"""The ``gs://`` lake: 1,000,000 rows written to a Delta table in the emulator (fake-gcs-server
+behind the XML-API adapter, as ``just dd`` runs it), with the ratio to a directory lake
+measured in the same run, and the peak memory of one 5,000,000-row request on each lake.
+
+Each measurement runs in a fresh process (``bench.data_generation``'s children); the
+writes are one of each, not a best of several, to keep the run short.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+from bench.data_generation import (
+    EMULATOR_VAR,
+    LIMIT_ROWS,
+    PEAK_TARGET_MIB,
+    _run_child,
+)
+from bench.report import Row
+from devstack.stack import local_stack
+
+SCENARIO = "gs_lake"
+
+
+def _measure(
+    lake_root: str, env: dict[str, str] | None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """A 1M generate + write child and a 5M one-request child on tables under ``lake_root``."""
+    write = _run_child(f"{lake_root}/people-{uuid.uuid4().hex[:8]}", env=env)
+    request = _run_child("--request", f"{lake_root}/request-{uuid.uuid4().hex[:8]}",
+                         str(LIMIT_ROWS), "1", env=env)  # fmt: skip
+    return write, request
+
+
+def run() -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="bench-gs-lake-") as tmp:
+        directory_write, directory_request = _measure(str(Path(tmp) / "lake"), None)
+        with local_stack(Path(tmp) / "stack", pipes_bucket="bench-gs-pipes", gs_lake=True) as stack:
+            env = {**os.environ, EMULATOR_VAR: stack.emulator_url}
+            gs_write, gs_request = _measure(stack.gs_lake_uri, env)
+    return [
+        Row(SCENARIO, "write 1M rows to gs:// Delta (emulator + adapter)", gs_write["write_s"],
+            "s", directory_write["write_s"], "directory lake, same run"),
+        Row(SCENARIO, "peak memory, 5,000,000 rows (one request), directory lake",
+            directory_request["peak_mib"], "MiB", target=PEAK_TARGET_MIB),
+        Row(SCENARIO, "peak memory, 5,000,000 rows (one request), gs:// lake",
+            gs_request["peak_mib"], "MiB", target=PEAK_TARGET_MIB),
+        Row(SCENARIO, "request of 5,000,000 rows to gs://, wall time",
+            gs_request["request_s"], "s"),
+    ]  # fmt: skip
