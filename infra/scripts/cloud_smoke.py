@@ -589,9 +589,9 @@ def diagnose_job(result: ExecuteInProcessResult, report: JobSmokeReport) -> Find
         lines = [line.strip() for line in failure.strip().splitlines() if line.strip()]
         return Finding(
             "people_job failed: " + "; ".join(lines[:MAX_FAILURE_LINES]),
-            "each failed task and its log are named above; the orchestrator needs "
-            f"roles/run.developer on the job (Terraform grants it); see {TROUBLESHOOTING}, "
-            "failed Cloud Run tasks",
+            "a failed task's log is named above; a refused launch (403): the orchestrator "
+            "needs roles/run.jobsExecutorWithOverrides on the job (Terraform grants it); see "
+            f'{TROUBLESHOOTING}, "Cloud Run job: a task failed"',
         )
     if report.table_uri is None:
         return Finding(
