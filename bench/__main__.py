@@ -24,6 +24,7 @@ SCENARIOS: dict[str, str] = {
     "data_generation": "bench.data_generation",
     "backfill": "bench.backfill",
     "gs_lake": "bench.gs_lake",
+    "jobs": "bench.jobs",
 }
 LOG_ROOT = Path(__file__).resolve().parents[1] / ".bench" / "logs"
 KEPT_LOG_DIRS = 5  # the logs of the latest runs; older ones are removed when a run starts

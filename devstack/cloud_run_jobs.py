@@ -12,6 +12,10 @@ overrides are merged into the job's env and ``args`` overrides replace its args;
 timeout is retried up to ``max_retries`` times; cancelling sends SIGTERM to running tasks and
 SIGKILL after the grace period; the execution succeeded only when every task did.
 
+Side channel (not part of the REST surface): when a task attempt exits, its peak resident
+memory (the process's ``ru_maxrss``) is appended as one JSON line to ``peak-memory.jsonl`` in
+the execution's log directory, ``<log_dir>/<execution>/`` (the bench reads it).
+
 Jobs are configured at start (JSON): ``{"project": ..., "location": ..., "jobs": {"name":
 {"command": [...], "args": [...], "env": {...}, "task_count": 1, "parallelism": 0,
 "max_retries": 3, "timeout_s": 600}}}``. ``run_quota_per_minute`` makes launches beyond it
@@ -50,6 +54,7 @@ from devstack.net import LOOPBACK
 MAX_TASK_COUNT = 10_000
 MAX_BODY_BYTES = 1024 * 1024
 POLL_S = 0.05
+PEAK_MEMORY_FILE = "peak-memory.jsonl"
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*"
 _LOCATION = rf"/v2/projects/(?P<project>{_NAME})/locations/(?P<location>{_NAME})"
 _JOB = rf"{_LOCATION}/jobs/(?P<job>{_NAME})"
@@ -271,7 +276,7 @@ class ExecutionRun:
 
     def _check(self, task: TaskRun, pending: deque[TaskRun]) -> None:
         assert task.process is not None
-        code = task.process.poll()
+        code = self._reap(task)
         if code is None:
             if time.monotonic() - task.started_at <= self.timeout_s:
                 return
@@ -290,6 +295,30 @@ class ExecutionRun:
             pending.append(task)
         else:
             task.state, task.completion_time = "failed", _now()
+
+    def _reap(self, task: TaskRun) -> int | None:
+        """The attempt's exit code once it has exited (None while it runs); on exit its peak
+        memory goes to the side channel. ``wait4`` is ``poll`` plus the child's rusage."""
+        process = task.process
+        assert process is not None
+        if process.returncode is not None:
+            return process.returncode
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid == 0:
+            return None
+        process.returncode = os.waitstatus_to_exitcode(status)
+        self._record_peak_memory(task, process.returncode, usage.ru_maxrss * 1024)
+        return process.returncode
+
+    def _record_peak_memory(self, task: TaskRun, exit_code: int, peak_rss_bytes: int) -> None:
+        record = {
+            "task_index": task.index,
+            "attempt": task.attempt,
+            "exit_code": exit_code,
+            "peak_rss_bytes": peak_rss_bytes,  # ru_maxrss is in KiB on Linux
+        }
+        with open(self.log_dir / PEAK_MEMORY_FILE, "a") as side_channel:
+            side_channel.write(json.dumps(record) + "\n")
 
     def _cancel_all(self, pending: deque[TaskRun]) -> None:
         for task in self.tasks:
@@ -644,6 +673,16 @@ def serve(config: StandInConfig, port: int, host: str = LOOPBACK) -> None:
     finally:
         api.shutdown()
         server.server_close()
+
+
+def peak_memory_records(log_dir: Path) -> list[dict[str, int]]:
+    """Every task attempt's peak-memory record under ``log_dir`` (the stand-in's task logs)."""
+    return [
+        json.loads(line)
+        for path in sorted(log_dir.glob(f"*/{PEAK_MEMORY_FILE}"))
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 
 from dagster_pipes_gcf.cloud_run_job import CloudRunJobsApi, run_request
-from devstack.cloud_run_jobs import running_stand_in
+from devstack.cloud_run_jobs import peak_memory_records, running_stand_in
 
 PARENT = "projects/local-project/locations/us-central1/jobs"
 # Each task prints its env contract and args as JSON, then does what TASK_MODE says.
@@ -31,6 +31,8 @@ if mode == "fail_task_1" and os.environ["CLOUD_RUN_TASK_INDEX"] == "1":
     sys.exit(4)
 if mode == "sleep":
     time.sleep(float(os.environ.get("SLEEP_S", "0.5")))
+if mode == "hog" and os.environ["CLOUD_RUN_TASK_INDEX"] == "1":
+    hog = b"x" * (200 << 20)
 if mode == "ignore_term":
     import signal
     signal.signal(signal.SIGTERM, lambda *_: print("TERM", flush=True))
@@ -189,3 +191,14 @@ def test_launches_over_the_quota_are_resource_exhausted(tmp_path: Path) -> None:
 def test_a_timeout_override_applies_per_attempt(api: CloudRunJobsApi) -> None:
     execution = wait(api, run(api, "serial", timeout_s=0.1, task_count=1).name)
     assert (execution.failed_count, execution.retried_count) == (1, 3)  # the job's max_retries
+
+
+def test_each_attempt_reports_its_peak_memory_through_the_side_channel(tmp_path: Path) -> None:
+    jobs = {"hog": job(env={"TASK_MODE": "hog"}, max_retries=0)}
+    with running_stand_in(tmp_path, jobs) as address:
+        hog_api = CloudRunJobsApi.local(address)
+        execution = wait(hog_api, run(hog_api, "hog", task_count=2).name)
+    assert execution.succeeded_count == 2
+    peaks = {r["task_index"]: r["peak_rss_bytes"] for r in peak_memory_records(tmp_path / "tasks")}
+    assert peaks[1] >= 200 << 20  # the task that held 200 MiB
+    assert peaks[0] < 100 << 20

@@ -5,6 +5,10 @@ Run after ``just deploy`` and ``just cloud-env``: the settings are the demo code
 ``cloud_function_pipes_asset`` once, in this process, with the demo's own resources, then
 prints who called the function with which token audience, what it answered, what came back
 through the Pipes bucket, and PASS, or FAIL naming the first thing that went wrong with a fix.
+
+With ``CLOUD_RUN_PEOPLE_JOB`` set (``projects/P/locations/L/jobs/J``), it then materializes
+``people_job`` once over ``JOB_TASKS`` tasks of that Cloud Run job and reports its execution
+(``CLOUD_RUN_JOBS_ENDPOINT``, ``host:port`` of a local stand-in, is for the tests).
 """
 
 from __future__ import annotations
@@ -35,11 +39,14 @@ from google.auth import exceptions as auth_exceptions
 
 from dagster_pipes_gcf.auth import AudienceRequired, audience_for, needs_id_token
 from gcf_demo.defs.assets import cloud_function_pipes_asset
+from gcf_demo.defs.job_assets import build_job_resources, people_job
 from gcf_demo.defs.resources import build_resources
 from gcf_demo.settings import REPO_ROOT, DemoSettings
 
 ASSET = cloud_function_pipes_asset
 DEFAULT_ROWS = 100
+JOB_TASKS = 2
+MAX_FAILURE_LINES = 1 + JOB_TASKS  # the execution's line, then one per failed task
 TROUBLESHOOTING = "docs/troubleshooting.md"
 ResourcesFactory = Callable[[DemoSettings], dict[str, Any]]
 AdcLookup = Callable[[], tuple[Any, str | None]]
@@ -506,6 +513,94 @@ def run_smoke(
     return report
 
 
+# --- the Cloud Run job (CLOUD_RUN_PEOPLE_JOB) ------------------------------------------------
+
+
+@dataclass
+class JobSmokeReport:
+    """What ``just cloud-smoke`` prints of the job's materialization."""
+
+    job_name: str
+    execution: str | None = None
+    tasks: str = "-"
+    table_uri: str | None = None
+    log_uri: str | None = None
+    failure: Finding | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.failure is None
+
+    def render(self) -> str:
+        rows = [
+            ("job", self.job_name),
+            ("execution", self.execution or "-"),
+            ("tasks", self.tasks),
+            ("table", self.table_uri or "-"),
+            ("task logs", self.log_uri or "-"),
+        ]
+        lines = [f"  {name:<15}{value}" for name, value in rows]
+        if self.failure is None:
+            verdict = "PASS: every task wrote its share and every task's messages came back."
+        else:
+            verdict = f"FAIL: {self.failure.problem}\n  fix: {self.failure.fix}"
+        return "cloud-smoke job report:\n" + "\n".join(lines) + "\n" + verdict
+
+
+def run_job_smoke(
+    settings: DemoSettings,
+    job_name: str,
+    *,
+    endpoint: str | None = None,
+    num_rows: int = DEFAULT_ROWS,
+    log_level: str = "CRITICAL",
+) -> JobSmokeReport:
+    """Materialize ``people_job`` once over ``JOB_TASKS`` tasks of the job ``job_name``."""
+    report = JobSmokeReport(job_name)
+    config = {"num_rows": num_rows, "task_count": JOB_TASKS}
+    result = materialize(
+        [people_job],
+        resources=build_job_resources(settings, job_name, endpoint),
+        run_config={
+            "ops": {people_job.op.name: {"config": config}},
+            "loggers": {"console": {"config": {"log_level": log_level}}},
+        },
+        instance=DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    materializations = result.asset_materializations_for_node(people_job.op.name)
+    found = (
+        {k: v.value for k, v in materializations[-1].metadata.items()} if materializations else {}
+    )
+    report.execution = _text(found.get("cloud_run_execution"))
+    report.table_uri = _text(found.get("table_uri"))
+    report.log_uri = _text(found.get("cloud_run_log_uri"))
+    if "task_count" in found:
+        report.tasks = f"{found['tasks_succeeded']} of {found['task_count']} succeeded"
+    report.failure = diagnose_job(result, report)
+    return report
+
+
+def diagnose_job(result: ExecuteInProcessResult, report: JobSmokeReport) -> Finding | None:
+    """The job's step failure (it names the failed tasks and their logs), or no table."""
+    for event in result.get_step_failure_events():
+        data = event.step_failure_data
+        failure = _root_cause(data.error) if data.error else "the step failed"
+        lines = [line.strip() for line in failure.strip().splitlines() if line.strip()]
+        return Finding(
+            "people_job failed: " + "; ".join(lines[:MAX_FAILURE_LINES]),
+            "a failed task's log is named above; a refused launch (403): the orchestrator "
+            "needs roles/run.jobsExecutorWithOverrides on the job (Terraform grants it); see "
+            f'{TROUBLESHOOTING}, "Cloud Run job: a task failed"',
+        )
+    if report.table_uri is None:
+        return Finding(
+            "people_job succeeded but reported no table",
+            "the job's image is not this repository's people_lake.task: rebuild and deploy it",
+        )
+    return None
+
+
 def _row_count(text: str) -> int:
     rows = int(text)
     if not 1 <= rows <= 1_000_000:
@@ -539,7 +634,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings, num_rows=args.rows, log_level="INFO" if args.verbose else "CRITICAL"
     )
     print(report.render())
-    return 0 if report.passed else 1
+    job_name = os.environ.get("CLOUD_RUN_PEOPLE_JOB")
+    if not job_name:
+        return 0 if report.passed else 1
+    print(f"cloud-smoke: people_job over {JOB_TASKS} tasks of {job_name} ...")
+    job_report = run_job_smoke(
+        settings,
+        job_name,
+        endpoint=os.environ.get("CLOUD_RUN_JOBS_ENDPOINT") or None,
+        num_rows=args.rows,
+        log_level="INFO" if args.verbose else "CRITICAL",
+    )
+    print(job_report.render())
+    return 0 if report.passed and job_report.passed else 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ credentials (who the caller is) and the answers no local function gives.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -24,6 +25,7 @@ from dagster_pipes_gcf import (
     PipesCloudStorageMessageReader,
     PollingPolicy,
 )
+from devstack.cloud_run_jobs import running_stand_in
 from devstack.net import LOOPBACK, free_port
 from devstack.services import REPO_ROOT, function_command, running
 from devstack.stack import LocalStack, local_stack
@@ -378,3 +380,69 @@ def test_the_report_shows_the_trace_when_the_function_reports_one() -> None:
     text = report.render()
     assert "trace id       4bf92f35" in text and "trace logs     https://log" in text
     assert "trace id       -" in smoke.SmokeReport("https://f", "me", "a", "b").render()
+
+
+# --- the Cloud Run job, against the Cloud Run Jobs stand-in -------------------------------
+
+
+JOB_PARENT = "projects/local-project/locations/us-central1/jobs"
+
+
+@pytest.fixture(scope="module")
+def jobs_endpoint(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The stand-in with the demo's ``people-job`` and a ``broken-job`` whose tasks exit 3."""
+    env = {
+        "STORAGE_EMULATOR_HOST": stack.emulator_url,
+        "PIPES_BUCKET": stack.pipes_bucket,
+        "DATA_LAKE_URI": stack.data_lake_uri,
+    }
+    jobs: dict[str, dict[str, Any]] = {
+        "people-job": {"command": [sys.executable, "-m", "people_lake.task"], "env": env},
+        "broken-job": {
+            "command": [sys.executable, "-c", "raise SystemExit(3)"],
+            "env": env,
+            "max_retries": 0,
+        },
+    }
+    with running_stand_in(tmp_path_factory.mktemp("smoke-jobs"), jobs) as endpoint:
+        yield endpoint
+
+
+@pytest.mark.integration
+def test_the_cli_runs_the_job_when_cloud_run_people_job_is_set(
+    emulator: LocalStack,
+    jobs_endpoint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = settings_for(emulator)
+    for name, value in {
+        "CLOUD_FUNCTION_URL": settings.function_url,
+        "PIPES_BUCKET": settings.pipes_bucket,
+        "DATA_LAKE_URI": settings.data_lake_uri,
+        "CLOUD_RUN_PEOPLE_JOB": f"{JOB_PARENT}/people-job",
+        "CLOUD_RUN_JOBS_ENDPOINT": jobs_endpoint,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    code = smoke.main(["--env-file", str(tmp_path / "absent.env"), "--rows", "9"])
+
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"people_job over {smoke.JOB_TASKS} tasks of {JOB_PARENT}/people-job" in out
+    assert "cloud-smoke job report" in out and "2 of 2 succeeded" in out
+    assert "PASS: every task wrote its share" in out
+    assert DeltaTable(f"{settings.data_lake_uri}/people_job").to_pyarrow_table().num_rows == 9
+
+
+@pytest.mark.integration
+def test_a_failing_job_task_fails_naming_the_task(emulator: LocalStack, jobs_endpoint: str) -> None:
+    report = smoke.run_job_smoke(
+        settings_for(emulator), f"{JOB_PARENT}/broken-job", endpoint=jobs_endpoint, num_rows=4
+    )
+    print(report.render())
+    assert report.failure is not None
+    assert report.failure.problem.startswith("people_job failed: ")
+    assert "0 of 2 task(s) succeeded" in report.failure.problem
+    assert "exit code 3" in report.failure.problem

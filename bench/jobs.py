@@ -1,0 +1,129 @@
+"""Cloud Run Jobs through a real ``dagster dev`` (webserver + daemon) and the jobs stand-in.
+
+The local stack, the Cloud Run Jobs stand-in (tasks run ``people_lake.task`` as processes)
+and ``dagster dev`` pointed at it, everything launched over GraphQL as the UI launches it:
+
+1. A 365-day backfill of ``daily_people`` (one run, one function call): the baseline.
+2. A 365-day backfill of ``daily_people_job`` (one run, one execution, a task per month)
+   [one run, >= 12 tasks, <= 120 s from launch to the last day materialized, the daemon's
+   pickup included; time per day (the run's own, the daemon's pickup left out) at least
+   as good as 1.].
+3. ``people_job`` with 5,000,000 rows over 4 tasks [peak memory per task <= 512 MiB, from
+   the stand-in's side channel: each task process's ``ru_maxrss``].
+
+The job's backfill is read back from its Delta table: every day, exactly its rows.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import console
+from bench.backfill import YEAR, Backfill, backfill, days, exact_days
+from bench.report import Row
+from dagster_pipes_gcf.cloud_run_job import CloudRunJobsApi
+from devstack.cloud_run_jobs import peak_memory_records, running_stand_in
+from devstack.dagster_api import DagsterApi, dagster_dev
+from devstack.stack import LocalStack, local_stack
+from gcf_demo.defs.assets import DEFAULT_ROWS_PER_DAY
+from gcf_demo.defs.job_assets import LOCAL_JOB
+
+SCENARIO = "cloud run jobs"
+MIN_TASKS = 12
+BIG_ROWS = 5_000_000
+BIG_TASKS = 4
+MIB = 1024 * 1024
+BIG_RUN_TIMEOUT_S = 900.0
+
+
+def job_env(stack: LocalStack) -> dict[str, str]:
+    """What a task needs of the stack (on Cloud Run: the job's env)."""
+    return {
+        "STORAGE_EMULATOR_HOST": stack.emulator_url,
+        "PIPES_BUCKET": stack.pipes_bucket,
+        "DATA_LAKE_URI": stack.data_lake_uri,
+    }
+
+
+def task_counts(endpoint: str) -> list[int]:
+    """Each execution's task count, as the Cloud Run API reports it."""
+    api = CloudRunJobsApi.local(endpoint)
+    return [e.task_count for e in api.executions.list_executions(parent=LOCAL_JOB)]
+
+
+def big_people_job(api: DagsterApi, task_logs: Path) -> float:
+    """Peak memory (bytes) of the largest task of ``people_job`` at 5,000,000 rows."""
+    config = {"ops": {"people_job": {"config": {"num_rows": BIG_ROWS, "task_count": BIG_TASKS}}}}
+    seen = {str(r) for r in peak_memory_records(task_logs)}
+    with console.bar(1, f"people_job: {BIG_ROWS:,} rows over {BIG_TASKS} tasks", unit="run"):
+        run_id = api.launch_run("people_job", run_config=config)
+        run = api.wait_for_run(run_id, timeout=BIG_RUN_TIMEOUT_S)
+    if run.status != "SUCCESS":
+        raise RuntimeError(f"people_job run {run_id}: {run.status} ({api.log_path})")
+    new = [r for r in peak_memory_records(task_logs) if str(r) not in seen]
+    if len(new) < BIG_TASKS:
+        raise RuntimeError(f"people_job: {len(new)} peak-memory records for {BIG_TASKS} tasks")
+    return float(max(r["peak_rss_bytes"] for r in new))
+
+
+def run_per_day_s(backfill: Backfill) -> float:
+    """Seconds per day from the run's creation to its end: the backfill daemon picks a
+    backfill up every 30 s, a wait of 0-30 s that says nothing of the asset."""
+    return (backfill.wall_s - backfill.daemon_wait_s) / backfill.days
+
+
+def job_rows(
+    job: Backfill, function: Backfill, tasks: int, exact: int, peak_bytes: float
+) -> list[Row]:
+    return [
+        Row(SCENARIO, f"daily_people_job, {job.days} days: launch -> last day s", job.wall_s,
+            "s", target=120.0),
+        Row(SCENARIO, "  of which waiting for the backfill daemon s", job.daemon_wait_s, "s"),
+        Row(SCENARIO, f"daily_people_job, {job.days} days: runs", len(job.runs), "",
+            target=1),
+        Row(SCENARIO, f"daily_people_job, {job.days} days: tasks in its execution", tasks, "",
+            target=MIN_TASKS, better="higher"),
+        Row(SCENARIO, f"daily_people_job, {job.days} days: s per day", job.per_day_s, "s",
+            function.per_day_s, "daily_people"),
+        Row(SCENARIO, "  s per day, daily_people_job / daily_people", job.per_day_s
+            / function.per_day_s, "x"),
+        Row(SCENARIO, "  run's own s per day (daemon's pickup left out), job / function",
+            run_per_day_s(job) / run_per_day_s(function), "x", target=1.0),
+        Row(SCENARIO, f"daily_people, {function.days} days (one call): launch -> last day s",
+            function.wall_s, "s"),
+        Row(SCENARIO, f"daily_people_job: days with exactly {DEFAULT_ROWS_PER_DAY:,} rows",
+            exact, f"of {job.days}", target=job.days, better="higher"),
+        Row(SCENARIO, f"people_job, {BIG_ROWS:,} rows / {BIG_TASKS} tasks: peak memory per task",
+            peak_bytes / MIB, "MiB", target=512.0),
+    ]  # fmt: skip
+
+
+def run() -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="bench-jobs-") as work_dir:
+        work = Path(work_dir)
+        dagster_log = console.log_dir() / "jobs-dagster.log"
+        with local_stack(work) as stack:
+            people_job = {"command": [sys.executable, "-m", "people_lake.task"],
+                          "env": job_env(stack), "max_retries": 1}  # fmt: skip
+            jobs_work = work / "jobs"
+            with (
+                running_stand_in(jobs_work, {"people-job": people_job}) as endpoint,
+                dagster_dev(
+                    stack, work, log_path=dagster_log,
+                    extra_env={"CLOUD_RUN_JOBS_ENDPOINT": endpoint},
+                ) as api,
+            ):  # fmt: skip
+                year = days(YEAR)
+                function = backfill(api, "daily_people", year, 1)
+                job = backfill(api, "daily_people_job", year, 1)
+                tasks = max(task_counts(endpoint), default=0)
+                exact = exact_days(
+                    Path(stack.data_lake_uri), "daily_people_job", year, DEFAULT_ROWS_PER_DAY
+                )
+                peak = big_people_job(api, jobs_work / "tasks")
+                failed = [r.run_id for r in [*function.runs, *job.runs] if r.status != "SUCCESS"]
+                if failed:
+                    print(f"bench: runs that did not succeed: {failed}")  # into the log
+                return job_rows(job, function, tasks, exact, peak)
