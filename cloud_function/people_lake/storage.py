@@ -227,6 +227,8 @@ def check_remote_table_path(location: LakeLocation, client: storage.Client) -> N
                 status=403,
             )
     if _holds_objects(client, bucket, f"{table_prefix}/"):
+        if _holds_objects(client, bucket, f"{table_prefix}/{DELTA_LOG}/"):
+            return  # a racing copy of this request created the table meanwhile
         raise RequestError(
             "dl_bucket is not allowed: the new table's location already holds objects "
             "(possibly another Delta table)",

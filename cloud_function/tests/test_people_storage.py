@@ -228,6 +228,25 @@ def test_a_new_gs_table_in_an_empty_place_or_an_existing_table_is_fine(
     check_gs(lake_bucket, "gs://lake/l/peop")
 
 
+def test_a_table_a_racing_copy_creates_during_the_check_is_not_taken_for_a_stranger(
+    lake_bucket: FakeClient,
+) -> None:
+    """The first look finds no table; a racing copy of the request creates it before the
+    look for other objects: those objects are that table's, not another's."""
+    lists: list[str] = []
+
+    def racing_copy_creates_the_table(operation: str, prefix: str) -> None:
+        if operation == "list":
+            lists.append(prefix)
+            if len(lists) == 2:  # after the look for the table's own log
+                log = "l/people/_delta_log/00000000000000000000.json"
+                lake_bucket.objects["lake"][log] = "{}"
+
+    lake_bucket.fault = racing_copy_creates_the_table
+    check_gs(lake_bucket, "gs://lake/l/people")
+    assert lists[0] == "l/people/_delta_log/" and lists[-1] == "l/people/_delta_log/"
+
+
 @pytest.mark.parametrize(
     ("existing", "uri", "reason"),
     [
