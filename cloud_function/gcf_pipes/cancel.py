@@ -38,19 +38,12 @@ from google.cloud import storage
 from requests import exceptions as rexc
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from gcf_pipes.errors import TRANSIENT_GCS_ERRORS
+
 CANCEL_MARKER = "cancel"
 CANCELLED_STATUS = 409
 DEADLINE_STATUS = 504
 
-TRANSIENT_LOOK_ERRORS: tuple[type[BaseException], ...] = (
-    gexc.TooManyRequests,
-    gexc.InternalServerError,
-    gexc.BadGateway,
-    gexc.ServiceUnavailable,
-    gexc.GatewayTimeout,
-    rexc.ConnectionError,
-    rexc.Timeout,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +165,7 @@ class Cancellation:
                 for attempt in Retrying(
                     stop=stop_after_attempt(attempts),
                     wait=wait_exponential(multiplier=0.1, max=1.0),
-                    retry=retry_if_exception_type(TRANSIENT_LOOK_ERRORS),
+                    retry=retry_if_exception_type(TRANSIENT_GCS_ERRORS),
                     reraise=True,
                 ):
                     with attempt:

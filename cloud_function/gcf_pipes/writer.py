@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from dagster_pipes import PipesMessage, PipesMessageWriter, PipesMessageWriterChannel, PipesParams
 from google.api_core import exceptions as gexc
 from google.cloud import storage
-from requests import exceptions as rexc
 from tenacity import (
     Retrying,
     retry_if_exception_type,
@@ -34,20 +33,10 @@ from tenacity import (
 )
 
 from gcf_pipes.cancel import Cancellation
-from gcf_pipes.errors import PipesMessageDeliveryError, RequestError
+from gcf_pipes.errors import TRANSIENT_GCS_ERRORS, PipesMessageDeliveryError, RequestError
 from gcf_pipes.logs import RequestTrace, current_trace, request_trace
 
 logger = logging.getLogger(__name__)
-
-TRANSIENT_UPLOAD_ERRORS: tuple[type[BaseException], ...] = (
-    gexc.TooManyRequests,
-    gexc.InternalServerError,
-    gexc.BadGateway,
-    gexc.ServiceUnavailable,
-    gexc.GatewayTimeout,
-    rexc.ConnectionError,
-    rexc.Timeout,
-)
 
 
 @dataclass(frozen=True)
@@ -207,7 +196,7 @@ class PipesCloudStorageMessageWriterChannel(PipesMessageWriterChannel):
         retrying = Retrying(
             stop=stop_after_attempt(self._settings.upload_attempts),
             wait=wait_exponential_jitter(multiplier=0.1, max=3.0),
-            retry=retry_if_exception_type(TRANSIENT_UPLOAD_ERRORS),
+            retry=retry_if_exception_type(TRANSIENT_GCS_ERRORS),
             reraise=True,
         )
         outcome_unknown = False  # did an earlier attempt fail after possibly reaching GCS?
@@ -228,7 +217,7 @@ class PipesCloudStorageMessageWriterChannel(PipesMessageWriterChannel):
                         f"gs://{self._bucket.name}/{key} already exists: another writer uses "
                         "this key prefix, and chunks are never overwritten"
                     ) from None
-                except TRANSIENT_UPLOAD_ERRORS:
+                except TRANSIENT_GCS_ERRORS:
                     outcome_unknown = True
                     raise
 
