@@ -61,7 +61,8 @@ test: sync
     SKIP=checkov,terraform-fmt just lint
     just infra-check
     just docs
-    {{ run }} pytest
+    {{ run }} pytest -m "not memory"
+    {{ run }} pytest -m memory -p no:cacheprovider
     just test-versions lowest-direct
     just test-versions highest
     just test-wheels

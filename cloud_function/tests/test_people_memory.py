@@ -53,6 +53,7 @@ def test_the_function_loads_its_data_libraries_after_its_own_package() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.memory
 def test_a_request_of_5_000_000_rows_peaks_within_the_limit(tmp_path: Path) -> None:
     request = ("--request", str(tmp_path), str(LIMIT_ROWS), "1")  # one write, no partitions
     done = subprocess.run(
@@ -68,6 +69,7 @@ def test_a_request_of_5_000_000_rows_peaks_within_the_limit(tmp_path: Path) -> N
 
 
 @pytest.mark.integration
+@pytest.mark.memory
 def test_a_request_of_5_000_000_rows_to_a_gs_lake_peaks_within_the_limit(tmp_path: Path) -> None:
     """The same request to ``gs://`` in the emulator, through the XML-API adapter: delta-rs
     buffers multipart parts there, which a directory lake never does."""

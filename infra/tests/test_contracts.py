@@ -94,6 +94,7 @@ def test_the_default_instance_fits_its_concurrent_requests(tf: c.Terraform) -> N
     assert c.check_function_sizing(tf) == []
 
 
+@pytest.mark.memory
 def test_one_large_request_peaks_below_the_sizing_rule_s_constant(tf: c.Terraform) -> None:
     """The constant is checked against a measurement: a fresh process serving one request of
     a million rows through the function's handler (`just bench` measures the 5,000,000 limit)."""
