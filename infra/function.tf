@@ -26,8 +26,10 @@ locals {
   request_peak_memory_mib = 700
   function_memory_mib     = tonumber(regex("^[0-9]+", var.function_memory)) * (endswith(var.function_memory, "Gi") ? 1024 : 1)
 
-  # Kept out of the upload: tests and caches; pyproject.toml so the buildpack installs
-  # requirements.txt (exported from uv.lock) rather than the workspace project.
+  # Kept out of the upload: tests and caches; the root pyproject.toml so the buildpack installs
+  # requirements.txt (exported from uv.lock) rather than the workspace project. gcf_pipes/
+  # keeps its own pyproject.toml: requirements.txt names that folder and pip builds it
+  # (infra/tests/test_function_source.py installs the zip this makes and imports main).
   source_excludes = [
     "tests/**",
     "**/__pycache__/**",
