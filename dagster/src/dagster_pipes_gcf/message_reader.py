@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -300,8 +300,10 @@ class PipesAttemptStreams:
         handler: PipesMessageHandler,
         policy: PollingPolicy,
         coalescing: LogCoalescing | None,
+        marker_bucket: Callable[[], storage.Bucket] | None = None,
     ):
         self.bucket = bucket
+        self.marker_bucket = marker_bucket or (lambda: bucket)
         self.session_prefix = session_prefix
         self.handler = handler
         self.policy = policy
@@ -380,6 +382,15 @@ class PipesAttemptStreams:
                 for a in reversed(self._attempts)
                 if not a.answered and (a.abandoned or not abandoned_only)
             ]
+
+    def cancel(self, reason: Mapping[str, str], *, abandoned_only: bool = False) -> CancelOutcome:
+        """Ask the function to stop: write ``<prefix>/cancel`` for every attempt that may still
+        be running, and stop reading. With ``abandoned_only``, stop only the attempts given up
+        for a retry; the live attempt is read on. Bounded in time; never raises."""
+        if not abandoned_only:
+            self.stop_polling()  # it winds down while the markers are written
+        prefixes = self.unanswered_prefixes(abandoned_only=abandoned_only)
+        return write_cancel_markers(self.marker_bucket, prefixes, reason=reason)
 
     def answered(self) -> None:
         """The live attempt answered the call: its results are the call's results."""
@@ -465,6 +476,38 @@ class PipesAttemptStreams:
             context.log.log(level, text)
         else:
             logger.log(level, text)
+
+
+@dataclass(frozen=True)
+class SharedMessages:
+    """The attempts of a session read by another reader (e.g. Dagster's own): all share the
+    session's one message location, and no cancel marker can be written."""
+
+    session_params: PipesParams
+    closed_with_exception = False
+    handler_started = None
+
+    def params(self) -> PipesParams:
+        return self.session_params
+
+    def begin_attempt(self, number: int, abandoned_because: str | None = None) -> PipesParams:
+        return self.session_params
+
+    def cancel(self, reason: Mapping[str, str], *, abandoned_only: bool = False) -> None:
+        return None
+
+    def answered(self) -> None:
+        pass
+
+
+def attempt_streams(
+    reader: PipesMessageReader, params: PipesParams
+) -> PipesAttemptStreams | SharedMessages:
+    """The per-attempt streams of the session ``reader`` opened with ``params``: its own with
+    :class:`PipesCloudStorageMessageReader`, one shared location with any other reader."""
+    if isinstance(reader, PipesCloudStorageMessageReader):
+        return reader.attempts(params)
+    return SharedMessages(params)
 
 
 class _Poller:
@@ -600,18 +643,11 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
     def request_cancellation(
         self, params: PipesParams, reason: dict[str, str], *, abandoned_only: bool = False
     ) -> CancelOutcome:
-        """Ask the function to stop the session's call: write ``<prefix>/cancel`` for every
-        attempt that may still be running, and stop reading. With ``abandoned_only``, stop
-        only the attempts given up for a retry; the live attempt is read on. Bounded in time;
-        never raises."""
+        """:meth:`PipesAttemptStreams.cancel` of the open session that yielded ``params``."""
         try:
-            streams = self.attempts(params)
+            return self.attempts(params).cancel(reason, abandoned_only=abandoned_only)
         except DagsterPipesExecutionError as exc:
             return CancelOutcome((), (str(exc),))
-        if not abandoned_only:
-            streams.stop_polling()  # it winds down while the markers are written
-        prefixes = streams.unanswered_prefixes(abandoned_only=abandoned_only)
-        return write_cancel_markers(self._marker_bucket, prefixes, reason=reason)
 
     def new_key_prefix(self) -> str:
         """A new session prefix ``<prefix>/<32 hex>``; attempts write below it."""
@@ -636,6 +672,7 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
             handler=handler,
             policy=self.polling,
             coalescing=self.log_coalescing,
+            marker_bucket=self._marker_bucket,
         )
         params = streams.params()
         with self._registered(params, streams):
