@@ -566,15 +566,13 @@ def validated_prefix(prefix: str) -> str:
     return stripped
 
 
-class PipesCloudStorageMessageReader(PipesMessageReader):
-    """Reads Pipes messages that the Cloud Function writes to a GCS bucket.
-
-    Each session yields the params of its attempt 1; a client that retries HTTP calls gets
-    the session's :class:`PipesAttemptStreams` with :meth:`attempts` and sends each attempt
-    the params :meth:`PipesAttemptStreams.begin_attempt` returns.
+class GcsMessageReader(PipesMessageReader):
+    """What this package's GCS readers share: the bucket, its client, and a unique key
+    prefix per session under ``prefix``.
 
     Args:
-        bucket: name of the Pipes bucket (the orchestrator needs object read on it only).
+        bucket: name of the Pipes bucket (the orchestrator needs object read on it; list too
+            for :class:`~dagster_pipes_gcf.PipesCloudRunTaskMessageReader`).
         client: a ``google.cloud.storage.Client``; created on first use when omitted.
         impersonate_service_account: when the client is created here, read as this service
             account (the orchestrator's), minted from the caller's credentials. Cancellation
@@ -585,18 +583,20 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         log_coalescing: how log floods are delivered (``None``: one entry per line always).
     """
 
+    default_prefix = "dagster-pipes"
+
     def __init__(
         self,
         *,
         bucket: str,
         client: storage.Client | None = None,
-        prefix: str = "dagster-pipes",
+        prefix: str | None = None,
         polling: PollingPolicy | None = None,
         log_coalescing: LogCoalescing | None = LogCoalescing(),
         impersonate_service_account: str | None = None,
     ):
         self.bucket = bucket
-        self.prefix = validated_prefix(prefix)
+        self.prefix = validated_prefix(self.default_prefix if prefix is None else prefix)
         self.polling = polling or PollingPolicy()
         self.log_coalescing = log_coalescing
         self.impersonate_service_account = impersonate_service_account
@@ -604,7 +604,7 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         # A given client reads and writes markers; one created here under impersonation reads
         # with a read-only token, so markers then need a read-write client of their own.
         self._marker_client = client
-        self._sessions: dict[str, PipesAttemptStreams] = {}
+        self._sessions: dict[str, Any] = {}  # open sessions by key prefix
         self._sessions_lock = threading.Lock()
 
     @property
@@ -637,6 +637,22 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
                 f"{missing_credentials_hint(exc)}"
             ) from None
 
+    def new_key_prefix(self) -> str:
+        """A new session prefix ``<prefix>/<32 hex>``; attempts or tasks write below it."""
+        return f"{self.prefix}/{uuid.uuid4().hex}" if self.prefix else uuid.uuid4().hex
+
+
+class PipesCloudStorageMessageReader(GcsMessageReader):
+    """Reads Pipes messages that the Cloud Function writes to a GCS bucket (arguments: see
+    :class:`GcsMessageReader`).
+
+    Each session yields the params of its attempt 1; a client that retries HTTP calls gets
+    the session's :class:`PipesAttemptStreams` with :meth:`attempts` and sends each attempt
+    the params :meth:`PipesAttemptStreams.begin_attempt` returns.
+    """
+
+    _sessions: dict[str, PipesAttemptStreams]
+
     def _marker_bucket(self) -> storage.Bucket:
         return self.marker_client.bucket(self.bucket)
 
@@ -648,10 +664,6 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
             return self.attempts(params).cancel(reason, abandoned_only=abandoned_only)
         except DagsterPipesExecutionError as exc:
             return CancelOutcome((), (str(exc),))
-
-    def new_key_prefix(self) -> str:
-        """A new session prefix ``<prefix>/<32 hex>``; attempts write below it."""
-        return f"{self.prefix}/{uuid.uuid4().hex}" if self.prefix else uuid.uuid4().hex
 
     def attempts(self, params: PipesParams) -> PipesAttemptStreams:
         """The attempt streams of the open session that yielded ``params``."""
