@@ -568,19 +568,8 @@ def validated_prefix(prefix: str) -> str:
 
 class GcsMessageReader(PipesMessageReader):
     """What this package's GCS readers share: the bucket, its client, and a unique key
-    prefix per session under ``prefix``.
-
-    Args:
-        bucket: name of the Pipes bucket (the orchestrator needs object read on it; list too
-            for :class:`~dagster_pipes_gcf.PipesCloudRunTaskMessageReader`).
-        client: a ``google.cloud.storage.Client``; created on first use when omitted.
-        impersonate_service_account: when the client is created here, read as this service
-            account (the orchestrator's), minted from the caller's credentials. Cancellation
-            markers are then written with a read-write-scoped client of the same account
-            (created when a run is terminated; IAM limits it to objects named ``*/cancel``).
-        prefix: folder under which each session gets a unique key prefix.
-        polling: polling and drain settings.
-        log_coalescing: how log floods are delivered (``None``: one entry per line always).
+    prefix per session under ``prefix`` (arguments: see
+    :class:`PipesCloudStorageMessageReader`).
     """
 
     default_prefix = "dagster-pipes"
@@ -643,12 +632,24 @@ class GcsMessageReader(PipesMessageReader):
 
 
 class PipesCloudStorageMessageReader(GcsMessageReader):
-    """Reads Pipes messages that the Cloud Function writes to a GCS bucket (arguments: see
-    :class:`GcsMessageReader`).
+    """Reads Pipes messages that the Cloud Function writes to a GCS bucket.
 
     Each session yields the params of its attempt 1; a client that retries HTTP calls gets
     the session's :class:`PipesAttemptStreams` with :meth:`attempts` and sends each attempt
     the params :meth:`PipesAttemptStreams.begin_attempt` returns.
+
+    Args:
+        bucket: name of the Pipes bucket (the orchestrator needs object read on it; list too
+            for :class:`~dagster_pipes_gcf.PipesCloudRunTaskMessageReader`).
+        client: a ``google.cloud.storage.Client``; created on first use when omitted.
+        impersonate_service_account: when the client is created here, read as this service
+            account (the orchestrator's), minted from the caller's credentials. Cancellation
+            markers are then written with a read-write-scoped client of the same account
+            (created when a run is terminated; IAM limits it to objects named ``*/cancel``).
+        prefix: folder under which each session gets a unique key prefix (by default
+            ``dagster-pipes``).
+        polling: polling and drain settings.
+        log_coalescing: how log floods are delivered (``None``: one entry per line always).
     """
 
     _sessions: dict[str, PipesAttemptStreams]

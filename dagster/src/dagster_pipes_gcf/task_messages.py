@@ -243,7 +243,7 @@ def _largest(versions: list[Any]) -> Any:
 
 class PipesCloudRunTaskMessageReader(GcsMessageReader):
     """Reads the Pipes messages every task of a Cloud Run Jobs execution writes to GCS
-    (arguments: see :class:`~dagster_pipes_gcf.message_reader.GcsMessageReader`; ``prefix``
+    (arguments as :class:`~dagster_pipes_gcf.PipesCloudStorageMessageReader`; ``prefix``
     defaults to ``dagster-pipes-jobs``).
 
     The session's params name the bucket and the session prefix; each task appends
