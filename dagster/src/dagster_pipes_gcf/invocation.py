@@ -281,11 +281,6 @@ def classify_exception(exc: requests.RequestException) -> Outcome | None:
     return None
 
 
-def describe_error_response(url: str, response: requests.Response) -> CloudFunctionError:
-    """Turn a non-2xx response into a Failure that names the status and the remote error."""
-    return _response_error(url, response)
-
-
 def _response_error(
     url: str, response: requests.Response, before: str = "", after: str = ""
 ) -> CloudFunctionError:
@@ -564,7 +559,7 @@ class Call:
         response = self._response
         assert response is not None, "result() before an attempt answered"
         if not response.ok:  # this attempt's final answer; an ambiguous earlier one may run on
-            raise _may_still_run(describe_error_response(self.url, response), self._ambiguous)
+            raise _may_still_run(_response_error(self.url, response), self._ambiguous)
         return FunctionResponse(
             status=response.status_code,
             body=_json_body(response) or {},

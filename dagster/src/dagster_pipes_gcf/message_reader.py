@@ -142,6 +142,17 @@ def coalesce_logs(messages: list[Any], rule: LogCoalescing | None) -> list[Any]:
     return out
 
 
+def note_in_run(handler: PipesMessageHandler, level: int, text: str) -> None:
+    """A line in the run's log, or in this module's logger outside a step."""
+    # PipesMessageHandler keeps the step context privately; Dagster's own threaded readers
+    # report their background errors through it the same way.
+    context = getattr(handler, "_context", None)
+    if context is not None:
+        context.log.log(level, text)
+    else:
+        logger.log(level, text)
+
+
 def _sleep_until(stop: threading.Event) -> Callable[[float], None]:
     """A sleep that a stop request cuts short (for retry backoffs)."""
 
@@ -469,13 +480,7 @@ class PipesAttemptStreams:
         self.background_error = exc
 
     def _note(self, level: int, text: str) -> None:
-        # PipesMessageHandler keeps the step context privately; Dagster's own threaded readers
-        # report their background errors through it the same way.
-        context = getattr(self.handler, "_context", None)
-        if context is not None:
-            context.log.log(level, text)
-        else:
-            logger.log(level, text)
+        note_in_run(self.handler, level, text)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from dagster_pipes_gcf.message_reader import (
     GcsMessageReader,
     LogCoalescing,
     PollingPolicy,
+    note_in_run,
 )
 
 logger = logging.getLogger(__name__)
@@ -155,11 +156,7 @@ class TaskStreams:
         self.handler.handle_message(_make_message("closed", None))
 
     def _note(self, level: int, text: str) -> None:
-        context = getattr(self.handler, "_context", None)  # as Dagster's own readers do
-        if context is not None:
-            context.log.log(level, text)
-        else:
-            logger.log(level, text)
+        note_in_run(self.handler, level, text)
 
 
 def _incomplete(task: TaskStream, timeout: float) -> str:
