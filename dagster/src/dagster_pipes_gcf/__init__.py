@@ -21,7 +21,6 @@ from dagster_pipes_gcf.invocation import (
 )
 from dagster_pipes_gcf.message_reader import (
     LogCoalescing,
-    PipesAttemptStreams,
     PipesCloudStorageMessageReader,
     PollingPolicy,
 )
@@ -40,7 +39,6 @@ __all__ = [
     "InvocationPolicy",
     "JobPolicy",
     "LogCoalescing",
-    "PipesAttemptStreams",
     "PipesCloudFunctionClient",
     "PipesCloudFunctionCompletedInvocation",
     "PipesCloudFunctionEventContextInjector",

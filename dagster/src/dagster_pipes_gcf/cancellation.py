@@ -110,7 +110,7 @@ def write_cancel_markers(
 
 @contextmanager
 def forwarding_termination(
-    cancel: Callable[[str], CancelOutcome] | None, report: Callable[[str], None]
+    cancel: Callable[[str], CancelOutcome | None] | None, report: Callable[[str], None]
 ) -> Iterator[None]:
     """When the run is terminated inside the block (Dagster's interrupt, or Ctrl-C), call
     ``cancel`` with the reason and ``report`` its outcome, then let the interrupt go on unchanged.
@@ -130,8 +130,9 @@ def forwarding_termination(
 
 
 def _cancel(
-    cancel: Callable[[str], CancelOutcome] | None, report: Callable[[str], None], why: str
+    cancel: Callable[[str], CancelOutcome | None] | None, report: Callable[[str], None], why: str
 ) -> None:
     if cancel is not None:
         with contextlib.suppress(Exception):  # the error that ended the call must propagate
-            report(f"[pipes] {why}: {cancel(why).describe()}")
+            if outcome := cancel(why):
+                report(f"[pipes] {why}: {outcome.describe()}")

@@ -28,13 +28,16 @@ from dagster_pipes import DAGSTER_PIPES_MESSAGES_ENV_VAR, PipesExtras, encode_pa
 from dagster_pipes_gcf.cancellation import CancelOutcome, forwarding_termination
 from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
 from dagster_pipes_gcf.invocation import (
-    AbandonedAttempt,
+    Call,
     CloudFunctionError,
     CloudFunctionInvoker,
     FunctionResponse,
-    PayloadForAttempt,
 )
-from dagster_pipes_gcf.message_reader import PipesAttemptStreams, PipesCloudStorageMessageReader
+from dagster_pipes_gcf.message_reader import (
+    PipesAttemptStreams,
+    SharedMessages,
+    attempt_streams,
+)
 from dagster_pipes_gcf.partition_range import PipesPartitionRangeInjector, is_direct_invocation
 from dagster_pipes_gcf.tracing import CallTrace, FunctionLocation
 
@@ -262,7 +265,7 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
             partition_key=partition_of(context),
             location=self.function_location,
         )
-        attempts: PipesAttemptStreams | None = None
+        streams: PipesAttemptStreams | SharedMessages | None = None
         try:
             with open_pipes_session(
                 context=context,
@@ -270,19 +273,33 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
                 message_reader=self.message_reader,
                 extras={**(extras or {}), INVOCATION_ID_EXTRA: invocation_id},
             ) as session:
-                attempts = self._attempt_streams(session)
-                response = self._invoke(
-                    context,
-                    session,
-                    attempts,
-                    trace=trace,
-                    function_url=function_url,
-                    event=event,
-                    invocation_id=invocation_id,
-                    timeout=timeout,
+                streams = attempt_streams(self.message_reader, session.message_reader_params)
+                reason = {"run_id": context.run_id, "invocation_id": invocation_id}
+                context.log.info(
+                    f"[pipes] invoking Cloud Function {function_url} ({invocation_id}); "
+                    f"{trace.describe()}"
+                )
+                with (
+                    trace.annotating_failures(),
+                    forwarding_termination(self._canceller(streams, reason), context.log.warning),
+                ):
+                    call = self.invoker.start(
+                        function_url,
+                        headers={INVOCATION_ID_HEADER: invocation_id, **trace.headers},
+                        timeout=timeout,
+                    )
+                    body = {**(event or {}), **session.get_bootstrap_env_vars()}
+                    for attempt in call.attempts():
+                        with attempt:
+                            self._attempt(context, call, streams, body, reason)
+                    response = call.result()
+                streams.answered()
+                context.log.info(
+                    f"[pipes] Cloud Function answered HTTP {response.status} in "
+                    f"{response.elapsed_s:.2f}s ({response.attempts} attempt(s))"
                 )
         except CloudFunctionError as error:
-            if attempts is not None and attempts.closed_with_exception:
+            if streams is not None and streams.closed_with_exception:
                 error.traceback_shown_elsewhere(CLOSED_EVENT)
             raise
         return PipesCloudFunctionCompletedInvocation(
@@ -293,100 +310,37 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
             },
         )
 
-    def _invoke(
+    def _attempt(
         self,
         context: Context,
-        session: PipesSession,
-        attempts: PipesAttemptStreams | None,
-        *,
-        trace: CallTrace,
-        function_url: str,
-        event: Mapping[str, Any] | None,
-        invocation_id: str,
-        timeout: float | None,
-    ) -> FunctionResponse:
-        """The HTTP call within the open session: its attempts, and termination forwarded."""
-        context.log.info(
-            f"[pipes] invoking Cloud Function {function_url} ({invocation_id}); {trace.describe()}"
-        )
-        with (
-            trace.annotating_failures(),
-            forwarding_termination(
-                self._canceller(session, context.run_id, invocation_id, abandoned_only=False),
-                context.log.warning,
-            ),
-        ):
-            cancel_abandoned = self._canceller(
-                session, context.run_id, invocation_id, abandoned_only=True
-            )
-            response = self.invoker.invoke(
-                function_url,
-                attempt_payloads(event, session, attempts, cancel_abandoned, context.log.info),
-                headers={INVOCATION_ID_HEADER: invocation_id, **trace.headers},
-                timeout=timeout,
-                handler_started=attempts.handler_started if attempts else None,
-            )
-        if attempts is not None:
-            attempts.answered()
-        context.log.info(
-            f"[pipes] Cloud Function answered HTTP {response.status} in "
-            f"{response.elapsed_s:.2f}s ({response.attempts} attempt(s))"
-        )
-        return response
+        call: Call,
+        streams: PipesAttemptStreams | SharedMessages,
+        body: Mapping[str, Any],
+        reason: Mapping[str, str],
+    ) -> None:
+        """One HTTP attempt, writing its messages under its own prefix. Before a retry, the
+        attempt given up is abandoned and, if it may have reached the handler and still be
+        working, asked to stop: two copies of one call then never work side by side for long.
+        An attempt that never reached the function has no copy to stop: no marker for it."""
+        abandoned = call.abandoned
+        if abandoned is not None:
+            streams.begin_attempt(call.number, abandoned.reason)
+            if abandoned.may_have_run and self.forward_termination:
+                why = f"attempt {call.number - 1} abandoned ({abandoned.reason})"
+                outcome = streams.cancel({"reason": why, **reason}, abandoned_only=True)
+                if outcome is not None:
+                    context.log.info(f"[pipes] before attempt {call.number}: {outcome.describe()}")
+        messages = encode_param(streams.params())
+        call.post({**body, DAGSTER_PIPES_MESSAGES_ENV_VAR: messages}, streams.handler_started)
 
     def _canceller(
-        self, session: PipesSession, run_id: str, invocation_id: str, *, abandoned_only: bool
-    ) -> Callable[[str], CancelOutcome] | None:
-        """How to ask the function to stop this call, or only its attempts abandoned for a
-        retry (told why), if this client forwards termination."""
-        reader = self.message_reader
-        if not self.forward_termination or not isinstance(reader, PipesCloudStorageMessageReader):
+        self, streams: PipesAttemptStreams | SharedMessages, reason: Mapping[str, str]
+    ) -> Callable[[str], CancelOutcome | None] | None:
+        """How to ask the function to stop this call (told why), if this client forwards
+        termination."""
+        if not self.forward_termination:
             return None
-
-        def cancel(why: str) -> CancelOutcome:
-            reason = {"reason": why, "run_id": run_id, "invocation_id": invocation_id}
-            return reader.request_cancellation(
-                session.message_reader_params, reason, abandoned_only=abandoned_only
-            )
-
-        return cancel
-
-    def _attempt_streams(self, session: PipesSession) -> PipesAttemptStreams | None:
-        """Per-attempt message streams; None for other readers, whose retries share one
-        message location (fine for retries that never reached the function)."""
-        if isinstance(self.message_reader, PipesCloudStorageMessageReader):
-            return self.message_reader.attempts(session.message_reader_params)
-        return None
-
-
-def attempt_payloads(
-    event: Mapping[str, Any] | None,
-    session: PipesSession,
-    attempts: PipesAttemptStreams | None,
-    cancel_abandoned: Callable[[str], CancelOutcome] | None = None,
-    report: Callable[[str], None] = lambda _: None,
-) -> PayloadForAttempt:
-    """Request bodies per HTTP attempt: the event and the Pipes bootstrap params, with the
-    messages param of that attempt (each attempt writes under its own prefix).
-
-    Before a retry, ``cancel_abandoned`` asks the attempt given up to stop, in case it
-    reached the handler and is still working (an ambiguous outcome), and ``report`` says how
-    that went: two copies of one call then never work side by side for long.
-    """
-    base = {**(event or {}), **session.get_bootstrap_env_vars()}
-
-    def payload_for(attempt: int, abandoned: AbandonedAttempt | None) -> dict[str, Any]:
-        if attempts is None:
-            return base
-        messages = attempts.begin_attempt(attempt, abandoned.reason if abandoned else None)
-        # An attempt that never reached the function (refused, unreachable, a 429/503 that left
-        # no Pipes messages) has no copy to stop: no marker for it.
-        if abandoned is not None and abandoned.may_have_run and cancel_abandoned is not None:
-            why = f"attempt {attempt - 1} abandoned ({abandoned.reason})"
-            report(f"[pipes] before attempt {attempt}: {cancel_abandoned(why).describe()}")
-        return {**base, DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param(messages)}
-
-    return payload_for
+        return lambda why: streams.cancel({"reason": why, **reason})
 
 
 def call_metadata(

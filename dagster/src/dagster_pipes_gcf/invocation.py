@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +23,7 @@ import google.auth.exceptions
 import requests
 from dagster import Failure, MetadataValue
 from tenacity import (
+    AttemptManager,
     RetryCallState,
     Retrying,
     retry_if_exception,
@@ -165,9 +166,6 @@ class AbandonedAttempt:
         return self.reason
 
 
-# Builds the request body of attempt ``n`` (1-based), told about the attempt abandoned before
-# it (None for the first): each attempt gets its own Pipes message prefix.
-PayloadForAttempt = Callable[[int, AbandonedAttempt | None], Mapping[str, Any]]
 # Whether attempt ``n``'s handler left evidence that it ran (e.g. its Pipes messages).
 HandlerStarted = Callable[[int], bool]
 
@@ -283,11 +281,6 @@ def classify_exception(exc: requests.RequestException) -> Outcome | None:
     return None
 
 
-def describe_error_response(url: str, response: requests.Response) -> CloudFunctionError:
-    """Turn a non-2xx response into a Failure that names the status and the remote error."""
-    return _response_error(url, response)
-
-
 def _response_error(
     url: str, response: requests.Response, before: str = "", after: str = ""
 ) -> CloudFunctionError:
@@ -364,82 +357,31 @@ class CloudFunctionInvoker:
         self.auth = auth or IdTokenAuth()
         self.session = session or requests.Session()
 
+    def start(
+        self, url: str, *, headers: Mapping[str, str] | None = None, timeout: float | None = None
+    ) -> Call:
+        """A call to ``url`` whose attempts the caller drives (see :class:`Call`);
+        ``timeout`` overrides the policy's per-attempt timeout."""
+        return Call(self, url, headers or {}, timeout or self.policy.timeout)
+
     def invoke(
         self,
         url: str,
-        payload: Mapping[str, Any] | PayloadForAttempt,
+        payload: Mapping[str, Any],
         *,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         handler_started: HandlerStarted | None = None,
     ) -> FunctionResponse:
-        """Call the function; return its 2xx response or raise :class:`CloudFunctionError`.
-
-        ``payload`` is the JSON body, or a callable building the body of each attempt.
-        ``handler_started`` tells whether an attempt's handler ran; without it a platform
-        429/503 is always taken as never reached.
+        """Call the function with one JSON body for every attempt; return its 2xx response
+        or raise :class:`CloudFunctionError`. ``handler_started`` tells whether an
+        attempt's handler ran; without it a platform 429/503 is always taken as never reached.
         """
-        policy = self.policy
-        attempt_timeout = timeout or policy.timeout
-        clock = _Clock(policy.deadline_for(attempt_timeout))
-        body_for: PayloadForAttempt = payload if callable(payload) else (lambda *_: payload)
-        retrying = Retrying(
-            stop=stop_after_attempt(policy.attempts) | stop_before_delay(clock.seconds),
-            wait=_backoff(policy),
-            retry=retry_if_exception(
-                lambda exc: isinstance(exc, _FailedAttempt) and policy.allows(exc.outcome)
-            ),
-            reraise=True,
-        )
-        attempts, ambiguous = 0, False
-        abandoned: AbandonedAttempt | None = None
-        try:
-            for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    data = json.dumps(body_for(attempts, abandoned))  # may write cancel markers
-                    try:
-                        response = self._post(url, data, headers, attempt_timeout, clock)
-                    except _FailedAttempt as refused:
-                        failed = refused.rechecked(attempts, handler_started, clock.remaining())
-                        may_have_run = failed.outcome is Outcome.AMBIGUOUS
-                        abandoned = AbandonedAttempt(failed.reason, may_have_run)
-                        ambiguous = ambiguous or may_have_run
-                        if failed is refused:
-                            raise
-                        raise failed from refused
-        except _FailedAttempt as failed:
-            # The description quotes the transport error: chaining it would print it twice.
-            raise _may_still_run(self._failure(url, failed, attempts, clock), ambiguous) from None
-        except _DeadlinePassed as passed:
-            raise _may_still_run(
-                CloudFunctionError(
-                    description=f"the call to the Cloud Function at {url} ran out of time: its "
-                    f"deadline of {clock.seconds:g}s passed {passed} (attempt {attempts}, "
-                    f"{clock.elapsed():.1f}s after the call began)"
-                ),
-                ambiguous,
-            ) from None
-        except _Unanswered as unanswered:
-            raise _may_still_run(
-                CloudFunctionError(description=_describe_unanswered(url, unanswered, clock))
-            ) from unanswered.__cause__
-        except requests.RequestException as exc:
-            raise _may_still_run(
-                CloudFunctionError(
-                    description=f"calling the Cloud Function at {url} failed: "
-                    f"{type(exc).__name__}: {exc}"
-                ),
-                ambiguous,
-            ) from None
-        if not response.ok:  # this attempt's final answer; an ambiguous earlier one may run on
-            raise _may_still_run(describe_error_response(url, response), ambiguous)
-        return FunctionResponse(
-            status=response.status_code,
-            body=_json_body(response) or {},
-            elapsed_s=clock.elapsed(),
-            attempts=attempts,
-        )
+        call = self.start(url, headers=headers, timeout=timeout)
+        for attempt in call.attempts():
+            with attempt:
+                call.post(payload, handler_started)
+        return call.result()
 
     def _failure(
         self, url: str, failed: _FailedAttempt, attempts: int, clock: _Clock
@@ -524,6 +466,106 @@ class CloudFunctionInvoker:
                 description=f"no ID token to call the Cloud Function at {url}, so it was not "
                 f"called: {cause}"
             ) from None
+
+
+class Call:
+    """One call's HTTP attempts, driven by the caller::
+
+        call = invoker.start(url)
+        for attempt in call.attempts():  # retries and backoff within the call's deadline
+            with attempt:
+                call.post(body_of(call.number, call.abandoned))
+        response = call.result()
+
+    :meth:`attempts` raises :class:`CloudFunctionError` when an attempt failed for good or
+    the retries are used up; an interrupt raised in an attempt goes on unchanged.
+    """
+
+    def __init__(
+        self,
+        invoker: CloudFunctionInvoker,
+        url: str,
+        headers: Mapping[str, str],
+        attempt_timeout: float,
+    ):
+        self.invoker, self.url, self.headers = invoker, url, headers
+        self.attempt_timeout = attempt_timeout
+        self.clock = _Clock(invoker.policy.deadline_for(attempt_timeout))
+        self.number = 0  # the attempt being made, from 1
+        self.abandoned: AbandonedAttempt | None = None  # why the previous attempt was given up
+        self._ambiguous = False  # an abandoned attempt may still be running
+        self._response: requests.Response | None = None
+
+    def attempts(self) -> Iterator[AttemptManager]:
+        policy, clock = self.invoker.policy, self.clock
+        retrying = Retrying(
+            stop=stop_after_attempt(policy.attempts) | stop_before_delay(clock.seconds),
+            wait=_backoff(policy),
+            retry=retry_if_exception(
+                lambda exc: isinstance(exc, _FailedAttempt) and policy.allows(exc.outcome)
+            ),
+            reraise=True,
+        )
+        url = self.url
+        try:
+            for attempt in retrying:
+                self.number += 1
+                yield attempt
+        except _FailedAttempt as failed:
+            # The description quotes the transport error: chaining it would print it twice.
+            failure = self.invoker._failure(url, failed, self.number, clock)
+            raise _may_still_run(failure, self._ambiguous) from None
+        except _DeadlinePassed as passed:
+            raise _may_still_run(
+                CloudFunctionError(
+                    description=f"the call to the Cloud Function at {url} ran out of time: its "
+                    f"deadline of {clock.seconds:g}s passed {passed} (attempt {self.number}, "
+                    f"{clock.elapsed():.1f}s after the call began)"
+                ),
+                self._ambiguous,
+            ) from None
+        except _Unanswered as unanswered:
+            raise _may_still_run(
+                CloudFunctionError(description=_describe_unanswered(url, unanswered, clock))
+            ) from unanswered.__cause__
+        except requests.RequestException as exc:
+            raise _may_still_run(
+                CloudFunctionError(
+                    description=f"calling the Cloud Function at {url} failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ),
+                self._ambiguous,
+            ) from None
+
+    def post(
+        self, payload: Mapping[str, Any], handler_started: HandlerStarted | None = None
+    ) -> None:
+        """Send attempt :attr:`number`; a failure raised here is judged by :meth:`attempts`."""
+        data = json.dumps(payload)
+        try:
+            self._response = self.invoker._post(
+                self.url, data, self.headers, self.attempt_timeout, self.clock
+            )
+        except _FailedAttempt as refused:
+            failed = refused.rechecked(self.number, handler_started, self.clock.remaining())
+            self.abandoned = AbandonedAttempt(failed.reason, failed.outcome is Outcome.AMBIGUOUS)
+            self._ambiguous = self._ambiguous or self.abandoned.may_have_run
+            if failed is refused:
+                raise
+            raise failed from refused
+
+    def result(self) -> FunctionResponse:
+        """The answer of the last attempt; raises for a non-2xx final answer."""
+        response = self._response
+        assert response is not None, "result() before an attempt answered"
+        if not response.ok:  # this attempt's final answer; an ambiguous earlier one may run on
+            raise _may_still_run(_response_error(self.url, response), self._ambiguous)
+        return FunctionResponse(
+            status=response.status_code,
+            body=_json_body(response) or {},
+            elapsed_s=self.clock.elapsed(),
+            attempts=self.number,
+        )
 
 
 def _backoff(policy: InvocationPolicy) -> Callable[[RetryCallState], float]:

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,6 +140,17 @@ def coalesce_logs(messages: list[Any], rule: LogCoalescing | None) -> list[Any]:
         lines.append(str(params.get("message", "")))
     flush()
     return out
+
+
+def note_in_run(handler: PipesMessageHandler, level: int, text: str) -> None:
+    """A line in the run's log, or in this module's logger outside a step."""
+    # PipesMessageHandler keeps the step context privately; Dagster's own threaded readers
+    # report their background errors through it the same way.
+    context = getattr(handler, "_context", None)
+    if context is not None:
+        context.log.log(level, text)
+    else:
+        logger.log(level, text)
 
 
 def _sleep_until(stop: threading.Event) -> Callable[[float], None]:
@@ -300,8 +311,10 @@ class PipesAttemptStreams:
         handler: PipesMessageHandler,
         policy: PollingPolicy,
         coalescing: LogCoalescing | None,
+        marker_bucket: Callable[[], storage.Bucket] | None = None,
     ):
         self.bucket = bucket
+        self.marker_bucket = marker_bucket or (lambda: bucket)
         self.session_prefix = session_prefix
         self.handler = handler
         self.policy = policy
@@ -381,6 +394,15 @@ class PipesAttemptStreams:
                 if not a.answered and (a.abandoned or not abandoned_only)
             ]
 
+    def cancel(self, reason: Mapping[str, str], *, abandoned_only: bool = False) -> CancelOutcome:
+        """Ask the function to stop: write ``<prefix>/cancel`` for every attempt that may still
+        be running, and stop reading. With ``abandoned_only``, stop only the attempts given up
+        for a retry; the live attempt is read on. Bounded in time; never raises."""
+        if not abandoned_only:
+            self.stop_polling()  # it winds down while the markers are written
+        prefixes = self.unanswered_prefixes(abandoned_only=abandoned_only)
+        return write_cancel_markers(self.marker_bucket, prefixes, reason=reason)
+
     def answered(self) -> None:
         """The live attempt answered the call: its results are the call's results."""
         with self._state:
@@ -458,13 +480,39 @@ class PipesAttemptStreams:
         self.background_error = exc
 
     def _note(self, level: int, text: str) -> None:
-        # PipesMessageHandler keeps the step context privately; Dagster's own threaded readers
-        # report their background errors through it the same way.
-        context = getattr(self.handler, "_context", None)
-        if context is not None:
-            context.log.log(level, text)
-        else:
-            logger.log(level, text)
+        note_in_run(self.handler, level, text)
+
+
+@dataclass(frozen=True)
+class SharedMessages:
+    """The attempts of a session read by another reader (e.g. Dagster's own): all share the
+    session's one message location, and no cancel marker can be written."""
+
+    session_params: PipesParams
+    closed_with_exception = False
+    handler_started = None
+
+    def params(self) -> PipesParams:
+        return self.session_params
+
+    def begin_attempt(self, number: int, abandoned_because: str | None = None) -> PipesParams:
+        return self.session_params
+
+    def cancel(self, reason: Mapping[str, str], *, abandoned_only: bool = False) -> None:
+        return None
+
+    def answered(self) -> None:
+        pass
+
+
+def attempt_streams(
+    reader: PipesMessageReader, params: PipesParams
+) -> PipesAttemptStreams | SharedMessages:
+    """The per-attempt streams of the session ``reader`` opened with ``params``: its own with
+    :class:`PipesCloudStorageMessageReader`, one shared location with any other reader."""
+    if isinstance(reader, PipesCloudStorageMessageReader):
+        return reader.attempts(params)
+    return SharedMessages(params)
 
 
 class _Poller:
@@ -523,37 +571,26 @@ def validated_prefix(prefix: str) -> str:
     return stripped
 
 
-class PipesCloudStorageMessageReader(PipesMessageReader):
-    """Reads Pipes messages that the Cloud Function writes to a GCS bucket.
-
-    Each session yields the params of its attempt 1; a client that retries HTTP calls gets
-    the session's :class:`PipesAttemptStreams` with :meth:`attempts` and sends each attempt
-    the params :meth:`PipesAttemptStreams.begin_attempt` returns.
-
-    Args:
-        bucket: name of the Pipes bucket (the orchestrator needs object read on it only).
-        client: a ``google.cloud.storage.Client``; created on first use when omitted.
-        impersonate_service_account: when the client is created here, read as this service
-            account (the orchestrator's), minted from the caller's credentials. Cancellation
-            markers are then written with a read-write-scoped client of the same account
-            (created when a run is terminated; IAM limits it to objects named ``*/cancel``).
-        prefix: folder under which each session gets a unique key prefix.
-        polling: polling and drain settings.
-        log_coalescing: how log floods are delivered (``None``: one entry per line always).
+class GcsMessageReader(PipesMessageReader):
+    """What this package's GCS readers share: the bucket, its client, and a unique key
+    prefix per session under ``prefix`` (arguments: see
+    :class:`PipesCloudStorageMessageReader`).
     """
+
+    default_prefix = "dagster-pipes"
 
     def __init__(
         self,
         *,
         bucket: str,
         client: storage.Client | None = None,
-        prefix: str = "dagster-pipes",
+        prefix: str | None = None,
         polling: PollingPolicy | None = None,
         log_coalescing: LogCoalescing | None = LogCoalescing(),
         impersonate_service_account: str | None = None,
     ):
         self.bucket = bucket
-        self.prefix = validated_prefix(prefix)
+        self.prefix = validated_prefix(self.default_prefix if prefix is None else prefix)
         self.polling = polling or PollingPolicy()
         self.log_coalescing = log_coalescing
         self.impersonate_service_account = impersonate_service_account
@@ -561,7 +598,7 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
         # A given client reads and writes markers; one created here under impersonation reads
         # with a read-only token, so markers then need a read-write client of their own.
         self._marker_client = client
-        self._sessions: dict[str, PipesAttemptStreams] = {}
+        self._sessions: dict[str, Any] = {}  # open sessions by key prefix
         self._sessions_lock = threading.Lock()
 
     @property
@@ -594,28 +631,45 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
                 f"{missing_credentials_hint(exc)}"
             ) from None
 
+    def new_key_prefix(self) -> str:
+        """A new session prefix ``<prefix>/<32 hex>``; attempts or tasks write below it."""
+        return f"{self.prefix}/{uuid.uuid4().hex}" if self.prefix else uuid.uuid4().hex
+
+
+class PipesCloudStorageMessageReader(GcsMessageReader):
+    """Reads Pipes messages that the Cloud Function writes to a GCS bucket.
+
+    Each session yields the params of its attempt 1; a client that retries HTTP calls gets
+    the session's :class:`PipesAttemptStreams` with :meth:`attempts` and sends each attempt
+    the params :meth:`PipesAttemptStreams.begin_attempt` returns.
+
+    Args:
+        bucket: name of the Pipes bucket (the orchestrator needs object read on it; list too
+            for :class:`~dagster_pipes_gcf.PipesCloudRunTaskMessageReader`).
+        client: a ``google.cloud.storage.Client``; created on first use when omitted.
+        impersonate_service_account: when the client is created here, read as this service
+            account (the orchestrator's), minted from the caller's credentials. Cancellation
+            markers are then written with a read-write-scoped client of the same account
+            (created when a run is terminated; IAM limits it to objects named ``*/cancel``).
+        prefix: folder under which each session gets a unique key prefix (by default
+            ``dagster-pipes``).
+        polling: polling and drain settings.
+        log_coalescing: how log floods are delivered (``None``: one entry per line always).
+    """
+
+    _sessions: dict[str, PipesAttemptStreams]
+
     def _marker_bucket(self) -> storage.Bucket:
         return self.marker_client.bucket(self.bucket)
 
     def request_cancellation(
         self, params: PipesParams, reason: dict[str, str], *, abandoned_only: bool = False
     ) -> CancelOutcome:
-        """Ask the function to stop the session's call: write ``<prefix>/cancel`` for every
-        attempt that may still be running, and stop reading. With ``abandoned_only``, stop
-        only the attempts given up for a retry; the live attempt is read on. Bounded in time;
-        never raises."""
+        """:meth:`PipesAttemptStreams.cancel` of the open session that yielded ``params``."""
         try:
-            streams = self.attempts(params)
+            return self.attempts(params).cancel(reason, abandoned_only=abandoned_only)
         except DagsterPipesExecutionError as exc:
             return CancelOutcome((), (str(exc),))
-        if not abandoned_only:
-            streams.stop_polling()  # it winds down while the markers are written
-        prefixes = streams.unanswered_prefixes(abandoned_only=abandoned_only)
-        return write_cancel_markers(self._marker_bucket, prefixes, reason=reason)
-
-    def new_key_prefix(self) -> str:
-        """A new session prefix ``<prefix>/<32 hex>``; attempts write below it."""
-        return f"{self.prefix}/{uuid.uuid4().hex}" if self.prefix else uuid.uuid4().hex
 
     def attempts(self, params: PipesParams) -> PipesAttemptStreams:
         """The attempt streams of the open session that yielded ``params``."""
@@ -636,6 +690,7 @@ class PipesCloudStorageMessageReader(PipesMessageReader):
             handler=handler,
             policy=self.polling,
             coalescing=self.log_coalescing,
+            marker_bucket=self._marker_bucket,
         )
         params = streams.params()
         with self._registered(params, streams):

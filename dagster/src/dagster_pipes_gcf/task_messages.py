@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagster import PipesMessageHandler, PipesMessageReader
+from dagster import PipesMessageHandler
 from dagster._core.errors import DagsterPipesExecutionError
 from dagster_pipes import PipesParams, _make_message
 from google.cloud import storage
@@ -29,9 +29,10 @@ from google.cloud import storage
 from dagster_pipes_gcf.message_reader import (
     RESULT_METHODS,
     ChunkStream,
+    GcsMessageReader,
     LogCoalescing,
     PollingPolicy,
-    validated_prefix,
+    note_in_run,
 )
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ logger = logging.getLogger(__name__)
 _TASK_CHUNK = re.compile(r"/task-(\d+)/attempt-(\d+)/\d+\.json$")
 # Metadata of the tasks' materializations that adds up; other numbers take the largest.
 SUMMED_METADATA = frozenset({"rows_written", "days"})
-DEFAULT_COALESCING = LogCoalescing()
 
 
 def task_key_prefix(session_prefix: str, index: int, attempt: int) -> str:
@@ -156,11 +156,7 @@ class TaskStreams:
         self.handler.handle_message(_make_message("closed", None))
 
     def _note(self, level: int, text: str) -> None:
-        context = getattr(self.handler, "_context", None)  # as Dagster's own readers do
-        if context is not None:
-            context.log.log(level, text)
-        else:
-            logger.log(level, text)
+        note_in_run(self.handler, level, text)
 
 
 def _incomplete(task: TaskStream, timeout: float) -> str:
@@ -242,42 +238,19 @@ def _largest(versions: list[Any]) -> Any:
     return versions[0]
 
 
-class PipesCloudRunTaskMessageReader(PipesMessageReader):
-    """Reads the Pipes messages every task of a Cloud Run Jobs execution writes to GCS.
+class PipesCloudRunTaskMessageReader(GcsMessageReader):
+    """Reads the Pipes messages every task of a Cloud Run Jobs execution writes to GCS
+    (arguments as :class:`~dagster_pipes_gcf.PipesCloudStorageMessageReader`; ``prefix``
+    defaults to ``dagster-pipes-jobs``).
 
     The session's params name the bucket and the session prefix; each task appends
     ``/task-<CLOUD_RUN_TASK_INDEX>/attempt-<CLOUD_RUN_TASK_ATTEMPT>``. The client calls
     :meth:`finish` with the attempt of each task that succeeded once the execution is over.
-
-    Args:
-        bucket: the Pipes bucket (the orchestrator needs object read and list on it).
-        client: a ``google.cloud.storage.Client``; created on first use when omitted.
-        prefix: folder under which each session gets a unique key prefix.
-        polling: polling and drain settings.
-        log_coalescing: how log floods are delivered (``None``: one entry per line always).
     """
 
-    def __init__(
-        self,
-        *,
-        bucket: str,
-        client: storage.Client | None = None,
-        prefix: str = "dagster-pipes-jobs",
-        polling: PollingPolicy | None = None,
-        log_coalescing: LogCoalescing | None = DEFAULT_COALESCING,
-    ):
-        self.bucket = bucket
-        self.prefix = validated_prefix(prefix)
-        self.polling = polling or PollingPolicy()
-        self.log_coalescing = log_coalescing
-        self._client = client
-        self._sessions: dict[str, TaskStreams] = {}
+    default_prefix = "dagster-pipes-jobs"
 
-    @property
-    def client(self) -> storage.Client:
-        if self._client is None:
-            self._client = storage.Client()
-        return self._client
+    _sessions: dict[str, TaskStreams]
 
     def finish(self, params: PipesParams, final_attempts: Mapping[int, int]) -> None:
         """The execution succeeded with these attempts: read them to the end and deliver
@@ -287,7 +260,7 @@ class PipesCloudRunTaskMessageReader(PipesMessageReader):
 
     @contextmanager
     def read_messages(self, handler: PipesMessageHandler) -> Iterator[PipesParams]:
-        session = f"{self.prefix}/{uuid.uuid4().hex}" if self.prefix else uuid.uuid4().hex
+        session = self.new_key_prefix()
         streams = TaskStreams(
             bucket=self.client.bucket(self.bucket),
             session_prefix=session,

@@ -27,6 +27,7 @@ from dagster_pipes_gcf.cancellation import (
     forwarding_termination,
     write_cancel_markers,
 )
+from dagster_pipes_gcf.invocation import Call
 from devstack.fake_gcs import FakeClient, always_fail
 from devstack.net import free_port
 
@@ -257,9 +258,14 @@ class InterruptedInvoker:
     def __init__(self, interrupt: type[BaseException]) -> None:
         self.interrupt = interrupt
 
-    def invoke(self, url: str, payload: Any, **_: Any) -> Any:
-        payload(1, None)
-        raise self.interrupt()
+    def start(self, url: str, **kwargs: Any) -> Call:
+        interrupt = self.interrupt
+
+        class InterruptedCall(Call):
+            def post(self, payload: Any, handler_started: Any = None) -> None:
+                raise interrupt()
+
+        return InterruptedCall(CloudFunctionInvoker(), url, kwargs["headers"], 1.0)
 
 
 def run_with(
@@ -314,11 +320,14 @@ def test_a_terminated_run_on_a_hung_bucket_stops_waiting_within_two_seconds(
     class LateInterrupt:
         policy = InvocationPolicy()
 
-        def invoke(self, url: str, payload: Any, **_: Any) -> Any:
-            payload(1, None)
-            time.sleep(0.3)  # the poller is now inside a download that hangs
-            times["interrupted"] = time.monotonic()
-            raise DagsterExecutionInterruptedError()
+        def start(self, url: str, **kwargs: Any) -> Call:
+            class LateCall(Call):
+                def post(self, payload: Any, handler_started: Any = None) -> None:
+                    time.sleep(0.3)  # the poller is now inside a download that hangs
+                    times["interrupted"] = time.monotonic()
+                    raise DagsterExecutionInterruptedError()
+
+            return LateCall(CloudFunctionInvoker(), url, kwargs["headers"], 1.0)
 
     def hung(operation: str, key: str) -> None:
         time.sleep(5)

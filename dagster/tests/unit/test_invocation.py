@@ -197,12 +197,13 @@ def test_each_attempt_gets_its_own_payload_told_why_the_previous_one_was_abandon
 ) -> None:
     calls: list[tuple[int, AbandonedAttempt | None]] = []
 
-    def payload_for(attempt: int, abandoned: AbandonedAttempt | None) -> dict[str, Any]:
-        calls.append((attempt, abandoned))
-        return {"attempt": attempt}
-
     with ScriptedServer([(503, "busy"), (200, {"status": "ok"})]) as server:
-        invoker.invoke(server.url, payload_for)
+        call = invoker.start(server.url)
+        for attempt in call.attempts():
+            with attempt:
+                calls.append((call.number, call.abandoned))
+                call.post({"attempt": call.number})
+        assert call.result().attempts == 2
     assert calls == [
         (1, None),
         (2, AbandonedAttempt("HTTP 503 without an answer from the handler", may_have_run=False)),
@@ -401,18 +402,17 @@ def test_a_deadline_shorter_than_the_attempt_timeout_is_named_when_it_cuts_the_w
 def test_time_spent_before_a_retry_counts_against_the_deadline() -> None:
     """E.g. writing the cancel marker of the abandoned attempt: a retry that has no time
     left is not sent with a tiny timeout and then blamed on the function."""
-
-    def payload_for(attempt: int, abandoned: AbandonedAttempt | None) -> dict[str, Any]:
-        if attempt == 2:
-            time.sleep(0.6)
-        return {"attempt": attempt}
-
     policy = InvocationPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.01, deadline=0.5)
     with (
         ScriptedServer([(503, "busy"), (200, {"status": "ok"})]) as server,
         pytest.raises(CloudFunctionError) as error,
     ):
-        CloudFunctionInvoker(policy=policy).invoke(server.url, payload_for)
+        call = CloudFunctionInvoker(policy=policy).start(server.url)
+        for attempt in call.attempts():
+            with attempt:
+                if call.number == 2:
+                    time.sleep(0.6)
+                call.post({"attempt": call.number})
     assert len(server.requests) == 1
     description = str(error.value.description)
     assert "deadline of 0.5s passed before the attempt could be sent (attempt 2" in description
@@ -441,13 +441,12 @@ def test_an_interrupt_leaves_the_shared_session_open_for_the_other_calls() -> No
             closed.append(True)
             super().close()
 
-    def interrupted(attempt: int, abandoned: AbandonedAttempt | None) -> dict[str, Any]:
-        raise KeyboardInterrupt
-
     invoker = CloudFunctionInvoker(policy=FAST, session=RecordingSession())
     with ScriptedServer([(200, {"status": "ok"})]) as server:
         with pytest.raises(KeyboardInterrupt):
-            invoker.invoke(server.url, interrupted)
+            for attempt in invoker.start(server.url).attempts():
+                with attempt:
+                    raise KeyboardInterrupt
         assert invoker.invoke(server.url, {}).status == 200
     assert closed == []
 

@@ -26,7 +26,7 @@ from dagster_pipes_gcf import (
     PipesCloudFunctionClient,
     PipesCloudFunctionEventContextInjector,
 )
-from dagster_pipes_gcf.invocation import PayloadForAttempt
+from dagster_pipes_gcf.invocation import Call
 
 URL = "http://127.0.0.1:9/people"
 DAILY = dg.DailyPartitionsDefinition(start_date="2024-01-01")
@@ -48,17 +48,23 @@ class FakeFunction(CloudFunctionInvoker):
         self.contexts: list[dict[str, Any]] = []
         self.invocation_ids: list[str] = []
 
-    def invoke(  # type: ignore[override]
-        self, url: str, payload: Mapping[str, Any] | PayloadForAttempt, **kwargs: Any
-    ) -> FunctionResponse:
-        body = payload(1, None) if callable(payload) else payload
-        params = decode_param(body[DAGSTER_PIPES_CONTEXT_ENV_VAR])
+    def start(self, url: str, **kwargs: Any) -> Call:
+        return RecordingCall(self, url, kwargs["headers"], 1.0)
+
+
+class RecordingCall(Call):
+    def post(self, payload: Mapping[str, Any], handler_started: Any = None) -> None:
+        function = self.invoker
+        assert isinstance(function, FakeFunction)
+        params = decode_param(payload[DAGSTER_PIPES_CONTEXT_ENV_VAR])
         if "path" in params:  # PipesTempFileContextInjector
             with open(params["path"]) as file:
-                self.contexts.append(json.load(file))
+                function.contexts.append(json.load(file))
         else:
-            self.contexts.append(params[PipesDefaultContextLoader.DIRECT_KEY])
-        self.invocation_ids.append(kwargs["headers"]["X-Dagster-Invocation-Id"])
+            function.contexts.append(params[PipesDefaultContextLoader.DIRECT_KEY])
+        function.invocation_ids.append(self.headers["X-Dagster-Invocation-Id"])
+
+    def result(self) -> FunctionResponse:
         return FunctionResponse(200, {"status": "ok"}, 0.0, 1)
 
 
