@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -186,8 +185,7 @@ def backfill_rows(
 
 
 def run() -> list[Row]:
-    with tempfile.TemporaryDirectory(prefix="bench-backfill-") as work_dir:
-        work = Path(work_dir)
+    with console.work_dir("backfill") as work:
         dagster_log = console.log_dir() / "backfill-dagster.log"
         with (
             local_stack(work) as stack,
