@@ -25,6 +25,7 @@ SCENARIOS: dict[str, str] = {
     "backfill": "bench.backfill",
     "gs_lake": "bench.gs_lake",
     "jobs": "bench.jobs",
+    "cold_start": "bench.cold_start",
 }
 LOG_ROOT = Path(__file__).resolve().parents[1] / ".bench" / "logs"
 KEPT_LOG_DIRS = 5  # the logs of the latest runs; older ones are removed when a run starts

@@ -4,6 +4,9 @@ Everything is launched over the webserver's GraphQL API, as the UI launches it, 
 local stack (GCS emulator + the people function) with a DAGSTER_HOME configured as ``just dd``
 configures its own (concurrency pool, run queue). Times come from the runs' own timestamps.
 
+``dagster dev`` serves the bench's code location (bench/definitions.py: the demo's assets and
+the two bench-only ones below), not the demo's.
+
 1. Run overhead: launch -> success of ``cloud_function_pipes_asset`` against the trivial
    ``overhead_baseline`` asset of the same code location, alternating, median of ``RUNS``
    each: with 1,000 rows (Dagster's and Pipes' overhead) and at the demo's default row count
@@ -20,13 +23,13 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import console
+from bench.definitions import WORKSPACE
 from bench.report import Row
 from devstack.dagster_api import DagsterApi, Run, dagster_dev
 from devstack.stack import local_stack
@@ -182,10 +185,12 @@ def backfill_rows(
 
 
 def run() -> list[Row]:
-    with tempfile.TemporaryDirectory(prefix="bench-backfill-") as work_dir:
-        work = Path(work_dir)
+    with console.work_dir("backfill") as work:
         dagster_log = console.log_dir() / "backfill-dagster.log"
-        with local_stack(work) as stack, dagster_dev(stack, work, log_path=dagster_log) as api:
+        with (
+            local_stack(work) as stack,
+            dagster_dev(stack, work, log_path=dagster_log, workspace=WORKSPACE) as api,
+        ):
             rows = overhead(api)
             baseline_days, year_days = days(BASELINE_DAYS), days(YEAR)
             baseline = backfill(api, "daily_people_one_run_per_day", baseline_days, BASELINE_DAYS)

@@ -9,7 +9,9 @@ stream to the terminal for the progress lines and bars (tqdm, a dependency of da
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +21,8 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 
 _terminal: TextIO = sys.stderr
 _log_dir: Path | None = None
+# Folders of a scenario's work directory that hold data, not output (lakes, emulator objects).
+DATA_DIRS = frozenset({"lake", "objects"})
 
 
 def log_dir() -> Path:
@@ -73,3 +77,30 @@ def output_to_log(log_path: Path) -> Iterator[TextIO]:
                 os.close(fd)
             _terminal, _log_dir = previous, None
             console.close()
+
+
+@contextmanager
+def work_dir(scenario: str) -> Iterator[Path]:
+    """A temporary work directory for a scenario's services; when the block exits (also on
+    failure), their logs in it are copied to this run's log directory first."""
+    logs = log_dir()
+    with tempfile.TemporaryDirectory(prefix=f"bench-{scenario}-") as tmp:
+        work = Path(tmp)
+        try:
+            yield work
+        finally:
+            keep_service_logs(work, logs, scenario)
+
+
+def keep_service_logs(work: Path, logs: Path, scenario: str) -> list[Path]:
+    """Copy every ``*.log`` under ``work`` (not under its data folders) to ``logs`` as
+    ``<scenario>-<its path, '/' as '-'>``; return the copies."""
+    kept = []
+    for path in sorted(work.rglob("*.log")):
+        parts = path.relative_to(work).parts
+        if DATA_DIRS.intersection(parts) or not path.is_file():
+            continue
+        copy = logs / "-".join((scenario, *parts))
+        shutil.copyfile(path, copy)
+        kept.append(copy)
+    return kept

@@ -9,10 +9,10 @@ writes are one of each, not a best of several, to keep the run short.
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from pathlib import Path
 
+from bench import console
 from bench.data_generation import (
     EMULATOR_VAR,
     LIMIT_ROWS,
@@ -36,7 +36,7 @@ def _measure(
 
 
 def run() -> list[Row]:
-    with tempfile.TemporaryDirectory(prefix="bench-gs-lake-") as tmp:
+    with console.work_dir("gs_lake") as tmp:
         directory_write, directory_request = _measure(str(Path(tmp) / "lake"), None)
         with local_stack(Path(tmp) / "stack", pipes_bucket="bench-gs-pipes", gs_lake=True) as stack:
             env = {**os.environ, EMULATOR_VAR: stack.emulator_url}

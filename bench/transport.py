@@ -16,7 +16,6 @@ one applies:
 
 import os
 import statistics
-import tempfile
 import threading
 import time
 import uuid
@@ -38,6 +37,7 @@ from dagster_pipes import (
 )
 from google.cloud import storage
 
+from bench import console
 from bench.report import Row
 from dagster_pipes_gcf import PipesCloudFunctionClient, PipesCloudStorageMessageReader
 from devstack.stack import local_stack
@@ -171,8 +171,8 @@ def bare_post(url: str) -> float:
 def bench_stack() -> Iterator[str]:
     """GCS emulator + the streamer function (8 threads); yields the function URL."""
     with (
-        tempfile.TemporaryDirectory(prefix="bench-") as work,
-        local_stack(Path(work), pipes_bucket=BUCKET, function_source=STREAMER) as stack,
+        console.work_dir("transport") as work,
+        local_stack(work, pipes_bucket=BUCKET, function_source=STREAMER) as stack,
         # The Dagster side (this process) reads the same emulator.
         mock.patch.dict(os.environ, {"STORAGE_EMULATOR_HOST": stack.emulator_url}),
     ):

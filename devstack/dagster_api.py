@@ -215,10 +215,12 @@ def dagster_dev(
     log_path: Path | None = None,
     extra_env: Mapping[str, str] | None = None,
     timeout: float = 180.0,
+    workspace: Path | None = None,
 ) -> Iterator[DagsterApi]:
     """``dagster dev`` (devstack's launcher) on a free port, with a throwaway DAGSTER_HOME
     configured as ``just dd`` configures its own, against ``stack``; its output goes to
-    ``log_path`` (default ``work_dir/dagster.log``)."""
+    ``log_path`` (default ``work_dir/dagster.log``). ``workspace``: default the demo's; any
+    other serves its code location under the same name (``LOCATION``)."""
     home = work_dir / "dagster_home"
     prepare_home(home, pool_limit, quiet=True)
     port = free_port()
@@ -233,8 +235,9 @@ def dagster_dev(
     }
     log_path = log_path or work_dir / "dagster.log"
     with running(
-        "dagster", dagster_command(port), port, env=env, log_path=log_path, timeout=timeout
-    ):
+        "dagster", dagster_command(port, workspace), port, env=env, log_path=log_path,
+        timeout=timeout,
+    ):  # fmt: skip
         api = DagsterApi(f"http://{LOOPBACK}:{port}", log_path, home)
         wait_for_code_location(api, timeout)
         yield api

@@ -95,8 +95,11 @@ def function_command(
     ]  # fmt: skip
 
 
-def dagster_command(port: int) -> list[str]:
-    return [sys.executable, "-m", "devstack.dagster_dev", "--host", LOOPBACK, "--port", str(port)]
+def dagster_command(port: int, workspace: Path | None = None) -> list[str]:
+    """``dagster dev`` through devstack's launcher; ``workspace``: default the demo's."""
+    launcher = [sys.executable, "-m", "devstack.dagster_dev"]
+    workspace_args = ["--workspace", str(workspace)] if workspace else []
+    return [*launcher, "--host", LOOPBACK, "--port", str(port), *workspace_args]
 
 
 class ServiceFailed(RuntimeError):

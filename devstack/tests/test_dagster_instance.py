@@ -3,7 +3,9 @@ daemon) with devstack's ``dagster.yaml``, the people function and the GCS emulat
 over GraphQL as the UI drives it.
 
 The pool limit is 1 here, so that "the pool is respected" is visible in the runs' own start
-and end times: no two runs of the function-backed assets overlap.
+and end times: no two runs of the function-backed assets overlap. ``dagster dev`` serves the
+bench's code location: the demo's assets and the bench-only ``daily_people_one_run_per_day``
+(a backfill of several runs at once) and ``overhead_baseline``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.definitions import WORKSPACE
 from devstack.dagster_api import DagsterApi, Run, dagster_dev
 from devstack.dagster_dev import instance_config, prepare_home
 from devstack.stack import local_stack
@@ -36,7 +39,10 @@ query Latest($path: [String!]!) {
 @pytest.fixture(scope="module")
 def dagster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DagsterApi, Path]]:
     work = tmp_path_factory.mktemp("dagster-instance")
-    with local_stack(work) as stack, dagster_dev(stack, work, pool_limit=1) as api:
+    with (
+        local_stack(work) as stack,
+        dagster_dev(stack, work, pool_limit=1, workspace=WORKSPACE) as api,
+    ):
         yield api, Path(stack.data_lake_uri)
 
 

@@ -3,9 +3,8 @@
 ``cloud_function_pipes_asset`` appends to one table. ``daily_people`` is partitioned by day:
 a run carries a partition key range (the Pipes context holds it), the function generates
 each day's rows and replaces exactly those days in one Delta commit, so a backfill of up to
-``MAX_DAYS_PER_RUN`` days is one run and one function call. ``daily_people_one_run_per_day``
-is the same table logic with one run per day (the fallback policy, and the benchmark's
-baseline). The function reports the data-quality checks declared here.
+``MAX_DAYS_PER_RUN`` days is one run and one function call. The function reports the
+data-quality checks declared here.
 
 Every function-backed asset is in the concurrency pool ``PEOPLE_FUNCTION_POOL``: its limit
 (the instance's ``concurrency: pools: default_limit``) bounds the calls in flight.
@@ -31,8 +30,8 @@ MAX_DAYS_PER_RUN = 366
 PEOPLE_FUNCTION_POOL = "people_function"
 # Defaults: enough rows that the function works for most of a second in several batches (one
 # log line per 125,000 rows, people_lake.job.BATCH_ROWS), so its lines stream in before it
-# answers, yet a run takes little longer than a run of the trivial overhead_baseline; per day,
-# few enough that a year (366 x rows per day) is one quick call.
+# answers, yet a run takes little longer than a run of an asset that does nothing (the bench's
+# overhead_baseline); per day, few enough that a year (366 x rows per day) is one quick call.
 DEFAULT_ROWS = 500_000
 DEFAULT_ROWS_PER_DAY = 1_000
 
@@ -158,20 +157,3 @@ daily_people = daily_people_asset(
     "`event_date`. A backfill runs up to 366 days in one run: one function call generates "
     "each day's rows and replaces exactly those days in one Delta commit.",
 )
-daily_people_one_run_per_day = daily_people_asset(
-    "daily_people_one_run_per_day",
-    dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
-    "`daily_people` with one run per day in a backfill (the fallback policy; every run waits "
-    "for a slot in the `people_function` pool). Table `<data lake>/daily_people_one_run_per_day`.",
-)
-
-
-@dg.asset(
-    description=(
-        "Does nothing, without Pipes or a function: the Dagster run overhead that the "
-        "function-backed assets are measured against (`just bench`)."
-    ),
-    group_name="overhead_baseline",
-)
-def overhead_baseline() -> dg.MaterializeResult:  # type: ignore[type-arg]
-    return dg.MaterializeResult()
