@@ -56,17 +56,18 @@ requirements:
 lint: sync
     {{ run }} pre-commit run --all-files --show-diff-on-failure
 
-# run every check: lint, infra checks, the whole test suite (unit + real local stack), and the
-# unit tests at both ends of the declared dependency ranges
+# run every check: lint, infra checks, the whole test suite (unit + real local stack), the
+# unit tests at both ends of the declared dependency ranges, both directions of version skew
 test: sync
     @# The Terraform hooks run as infra-check next (once, with its skip notices visible).
     SKIP=checkov,terraform-fmt just lint
     just infra-check
     just docs
-    {{ run }} pytest -m "not memory"
+    {{ run }} pytest -m "not memory and not skew"
     {{ run }} pytest -m memory -p no:cacheprovider
     just test-versions lowest-direct
     just test-versions highest
+    just test-skew
     just test-wheels
 
 # the packages' unit tests at both ends of their ranges (just test-versions lowest-direct|highest)
@@ -74,7 +75,13 @@ test-versions resolution: (_test-range resolution "client" client_dirs client_te
 
 # unit tests of some distributions at one end of their ranges, in their own .venv-<name>-<end>
 [private]
-_test-range resolution name dirs tests:
+_test-range resolution name dirs tests: (_range-venv resolution name dirs)
+    .venv-{{ name }}-{{ resolution }}/bin/python -m pytest {{ tests }} -m "not integration" \
+        -p no:cacheprovider -q
+
+# .venv-<name>-<end>: some distributions at one end of their ranges, the test tools as locked
+[private]
+_range-venv resolution name dirs:
     #!/usr/bin/env bash
     set -euo pipefail
     case "{{ resolution }}" in
@@ -98,9 +105,14 @@ _test-range resolution name dirs tests:
     {{ uv }} pip sync --quiet --python "$venv/bin/python" "$tmp/requirements.txt"
     lowest=()
     [ "{{ resolution }}" = highest ] || lowest=(--lowest)
-    echo "test-versions: {{ name }} at {{ resolution }}:"
+    echo "{{ name }} at {{ resolution }}:"
     "$venv/bin/python" .ci/direct_versions.py "${lowest[@]}" "${manifests[@]}"
-    "$venv/bin/python" -m pytest {{ tests }} -m "not integration" -p no:cacheprovider -q
+
+# version skew, both ways, on the real local stack: newest Dagster vs oldest function, and back
+test-skew: sync (_range-venv "lowest-direct" "client" client_dirs) (_range-venv "lowest-direct" "function" function_dirs)
+    SKEW_OLD_ORCHESTRATOR_VENV=.venv-client-lowest-direct \
+        SKEW_OLD_FUNCTION_VENV=.venv-function-lowest-direct \
+        {{ run }} pytest dagster/tests/skew -m skew -p no:cacheprovider -q
 
 # build every wheel and install each into a clean venv (newest dependencies), then import it
 test-wheels:

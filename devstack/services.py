@@ -87,10 +87,11 @@ def lake_bucket(data_lake_uri: str) -> str | None:
 
 
 def function_command(
-    port: int, *, source: str | Path = FUNCTION_SOURCE, target: str = "main"
+    port: int, *, source: str | Path = FUNCTION_SOURCE, target: str = "main", bin_dir: Path = BIN
 ) -> list[str]:
+    """functions-framework from ``bin_dir`` (another venv's, to serve other versions)."""
     return [
-        str(BIN / "functions-framework"), "--source", str(source), "--target", target,
+        str(bin_dir / "functions-framework"), "--source", str(source), "--target", target,
         "--host", LOOPBACK, "--port", str(port),
     ]  # fmt: skip
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from devstack.net import LOOPBACK, free_port
 from devstack.readiness import Check, emulator_probe, wait_ready
 from devstack.services import (
+    BIN,
     FUNCTION_SOURCE,
     ServiceFailed,
     adapter_command,
@@ -44,6 +45,7 @@ def local_stack(
     pipes_bucket: str = "dagster-pipes-test",
     function_env: Mapping[str, str] | None = None,
     function_source: Path = FUNCTION_SOURCE,
+    function_bin: Path = BIN,
     gs_lake: bool = False,
 ) -> Iterator[LocalStack]:
     """Run the GCS emulator (fake-gcs-server behind the XML-API adapter, the Pipes and lake
@@ -51,7 +53,8 @@ def local_stack(
     functions-framework with 8 request threads) until the block exits.
 
     The function may write to both lakes, a directory and ``gs://<lake bucket>/lake``;
-    ``gs_lake`` makes the ``gs://`` one its default (``DATA_LAKE_URI``).
+    ``gs_lake`` makes the ``gs://`` one its default (``DATA_LAKE_URI``). ``function_bin``
+    is the bin directory of the venv whose functions-framework serves the function.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     emulator_port, adapter_port, function_port = free_port(), free_port(), free_port()
@@ -94,7 +97,7 @@ def local_stack(
         stack.enter_context(
             running(
                 "function",
-                function_command(function_port, source=function_source),
+                function_command(function_port, source=function_source, bin_dir=function_bin),
                 function_port,
                 env=env,
                 log_path=work_dir / "function.log",
