@@ -52,7 +52,7 @@ def job_env(stack: LocalStack) -> dict[str, str]:
     return {
         "STORAGE_EMULATOR_HOST": stack.emulator_url,
         "PIPES_BUCKET": stack.pipes_bucket,
-        "DATA_LAKE_URI": stack.data_lake_uri,
+        "DATA_LAKE_URI": stack.directory_lake,  # (these tests read local tables)
     }
 
 

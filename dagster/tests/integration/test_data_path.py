@@ -404,7 +404,7 @@ def post_at_once(stack: LocalStack, lake: Lake, invocation_ids: list[str]) -> li
 
 
 def test_racing_first_requests_of_one_invocation_commit_once(stack: LocalStack) -> None:
-    lake = fresh_lake(stack)
+    lake = fresh_lake(stack, "directory")  # on gs://: cloud_function/tests/test_gs_lake_races
     results = post_at_once(stack, lake, ["same-invocation"] * RACERS)
 
     assert [result["repeated"] for result in results].count(False) == 1
@@ -414,7 +414,7 @@ def test_racing_first_requests_of_one_invocation_commit_once(stack: LocalStack) 
 
 
 def test_racing_first_requests_of_distinct_invocations_all_commit(stack: LocalStack) -> None:
-    lake = fresh_lake(stack)
+    lake = fresh_lake(stack, "directory")  # on gs://: cloud_function/tests/test_gs_lake_races
     results = post_at_once(stack, lake, [f"distinct-{i}" for i in range(RACERS)])
 
     assert not any(result["repeated"] for result in results)
