@@ -27,13 +27,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import console
 from bench.definitions import WORKSPACE
 from bench.report import Row
 from devstack.dagster_api import DagsterApi, Run, dagster_dev
-from devstack.stack import local_stack
+from devstack.stack import LocalStack, local_stack
 from gcf_demo.defs.assets import DEFAULT_ROWS, DEFAULT_ROWS_PER_DAY
+
+if TYPE_CHECKING:
+    from devstack.lakes import Lake
 
 SCENARIO_OVERHEAD = "run overhead"
 SCENARIO_BACKFILL = "backfill"
@@ -104,15 +108,18 @@ def backfill(
     return Backfill(asset, len(partitions), launched, runs)
 
 
-def exact_days(lake: Path, asset: str, partitions: Sequence[str], rows_per_day: int) -> int:
-    """How many of ``partitions`` hold exactly ``rows_per_day`` rows in the Delta table."""
-    import deltalake  # noqa: F401 - before polars
-    import polars as pl
+def lake_of(stack: LocalStack) -> Lake:
+    """The stack's default lake (``gs://`` in the emulator), to read its tables."""
+    from devstack.lakes import Lake  # (deltalake and polars: only when a table is read)
 
-    table = lake / asset
-    if not table.exists():
+    return Lake(stack.data_lake_uri, stack.emulator_url)
+
+
+def exact_days(lake: Lake, asset: str, partitions: Sequence[str], rows_per_day: int) -> int:
+    """How many of ``partitions`` hold exactly ``rows_per_day`` rows in the Delta table."""
+    if lake.version(asset) is None:
         return 0
-    people = pl.read_delta(str(table))
+    people = lake.read(asset)
     if "event_date" not in people.columns:
         return 0
     counts = people.group_by("event_date").len()
@@ -195,7 +202,7 @@ def run() -> list[Row]:
             baseline_days, year_days = days(BASELINE_DAYS), days(YEAR)
             baseline = backfill(api, "daily_people_one_run_per_day", baseline_days, BASELINE_DAYS)
             year = backfill(api, "daily_people", year_days, 1)
-            lake = Path(stack.data_lake_uri)
+            lake = lake_of(stack)  # gs:// (the default)
             rows += backfill_rows(
                 year,
                 baseline,

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from bench import console
-from bench.backfill import YEAR, Backfill, backfill, days, exact_days
+from bench.backfill import YEAR, Backfill, backfill, days, exact_days, lake_of
 from bench.data_generation import LIMIT_ROWS, PEAK_TARGET_MIB
 from bench.report import Row
 from dagster_pipes_gcf.cloud_run_job import CloudRunJobsApi
@@ -118,9 +118,8 @@ def run() -> list[Row]:
                 function = backfill(api, "daily_people", year, 1)
                 job = backfill(api, "daily_people_job", year, 1)
                 tasks = max(task_counts(endpoint), default=0)
-                exact = exact_days(
-                    Path(stack.data_lake_uri), "daily_people_job", year, DEFAULT_ROWS_PER_DAY
-                )
+                lake = lake_of(stack)  # gs:// (the default)
+                exact = exact_days(lake, "daily_people_job", year, DEFAULT_ROWS_PER_DAY)
                 peak = big_people_job(api, jobs_work / "tasks")
                 failed = [r.run_id for r in [*function.runs, *job.runs] if r.status != "SUCCESS"]
                 if failed:

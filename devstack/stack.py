@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from devstack.net import LOOPBACK, free_port
 from devstack.readiness import Check, emulator_probe, wait_ready
@@ -19,6 +21,9 @@ from devstack.services import (
     running,
 )
 
+if TYPE_CHECKING:
+    from devstack.lakes import Lake
+
 GS_LAKE_BUCKET = "people-lake-test"
 
 
@@ -29,13 +34,26 @@ class LocalStack:
     emulator_url: str  # the XML-API adapter, which passes the JSON API through
     function_url: str
     pipes_bucket: str
-    data_lake_uri: str  # the function's default lake (a directory unless gs_lake=True)
+    data_lake_uri: str  # the function's default lake (gs_lake_uri unless gs_lake=False)
     log_dir: Path
     directory_lake: str = ""
     gs_lake_uri: str = ""  # gs://<lake bucket>/lake in the emulator; always allowed too
 
     def function_log(self) -> str:
         return (self.log_dir / "function.log").read_text(errors="replace")
+
+    def fresh_lake(self, kind: Literal["gs", "directory"] | None = None) -> Lake:
+        """A new, empty lake root under an allowed root: of the stack's default kind, or
+        ``kind`` (a directory is created; a ``gs://`` prefix needs nothing)."""
+        from devstack.lakes import Lake  # (deltalake and polars: only where a test reads)
+
+        name = f"lake-{uuid.uuid4().hex[:8]}"
+        default = "gs" if self.data_lake_uri == self.gs_lake_uri else "directory"
+        if (kind or default) == "gs":
+            return Lake(f"{self.gs_lake_uri}/{name}", self.emulator_url)
+        path = Path(self.directory_lake) / name
+        path.mkdir()
+        return Lake(str(path), self.emulator_url)
 
 
 @contextmanager
@@ -46,14 +64,15 @@ def local_stack(
     function_env: Mapping[str, str] | None = None,
     function_source: Path = FUNCTION_SOURCE,
     function_bin: Path = BIN,
-    gs_lake: bool = False,
+    gs_lake: bool = True,
 ) -> Iterator[LocalStack]:
     """Run the GCS emulator (fake-gcs-server behind the XML-API adapter, the Pipes and lake
     buckets created) and a function (by default the people function, served by
     functions-framework with 8 request threads) until the block exits.
 
-    The function may write to both lakes, a directory and ``gs://<lake bucket>/lake``;
-    ``gs_lake`` makes the ``gs://`` one its default (``DATA_LAKE_URI``). ``function_bin``
+    The function may write to both lakes, ``gs://<lake bucket>/lake`` and a directory; the
+    ``gs://`` one is its default (``DATA_LAKE_URI``), as in the cloud, unless ``gs_lake`` is
+    False (for what only a directory lake has: symlinks, local paths). ``function_bin``
     is the bin directory of the venv whose functions-framework serves the function.
     """
     work_dir.mkdir(parents=True, exist_ok=True)

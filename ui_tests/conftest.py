@@ -15,6 +15,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from devstack.dagster_api import DagsterApi, dagster_dev
+from devstack.lakes import Lake
 from devstack.services import REPO_ROOT
 from devstack.stack import local_stack
 
@@ -34,8 +35,14 @@ class UiStack:
 
     api: DagsterApi
     function_url: str
-    data_lake_uri: str
+    data_lake_uri: str  # gs:// in the emulator (local_stack's default)
     log_dir: Path
+    emulator_url: str
+
+    @property
+    def lake(self) -> Lake:
+        """The function's default lake, to read its tables."""
+        return Lake(self.data_lake_uri, self.emulator_url)
 
     @property
     def dagster_url(self) -> str:
@@ -60,7 +67,7 @@ def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
         # page and without telemetry from CI.
         dagster_dev(stack, work, pool_limit=FUNCTION_THREADS, timeout=120) as api,
     ):
-        yield UiStack(api, stack.function_url, stack.data_lake_uri, work)
+        yield UiStack(api, stack.function_url, stack.data_lake_uri, work, stack.emulator_url)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import re
 import time
 
 import deltalake  # noqa: F401 - before polars
-import polars as pl
 from playwright.sync_api import Page, expect
 
 from gcf_demo.defs.assets import DEFAULT_ROWS_PER_DAY
@@ -78,6 +77,6 @@ def test_a_week_backfilled_from_the_ui_is_one_run_and_every_day(
     assert run.status == "SUCCESS"
     assert run.tags["dagster/asset_partition_range_start"] == days[0]
     assert run.tags["dagster/asset_partition_range_end"] == days[-1]
-    people = pl.read_delta(f"{ui_stack.data_lake_uri}/{ASSET}")
+    people = ui_stack.lake.read(ASSET)
     counts = {day.isoformat(): n for day, n in people.group_by("event_date").len().iter_rows()}
     assert counts == dict.fromkeys(days, DEFAULT_ROWS_PER_DAY)

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 
 import deltalake  # noqa: F401 - before polars
-import polars as pl
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -50,7 +49,7 @@ def jobs_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
                 extra_env={"CLOUD_RUN_JOBS_ENDPOINT": jobs},
             ) as api,
         ):
-            yield UiStack(api, stack.function_url, stack.data_lake_uri, work)
+            yield UiStack(api, stack.function_url, stack.data_lake_uri, work, stack.emulator_url)
 
 
 def click_materialize(page: Page, stack: UiStack, asset: str) -> None:
@@ -136,6 +135,6 @@ def test_one_partition_of_daily_people_job_materializes_in_the_ui(
     messages = jobs_stack.api.run_messages(run.run_id)
     assert any("all 1 task(s) succeeded" in m for m in messages), messages
     assert any(m.startswith("[task 0] people function") for m in messages), messages
-    people = pl.read_delta(f"{jobs_stack.data_lake_uri}/daily_people_job")
+    people = jobs_stack.lake.read("daily_people_job")
     counts = {d.isoformat(): n for d, n in people.group_by("event_date").len().iter_rows()}
     assert counts == {day: DEFAULT_ROWS_PER_DAY}

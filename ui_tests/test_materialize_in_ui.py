@@ -137,6 +137,7 @@ def test_materialize_in_the_ui(ui_stack: UiStack, page: Page) -> None:
     page.screenshot(path=ASSET_SCREENSHOT)
     print(f"screenshot of the asset page: {ASSET_SCREENSHOT} (run {run_path})")
 
-    # And the table itself: the rows the UI reported are in the Delta table on disk.
-    assert pl.read_delta(table).height == ROWS
-    assert pl.read_delta(table, version=int(version)).height == ROWS
+    # And the table itself: the rows the UI reported are in the Delta table (gs:// lake).
+    assert ui_stack.lake.read(ASSET).height == ROWS
+    options = ui_stack.lake.storage_options
+    assert pl.read_delta(table, version=int(version), storage_options=options).height == ROWS

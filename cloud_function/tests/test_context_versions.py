@@ -92,8 +92,7 @@ def post(stack: LocalStack, context: dict[str, Any]) -> tuple[requests.Response,
     """Post ``context`` with a small people event to a lake of its own; the answer and the
     key prefix the messages went under."""
     key_prefix = f"versions/{uuid.uuid4().hex}/1"
-    lake = Path(stack.data_lake_uri) / f"lake-{uuid.uuid4().hex[:8]}"
-    lake.mkdir()
+    lake = stack.fresh_lake()  # gs:// in the emulator
     body = {
         "num_rows": 3,
         "dl_bucket": str(lake),

@@ -511,7 +511,8 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     context_file.write_text(json.dumps(context_data()))
     roots = f"{lake},gs://{GS_LAKE_BUCKET}/lake"
     env = {"THREADS": "4", "ALLOWED_DATA_LAKE_ROOTS": roots}
-    with local_stack(work, pipes_bucket=PIPES_BUCKET, function_env=env) as stack:
+    # A directory lake by default: the symlink and path tricks (gs://: test_hostile_gs_lake).
+    with local_stack(work, pipes_bucket=PIPES_BUCKET, function_env=env, gs_lake=False) as stack:
         gcs = storage.Client(
             project="local",
             credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]

@@ -91,7 +91,6 @@ def devstack(tmp_path: Path) -> Iterator[Devstack]:
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
-    (tmp_path / "lake").mkdir()
     env = {
         **os.environ,
         MARKER: marker,
@@ -100,7 +99,7 @@ def devstack(tmp_path: Path) -> Iterator[Devstack]:
         "DAGSTER_PORT": str(free_port()),
         "CLOUD_RUN_JOBS_ENDPOINT": f"{LOOPBACK}:{free_port()}",
         "DAGSTER_HOME": str(home),
-        "DATA_LAKE_URI": str(tmp_path / "lake"),
+        "DATA_LAKE_URI": "gs://devstack-test-lake/lake",  # as `just dd` (its bucket created)
         "EMULATOR_DATA_DIR": str(tmp_path / "emulator-data"),
         "PIPES_BUCKET": "devstack-test",
         "THREADS": "2",

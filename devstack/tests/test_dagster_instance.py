@@ -19,6 +19,7 @@ import pytest
 from bench.definitions import WORKSPACE
 from devstack.dagster_api import DagsterApi, Run, dagster_dev
 from devstack.dagster_dev import instance_config, prepare_home
+from devstack.lakes import Lake
 from devstack.stack import local_stack
 
 RANGE_DAYS = ["2025-03-01", "2025-03-02", "2025-03-03"]
@@ -37,17 +38,17 @@ query Latest($path: [String!]!) {
 
 
 @pytest.fixture(scope="module")
-def dagster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DagsterApi, Path]]:
+def dagster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DagsterApi, Lake]]:
     work = tmp_path_factory.mktemp("dagster-instance")
     with (
         local_stack(work) as stack,
         dagster_dev(stack, work, pool_limit=1, workspace=WORKSPACE) as api,
     ):
-        yield api, Path(stack.data_lake_uri)
+        yield api, Lake(stack.data_lake_uri, stack.emulator_url)  # gs:// in the emulator
 
 
 @pytest.fixture(scope="module")
-def backfills(dagster: tuple[DagsterApi, Path]) -> dict[str, list[Run]]:
+def backfills(dagster: tuple[DagsterApi, Lake]) -> dict[str, list[Run]]:
     """A 3-day backfill of daily_people and a 2-day one-run-per-day backfill, launched
     together (one pickup by the backfill daemon), followed until every run has ended."""
     api, _ = dagster
@@ -69,16 +70,13 @@ def backfills(dagster: tuple[DagsterApi, Path]) -> dict[str, list[Run]]:
     }
 
 
-def rows_per_day(lake: Path, asset: str) -> dict[str, int]:
-    import deltalake  # noqa: F401 - before polars
-    import polars as pl
-
-    counts = pl.read_delta(str(lake / asset)).group_by("event_date").len()
+def rows_per_day(lake: Lake, asset: str) -> dict[str, int]:
+    counts = lake.read(asset).group_by("event_date").len()
     return {day.isoformat(): n for day, n in counts.iter_rows()}
 
 
 def test_a_backfill_of_daily_people_is_one_run_for_the_whole_range(
-    dagster: tuple[DagsterApi, Path], backfills: dict[str, list[Run]]
+    dagster: tuple[DagsterApi, Lake], backfills: dict[str, list[Run]]
 ) -> None:
     api, lake = dagster
     (run,) = backfills["daily_people"]
@@ -101,7 +99,7 @@ def test_a_backfill_of_daily_people_is_one_run_for_the_whole_range(
 
 
 def test_runs_of_the_function_assets_respect_the_pool_limit(
-    dagster: tuple[DagsterApi, Path], backfills: dict[str, list[Run]]
+    dagster: tuple[DagsterApi, Lake], backfills: dict[str, list[Run]]
 ) -> None:
     api, lake = dagster
     runs = sorted(
@@ -117,7 +115,7 @@ def test_runs_of_the_function_assets_respect_the_pool_limit(
 
 
 def test_a_run_executes_its_steps_in_the_run_process_without_warnings(
-    dagster: tuple[DagsterApi, Path],
+    dagster: tuple[DagsterApi, Lake],
 ) -> None:
     api, _ = dagster
     run = api.wait_for_run(api.launch_run("overhead_baseline"))

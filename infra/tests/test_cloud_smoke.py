@@ -40,7 +40,8 @@ DEMO_SETTINGS = ("CLOUD_FUNCTION_URL", "PIPES_BUCKET", "DATA_LAKE_URI")
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with local_stack(tmp_path_factory.mktemp("smoke-stack")) as running_stack:
+    # A directory lake: these tests plant and read its files (gs:// is the stack's default).
+    with local_stack(tmp_path_factory.mktemp("smoke-stack"), gs_lake=False) as running_stack:
         yield running_stack
 
 
@@ -232,6 +233,7 @@ def test_a_function_that_cannot_write_its_messages_names_the_runtime_grant(
     with local_stack(
         tmp_path / "stack-without-the-bucket",
         pipes_bucket="another-bucket",
+        gs_lake=False,
         function_env={
             "PIPES_BUCKET": emulator.pipes_bucket,
             "DATA_LAKE_URI": emulator.data_lake_uri,

@@ -1,10 +1,9 @@
 """Fixtures that run the real local stack: GCS emulator and function server processes."""
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import pytest
@@ -16,15 +15,19 @@ from dagster_pipes_gcf import (
     PipesCloudStorageMessageReader,
     PollingPolicy,
 )
+from devstack.lakes import Lake
 from devstack.stack import LocalStack, local_stack
 from gcf_demo.defs.assets import cloud_function_pipes_asset
 from gcf_demo.defs.resources import PeopleFunction
 
 TEST_POLLING = PollingPolicy(drain_timeout=10.0)
+TABLE = "cloud_function_pipes_asset"  # the demo asset's table
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The stack of every test here: its default lake is ``gs://`` in the emulator (as in the
+    cloud); a directory lake is as allowed (``fresh_lake(stack, "directory")``)."""
     with local_stack(tmp_path_factory.mktemp("stack")) as running_stack:
         yield running_stack
 
@@ -80,7 +83,7 @@ def materialize_people(
     *,
     asset: dg.AssetsDefinition = cloud_function_pipes_asset,
     function_url: str | None = None,
-    data_lake_uri: str | None = None,
+    data_lake_uri: str | Lake | None = None,
     client: PipesCloudFunctionClient | None = None,
     partition_key: str | None = None,
     **config: Any,
@@ -93,7 +96,7 @@ def materialize_people(
             "pipes_function_client": client or pipes_client(stack),
             "people_function": PeopleFunction(
                 function_url=function_url or stack.function_url,
-                data_lake_uri=data_lake_uri or stack.data_lake_uri,
+                data_lake_uri=str(data_lake_uri or stack.data_lake_uri),
             ),
         },
         run_config={"ops": {asset.op.name: {"config": {"num_rows": 25, **config}}}},
@@ -104,12 +107,16 @@ def materialize_people(
     return PeopleRun(result, instance)
 
 
-def fresh_lake(stack: LocalStack) -> Path:
-    """A new, empty data-lake root under the stack's (allowed) lake root."""
-    lake = Path(stack.data_lake_uri) / f"lake-{uuid.uuid4().hex[:8]}"
-    lake.mkdir()
-    return lake
+def fresh_lake(stack: LocalStack, kind: Literal["gs", "directory"] | None = None) -> Lake:
+    """A new, empty lake root: ``gs://`` in the emulator (the stack's default), or ``kind``."""
+    return stack.fresh_lake(kind)
 
 
-def table_dir(stack: LocalStack, lake: str | None = None) -> Path:
-    return Path(lake or stack.data_lake_uri) / "cloud_function_pipes_asset"
+def directory_lake(stack: LocalStack) -> Path:
+    """A new, empty directory lake root (for tests that run on a directory lake only)."""
+    return Path(stack.fresh_lake("directory").uri)
+
+
+def table_dir(stack: LocalStack, lake: str | Lake | None = None) -> str:
+    """The URI of the demo asset's table in ``lake`` (the stack's default lake without one)."""
+    return f"{lake or stack.data_lake_uri}/cloud_function_pipes_asset"

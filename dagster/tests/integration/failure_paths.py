@@ -109,10 +109,8 @@ def run_asset(
 
 
 def crash_inside_pipes(stack: LocalStack) -> tuple[float, str]:
-    lake = Path(stack.data_lake_uri) / f"lake-{time.monotonic_ns()}"
-    log = lake / "cloud_function_pipes_asset" / "_delta_log"
-    log.mkdir(parents=True)
-    (log / "00000000000000000000.json").write_text("not JSON\n")
+    lake = stack.fresh_lake()
+    lake.put("cloud_function_pipes_asset/_delta_log/00000000000000000000.json", "not JSON\n")
     event = {"num_rows": 5, "dl_bucket": str(lake)}
     return run_asset(stack, stack.function_url, event)
 

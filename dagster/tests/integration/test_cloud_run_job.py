@@ -27,7 +27,8 @@ from devstack.stack import LocalStack
 from gcf_demo.defs.assets import check_specs
 from gcf_demo.defs.job_assets import LOCAL_JOB, PeopleJob, daily_people_job, people_job
 
-from .conftest import TEST_POLLING, fresh_lake
+from .conftest import TEST_POLLING
+from .conftest import directory_lake as fresh_lake  # (its tests read local tables)
 
 TASK_COMMAND = [sys.executable, "-m", "people_lake.task"]
 # A task that fails its first attempt after reporting (a retried task must not report twice),
@@ -51,7 +52,7 @@ def job_env(stack: LocalStack) -> dict[str, str]:
     return {
         "STORAGE_EMULATOR_HOST": stack.emulator_url,
         "PIPES_BUCKET": stack.pipes_bucket,
-        "DATA_LAKE_URI": stack.data_lake_uri,
+        "DATA_LAKE_URI": stack.directory_lake,  # (these tests read local tables)
     }
 
 

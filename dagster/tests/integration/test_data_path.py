@@ -2,12 +2,13 @@
 
 import datetime as dt
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
-import deltalake
+import deltalake  # noqa: F401 - before polars
 import polars as pl
 import pytest
 import requests
@@ -18,7 +19,8 @@ from dagster_pipes import (
 )
 
 from dagster_pipes_gcf import PipesCloudFunctionClient
-from devstack.stack import LocalStack
+from devstack.lakes import Lake
+from devstack.stack import GS_LAKE_BUCKET, LocalStack
 from gcf_demo.defs.assets import (
     CHECKS,
     PeopleConfig,
@@ -38,7 +40,7 @@ pytestmark = pytest.mark.integration
 def materialize(
     stack: LocalStack,
     asset: dg.AssetsDefinition,
-    lake: Path | str,
+    lake: Lake,
     *,
     partition_key: str | None = None,
     client: PipesCloudFunctionClient | None = None,
@@ -64,8 +66,8 @@ def check_results(run: PeopleRun) -> dict[str, dg.AssetCheckEvaluation]:
     return {check.check_name: check for check in run.result.get_asset_check_evaluations()}
 
 
-def read_table(lake: Path, name: str) -> pl.DataFrame:
-    return pl.read_delta(str(lake / name))
+def read_table(lake: Lake, name: str) -> pl.DataFrame:
+    return lake.read(name)
 
 
 # --- metadata and checks --------------------------------------------------------------------
@@ -80,7 +82,7 @@ def test_materialization_metadata_renders_as_table_schema_preview_and_counts(
     assert run.success
     metadata = only_materialization(run, cloud_function_pipes_asset).metadata
     assert metadata["dagster/row_count"].value == 30
-    assert metadata["table_uri"].value == str(lake / "cloud_function_pipes_asset")
+    assert metadata["table_uri"].value == lake.table("cloud_function_pipes_asset")
     assert metadata["delta_version"].value == 1  # version 0 created the empty table
     schema = metadata["dagster/column_schema"]
     assert isinstance(schema, dg.TableSchemaMetadataValue)
@@ -151,7 +153,7 @@ def test_a_retried_step_does_not_duplicate_rows(stack: LocalStack) -> None:
     assert metadata["repeated_invocation"].value is True
     assert metadata["delta_version"].value == 1 and metadata["rows_written"].value == 33
     assert all(check.passed for check in check_results(run).values())
-    assert deltalake.DeltaTable(str(lake / "cloud_function_pipes_asset")).version() == 1
+    assert lake.version("cloud_function_pipes_asset") == 1
 
 
 def test_a_repeated_request_with_the_same_invocation_id_writes_once(stack: LocalStack) -> None:
@@ -171,8 +173,11 @@ def test_a_repeated_request_with_the_same_invocation_id_writes_once(stack: Local
 # --- partitions -------------------------------------------------------------------------------
 
 
-def test_rematerializing_a_partition_replaces_only_that_partition(stack: LocalStack) -> None:
-    lake = fresh_lake(stack)
+@pytest.mark.parametrize("kind", ["gs", "directory"])
+def test_rematerializing_a_partition_replaces_only_that_partition(
+    stack: LocalStack, kind: Literal["gs", "directory"]
+) -> None:
+    lake = fresh_lake(stack, kind)
     day_one = materialize(stack, daily_people, lake, partition_key="2024-01-01", num_rows=10)
     day_two = materialize(stack, daily_people, lake, partition_key="2024-01-02", num_rows=15)
     before = read_table(lake, "daily_people")
@@ -237,7 +242,7 @@ def test_bad_config_fails_the_step_with_http_400_naming_the_field(
     message = run.failure_message()
     assert "Cloud Function returned HTTP 400" in message and f"(field: {field})" in message
     assert words in message
-    assert list(lake.iterdir()) == []  # nothing written
+    assert lake.files() == []  # nothing written
 
 
 @dg.asset(name="hourly_people", partitions_def=dg.StaticPartitionsDefinition(["2024-01-01-10:00"]))
@@ -258,21 +263,26 @@ def test_an_unknown_partition_format_is_http_400_and_writes_nothing(stack: Local
     message = run.failure_message()
     assert "HTTP 400" in message and "(field: partition_key_range)" in message
     assert "not a daily partition (YYYY-MM-DD)" in message
-    assert list(lake.iterdir()) == []
+    assert lake.files() == []
 
 
+@pytest.mark.parametrize("kind", ["gs", "directory"])
 def test_a_lake_outside_the_allowed_roots_is_http_403_and_writes_nothing(
-    stack: LocalStack, tmp_path: Path
+    stack: LocalStack, tmp_path: Path, kind: str
 ) -> None:
-    outside = tmp_path / "not-allowed"
-    outside.mkdir()
+    if kind == "gs":  # the lake bucket, but beside the allowed prefix
+        uri = f"gs://{GS_LAKE_BUCKET}/not-allowed-{uuid.uuid4().hex[:8]}"
+    else:
+        uri = str(tmp_path / "not-allowed")
+        Path(uri).mkdir()
+    outside = Lake(uri, stack.emulator_url)
     run = materialize(stack, cloud_function_pipes_asset, outside)
 
     assert not run.success
     message = run.failure_message()
     assert "Cloud Function returned HTTP 403" in message and "(field: dl_bucket)" in message
     assert "is not allowed" in message
-    assert list(outside.iterdir()) == []
+    assert outside.files() == []
 
 
 def day_after(day: str) -> str:
@@ -329,26 +339,30 @@ def post(
 def test_malformed_requests_are_http_400_json_naming_the_field(
     stack: LocalStack, kwargs: dict[str, Any], field: str
 ) -> None:
-    lake, root = fresh_lake(stack), Path(stack.data_lake_uri)
+    lake = fresh_lake(stack)
     extra = dict(kwargs)  # (not the parametrize dict shared by every run of this case)
     event = {"dl_bucket": str(lake), **extra.pop("event", {})}
-    before = files_around(root)  # a raw body names no lake: the default root
+    before = everything_around(stack, lake)  # a raw body names no lake: the default root
     answer = post(stack, event, f"bad/{field}", **extra)
 
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert error["field"] == field and error["message"]
-    assert list(lake.iterdir()) == [] and files_around(root) == before
+    assert lake.files() == [] and everything_around(stack, lake) == before
 
 
-def files_around(root: Path) -> list[Path]:
-    """Everything beside and below the lake root (where an escaping asset key would write),
-    but the stack's own logs and the emulator's objects (the refusal's Pipes messages)."""
-    return sorted(
+def everything_around(stack: LocalStack, lake: Lake) -> tuple[list[str], list[Path]]:
+    """Every object of the ``gs://`` lake's bucket, and everything beside and below the
+    directory lake root (where an escaping asset key would write), but the stack's own logs
+    and the emulator's objects (the refusal's Pipes messages)."""
+    root = Path(stack.directory_lake)
+    files = sorted(
         path
         for path in root.parent.rglob("*")
         if path.suffix != ".log" and "emulator-data" not in path.relative_to(root.parent).parts
     )
+    gs_lake = Lake(stack.gs_lake_uri, stack.emulator_url)
+    return (gs_lake.bucket_objects() if lake.is_gs else []), files
 
 
 def test_an_oversized_request_body_is_http_413_and_writes_nothing(stack: LocalStack) -> None:
@@ -359,7 +373,7 @@ def test_an_oversized_request_body_is_http_413_and_writes_nothing(stack: LocalSt
     assert answer.status_code == 413
     error = answer.json()["error"]
     assert error["field"] == "body" and "limit" in error["message"]
-    assert list(lake.iterdir()) == []
+    assert lake.files() == []
 
 
 # --- one commit per invocation, ranges of days (raw requests to the function server) -------
@@ -367,13 +381,13 @@ def test_an_oversized_request_body_is_http_413_and_writes_nothing(stack: LocalSt
 RACERS = 20
 
 
-def data_commits(table: Path) -> list[dict[str, Any]]:
-    """The commits that wrote rows (not the one creating the empty table)."""
-    history = deltalake.DeltaTable(str(table)).history()
+def data_commits(lake: Lake, name: str) -> list[dict[str, Any]]:
+    """The commits of table ``name`` that wrote rows (not the one creating the empty table)."""
+    history = lake.delta(name).history()
     return [commit for commit in history if commit["operation"] != "CREATE TABLE"]
 
 
-def post_at_once(stack: LocalStack, lake: Path, invocation_ids: list[str]) -> list[Any]:
+def post_at_once(stack: LocalStack, lake: Lake, invocation_ids: list[str]) -> list[Any]:
     """One request per id, all sent at the same moment (each its own Pipes prefix)."""
     start = threading.Barrier(len(invocation_ids))
 
@@ -390,51 +404,62 @@ def post_at_once(stack: LocalStack, lake: Path, invocation_ids: list[str]) -> li
 
 
 def test_racing_first_requests_of_one_invocation_commit_once(stack: LocalStack) -> None:
-    lake = fresh_lake(stack)
+    lake = fresh_lake(stack, "directory")  # on gs://: cloud_function/tests/test_gs_lake_races
     results = post_at_once(stack, lake, ["same-invocation"] * RACERS)
 
     assert [result["repeated"] for result in results].count(False) == 1
     assert len({result["delta_version"] for result in results}) == 1
-    assert len(data_commits(lake / "people")) == 1
+    assert len(data_commits(lake, "people")) == 1
     assert read_table(lake, "people").height == 17
 
 
 def test_racing_first_requests_of_distinct_invocations_all_commit(stack: LocalStack) -> None:
-    lake = fresh_lake(stack)
+    lake = fresh_lake(stack, "directory")  # on gs://: cloud_function/tests/test_gs_lake_races
     results = post_at_once(stack, lake, [f"distinct-{i}" for i in range(RACERS)])
 
     assert not any(result["repeated"] for result in results)
     assert sorted(result["delta_version"] for result in results) == list(range(1, RACERS + 1))
-    assert len(data_commits(lake / "people")) == RACERS
+    assert len(data_commits(lake, "people")) == RACERS
     assert read_table(lake, "people").height == 17 * RACERS
 
 
-def rows_per_day(lake: Path) -> dict[str, int]:
+def rows_per_day(lake: Lake) -> dict[str, int]:
     counts = read_table(lake, "daily_people").group_by("event_date").len()
     return {str(day): n for day, n in counts.iter_rows()}
 
 
+@pytest.mark.parametrize("kind", ["gs", "directory"])
 def test_a_week_of_daily_partitions_is_one_commit_replacing_exactly_those_days(
-    stack: LocalStack,
+    stack: LocalStack, kind: Literal["gs", "directory"]
 ) -> None:
-    lake = fresh_lake(stack)
+    lake = fresh_lake(stack, kind)
     event = {"dl_bucket": str(lake), "num_rows": 9, "seed": 11}
+    prefix = f"week/{lake.name}"
     for day in ("2024-04-30", "2024-05-08"):  # the neighbours
-        post(stack, event, f"week/{day}", asset="daily_people", invocation_id=day, days=(day, day))
-    post(stack, {**event, "num_rows": 2}, "week/old", asset="daily_people",
+        post(
+            stack,
+            event,
+            f"{prefix}/{day}",
+            asset="daily_people",
+            invocation_id=day,
+            days=(day, day),
+        )
+    post(stack, {**event, "num_rows": 2}, f"{prefix}/old", asset="daily_people",
          invocation_id="old", days=("2024-05-03", "2024-05-04"))  # fmt: skip
     neighbours = read_table(lake, "daily_people").filter(
         pl.col("event_date").cast(pl.String).is_in(["2024-04-30", "2024-05-08"])
     )
-    commits_before = len(data_commits(lake / "daily_people"))
+    commits_before = len(data_commits(lake, "daily_people"))
 
     week = ("2024-05-01", "2024-05-07")
-    answer = post(stack, event, "week/run", asset="daily_people", invocation_id="week", days=week)
+    answer = post(
+        stack, event, f"{prefix}/run", asset="daily_people", invocation_id="week", days=week
+    )
 
     assert answer.status_code == 200, answer.text
     result = answer.json()["result"]
     assert (result["rows_written"], result["partition"]) == (63, "2024-05-01..2024-05-07")
-    assert len(data_commits(lake / "daily_people")) == commits_before + 1
+    assert len(data_commits(lake, "daily_people")) == commits_before + 1
     days = {f"2024-05-0{d}": 9 for d in range(1, 8)}
     assert rows_per_day(lake) == {"2024-04-30": 9, "2024-05-08": 9, **days}
     after = read_table(lake, "daily_people").filter(
@@ -442,16 +467,18 @@ def test_a_week_of_daily_partitions_is_one_commit_replacing_exactly_those_days(
     )
     assert after.sort("id").equals(neighbours.sort("id"))  # untouched
     # each day holds the rows a single-day materialization with the same seed gives it
-    other = fresh_lake(stack)
+    other = fresh_lake(stack, kind)
     day = ("2024-05-04", "2024-05-04")
-    post(stack, {**event, "dl_bucket": str(other)}, "week/single", asset="daily_people",
+    post(stack, {**event, "dl_bucket": str(other)}, f"{prefix}/single", asset="daily_people",
          invocation_id="single", days=day)  # fmt: skip
     in_week = read_table(lake, "daily_people").filter(pl.col("event_date") == dt.date(2024, 5, 4))
     assert in_week.sort("id").equals(read_table(other, "daily_people").sort("id"))
 
-    again = post(stack, event, "week/again", asset="daily_people", invocation_id="week", days=week)
+    again = post(
+        stack, event, f"{prefix}/again", asset="daily_people", invocation_id="week", days=week
+    )
     assert again.status_code == 200 and again.json()["result"]["repeated"] is True
-    assert len(data_commits(lake / "daily_people")) == commits_before + 1
+    assert len(data_commits(lake, "daily_people")) == commits_before + 1
 
 
 def test_a_range_longer_than_a_year_is_http_400_and_writes_nothing(stack: LocalStack) -> None:
@@ -461,4 +488,4 @@ def test_a_range_longer_than_a_year_is_http_400_and_writes_nothing(stack: LocalS
 
     assert answer.status_code == 400
     assert answer.json()["error"]["field"] == "partition_key_range"
-    assert list(lake.iterdir()) == []
+    assert lake.files() == []

@@ -2,15 +2,13 @@
 unit-test Pipes assets) against the real stack: function, GCS emulator, Delta table."""
 
 import dagster as dg
-import deltalake  # noqa: F401 - before polars
-import polars as pl
 import pytest
 
 from devstack.stack import LocalStack
 from gcf_demo.defs.assets import PeopleConfig, cloud_function_pipes_asset
 from gcf_demo.defs.resources import PeopleFunction
 
-from .conftest import fresh_lake, pipes_client, table_dir
+from .conftest import TABLE, fresh_lake, pipes_client
 
 pytestmark = pytest.mark.integration
 
@@ -31,4 +29,4 @@ def test_a_directly_invoked_asset_writes_once_per_invocation(stack: LocalStack) 
     ids = [result.metadata["invocation_id"] for result in results]
     assert ids[0] != ids[1], "two direct invocations are two calls, not a retry"
     assert [result.metadata["dagster/row_count"].value for result in results] == [25, 50]
-    assert pl.read_delta(str(table_dir(stack, str(lake)))).height == 50
+    assert lake.read(TABLE).height == 50

@@ -41,11 +41,12 @@ def occurrences_in_event_log(run: PeopleRun, text: str) -> int:
 
 def test_a_crash_shows_its_remote_traceback_once_and_its_error_once(stack: LocalStack) -> None:
     lake = fresh_lake(stack)
-    log = lake / "cloud_function_pipes_asset" / "_delta_log"
-    log.mkdir(parents=True)
-    (log / "00000000000000000000.json").write_text("a Delta log entry that is not JSON\n")
+    lake.put(
+        "cloud_function_pipes_asset/_delta_log/00000000000000000000.json",
+        "a Delta log entry that is not JSON\n",
+    )
 
-    run = materialize_people(stack, data_lake_uri=str(lake))
+    run = materialize_people(stack, data_lake_uri=lake)
 
     assert not run.success
     assert occurrences_in_event_log(run, REMOTE_FRAME) == 1

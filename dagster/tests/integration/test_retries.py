@@ -8,18 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import deltalake
-import polars as pl
 import pytest
 from google.cloud import storage
 
 from dagster_pipes_gcf import InvocationPolicy, PipesCloudFunctionClient
+from devstack.lakes import Lake
 from devstack.net import free_port
 from devstack.services import REPO_ROOT, function_command, running
 from devstack.stack import LocalStack
 from gcf_demo.defs.assets import CHECKS
 
-from .conftest import PeopleRun, fresh_lake, materialize_people, pipes_client, table_dir
+from .conftest import TABLE, PeopleRun, fresh_lake, materialize_people, pipes_client
 
 pytestmark = pytest.mark.integration
 ANSWER_LOST = REPO_ROOT / "cloud_function" / "tests" / "functions" / "answer_lost.py"
@@ -51,16 +50,16 @@ def answer_lost(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> 
         yield served
 
 
-def data_commits(table: Path) -> list[int]:
+def data_commits(lake: Lake) -> list[int]:
     """Versions of the commits that wrote rows (not the creation of the empty table)."""
-    history = deltalake.DeltaTable(str(table)).history()
+    history = lake.delta(TABLE).history()
     return sorted(h["version"] for h in history if h["operation"] != "CREATE TABLE")
 
 
 def run_with_lost_answer(
     stack: LocalStack, served: Served, how: str, *, retry_ambiguous: bool
-) -> tuple[PeopleRun, Path, int]:
-    """Materialize 9 rows, the first answer lost ``how``: the run, its table, calls served."""
+) -> tuple[PeopleRun, Lake, int]:
+    """Materialize 9 rows, the first answer lost ``how``: the run, its lake, calls served."""
     lake = fresh_lake(stack)
     policy = InvocationPolicy(attempts=3, initial_backoff=0.1, retry_ambiguous=retry_ambiguous)
     calls_before = served.calls()
@@ -69,9 +68,9 @@ def run_with_lost_answer(
         num_rows=9,
         client=pipes_client(stack, invocation=policy),
         function_url=f"{served.url}/{how}",
-        data_lake_uri=str(lake),
+        data_lake_uri=lake,
     )
-    return run, table_dir(stack, str(lake)), served.calls() - calls_before
+    return run, lake, served.calls() - calls_before
 
 
 LOST_ANSWERS = {
@@ -160,10 +159,9 @@ def test_two_run_calls_in_one_step_are_two_invocations_that_both_write(
     (materialization,) = result.asset_materializations_for_node("cloud_function_pipes_asset")
     ids = materialization.metadata["ids"].value
     assert len(set(ids)) == 2, ids
-    table = table_dir(stack, str(lake))
-    assert materialization.metadata["versions"].value == data_commits(table)
-    assert len(data_commits(table)) == 2 and pl_height(table) == 7
+    assert materialization.metadata["versions"].value == data_commits(lake)
+    assert len(data_commits(lake)) == 2 and pl_height(lake) == 7
 
 
-def pl_height(table: Path) -> int:
-    return pl.read_delta(str(table)).height
+def pl_height(lake: Lake) -> int:
+    return lake.read(TABLE).height

@@ -5,9 +5,7 @@ that uses it with the inline context injector posts ``session.get_bootstrap_env_
 Dagster builds them; the reader then collects the function's messages from the emulator.
 """
 
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -47,8 +45,7 @@ def stock_asset(stack: LocalStack, include_stdio: bool, sent: list[dict[str, Any
 
     @dg.asset(check_specs=[dg.AssetCheckSpec(name, asset="people") for name in CHECK_NAMES])
     def people(context: dg.AssetExecutionContext) -> Iterator[Any]:
-        lake = Path(stack.data_lake_uri) / f"lake-{uuid.uuid4().hex[:8]}"
-        lake.mkdir()
+        lake = stack.fresh_lake()
         reader = PipesGCSMessageReader(
             bucket=PIPES_BUCKET,
             client=emulator_client(stack),

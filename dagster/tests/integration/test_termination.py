@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import deltalake
 import pytest
 from google.cloud import storage
 
 from devstack.dagster_api import DagsterApi, dagster_dev
+from devstack.lakes import Lake
 from devstack.stack import LocalStack
 
 from .conftest import fresh_lake
@@ -72,24 +72,24 @@ def wait_for_status(api: DagsterApi, run_id: str, status: str, timeout: float) -
     raise AssertionError(f"run {run_id} is {run.status}, not {status}, after {timeout:g} s")
 
 
-def delta_version(table: Path) -> int | None:
-    return deltalake.DeltaTable(str(table)).version() if (table / "_delta_log").is_dir() else None
+def delta_version(lake: Lake) -> int | None:
+    return lake.version(ASSET)
 
 
 @pytest.fixture
 def dagster(stack: LocalStack, tmp_path: Path) -> Any:
     lake = fresh_lake(stack)
     with dagster_dev(stack, tmp_path, extra_env={"DATA_LAKE_URI": str(lake)}) as api:
-        yield api, lake / ASSET
+        yield api, lake
 
 
 def test_a_terminated_run_is_canceled_at_once_and_the_function_commits_nothing(
-    stack: LocalStack, dagster: tuple[DagsterApi, Path]
+    stack: LocalStack, dagster: tuple[DagsterApi, Lake]
 ) -> None:
-    api, table = dagster
+    api, lake = dagster
     run_id = api.launch_run(ASSET, run_config={"ops": {ASSET: {"config": {"num_rows": ROWS}}}})
     wait_for_line(stack, run_id, "batch 1:", timeout=120)
-    version_before = delta_version(table)  # the table was created empty before batch 1
+    version_before = delta_version(lake)  # the table was created empty before batch 1
 
     result = api.query(TERMINATE, runId=run_id)["terminateRun"]
     assert result["__typename"] == "TerminateRunSuccess", result
@@ -103,7 +103,7 @@ def test_a_terminated_run_is_canceled_at_once_and_the_function_commits_nothing(
     # The request has ended (it answered), so nothing of it can commit any more; look again
     # a little later all the same.
     time.sleep(2)
-    assert delta_version(table) == version_before
+    assert delta_version(lake) == version_before
 
     messages = api.run_messages(run_id)
     (forwarded,) = [m for m in messages if "run terminated while the function was working" in m]

@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import deltalake  # before polars
-import polars as pl
 import pytest
 from dagster._core.errors import DagsterPipesExecutionError
 from dagster_pipes import PipesGCSMessageWriter
@@ -31,7 +29,7 @@ from devstack.net import free_port
 from devstack.services import REPO_ROOT, function_command, running
 from devstack.stack import LocalStack
 
-from .conftest import PeopleRun, fresh_lake, materialize_people, pipes_client, table_dir
+from .conftest import TABLE, PeopleRun, fresh_lake, materialize_people, pipes_client
 from .test_termination import wait_for_line as wait_for_function_line
 
 pytestmark = pytest.mark.integration
@@ -142,7 +140,7 @@ def test_a_platform_503_is_retried_and_the_work_is_done_once(
         run = materialize_people(stack, num_rows=9, function_url=url, data_lake_uri=str(lake))
     assert run.success, run.failure_message()
     assert any("answered HTTP 200" in line and "2 attempt(s)" in line for line in run.logs)
-    assert pl.read_delta(str(table_dir(stack, str(lake)))).height == 9
+    assert lake.read(TABLE).height == 9
 
 
 def test_a_slow_function_times_out_with_a_clear_error_and_is_not_retried(
@@ -166,8 +164,7 @@ def test_a_call_that_times_out_is_cancelled_and_commits_nothing_afterwards(
 ) -> None:
     lake = fresh_lake(stack)
     assert materialize_people(stack, data_lake_uri=str(lake)).success
-    table = table_dir(stack, str(lake))
-    version_before = deltalake.DeltaTable(str(table)).version()
+    version_before = lake.version(TABLE)
     rows = 4_000_000  # the function works for many seconds: far longer than the timeout
     client = pipes_client(stack, invocation=InvocationPolicy(timeout=2.0, attempts=3))
 
@@ -179,7 +176,7 @@ def test_a_call_that_times_out_is_cancelled_and_commits_nothing_afterwards(
     answer = wait_for_function_line(stack, run.result.run_id, "answered HTTP", timeout=60)
     assert answer.startswith("answered HTTP 409"), answer
     time.sleep(1)  # the request has ended; look again a little later all the same
-    assert deltalake.DeltaTable(str(table)).version() == version_before
+    assert lake.version(TABLE) == version_before
 
 
 def test_invalid_input_fails_with_the_http_status_and_the_field(stack: LocalStack) -> None:
