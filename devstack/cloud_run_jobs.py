@@ -721,8 +721,9 @@ def serve(config: StandInConfig, port: int, host: str = LOOPBACK) -> None:
         server.server_close()
 
 
-def peak_memory_records(log_dir: Path) -> list[dict[str, int]]:
-    """Every task attempt's peak-memory record under ``log_dir`` (the stand-in's task logs)."""
+def peak_memory_records(log_dir: Path) -> list[dict[str, float]]:
+    """Every task attempt's side-channel record (peak memory, CPU and wall seconds) under
+    ``log_dir`` (the stand-in's task logs)."""
     return [
         json.loads(line)
         for path in sorted(log_dir.glob(f"*/{PEAK_MEMORY_FILE}"))
