@@ -120,6 +120,7 @@ def test_a_terminated_people_job_run_is_canceled_and_its_execution_commits_nothi
     canceled_after = wait_for_status(api, run_id, "CANCELED", timeout=60)
 
     assert canceled_after <= CANCELED_WITHIN_S, f"CANCELED only {canceled_after:.1f} s after"
+    print(f"people_job run CANCELED {canceled_after:.1f} s after the terminate request")
     ended = wait_for_completion(jobs, execution, timeout=30)
     assert ended.cancelled_count == TASKS and ended.succeeded_count == 0, ended
     assert any(
