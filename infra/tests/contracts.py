@@ -83,10 +83,10 @@ CLOUD_RUN_CALL_PERMISSIONS: dict[str, frozenset[str]] = {
     "tasks.get_task": frozenset({"run.tasks.get"}),
     "tasks.list_tasks": frozenset({"run.tasks.list"}),
 }
-# Permissions of the predefined Cloud Run roles granted here, from Google's role reference
-# (cloud.google.com/iam/docs/roles-permissions/run): "Cloud Run Jobs Executor With Overrides:
-# can execute and cancel Cloud Run jobs with overrides", three permissions; reading an
-# execution or its tasks is not among them. A role missing here fails the check: add it.
+# Permissions of the predefined Cloud Run roles granted here, as Google's role reference lists
+# them (docs.cloud.google.com/iam/docs/roles-permissions/run, "Cloud Run Jobs Executor With
+# Overrides": reading an execution or its tasks is not among them). A role missing here fails
+# the check: add it with its permissions.
 PREDEFINED_ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "roles/run.jobsExecutorWithOverrides": frozenset(
         {"run.jobs.run", "run.jobs.runWithOverrides", "run.executions.cancel"}
