@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dagster_pipes_gcf.cloud_run_job import CloudRunJobsApi
-from devstack.cloud_run_jobs import peak_memory_records, running_stand_in
+from devstack.cloud_run_jobs import StandInConfig, peak_memory_records, running_stand_in
 
 from .test_cloud_run_jobs import run, task_output, wait
 
@@ -58,3 +58,16 @@ def test_each_attempt_reports_its_cpu_and_wall_seconds(tmp_path: Path) -> None:
         assert wait(api, run(api, "spin").name).succeeded_count == 1
     [record] = peak_memory_records(tmp_path / "tasks")
     assert record["cpu_s"] >= 0.3 and record["wall_s"] >= record["cpu_s"] * 0.5
+
+
+def test_the_config_takes_the_tasks_working_directory_and_bytecode_dir(tmp_path: Path) -> None:
+    raw = {
+        "jobs": {"j": {"command": ["true"], "warm_imports": ["json"]}},
+        "log_dir": str(tmp_path / "tasks"),
+        "cwd": str(tmp_path),
+        "bytecode_dir": str(tmp_path / "bytecode"),
+    }
+    config = StandInConfig.from_json(json.dumps(raw))
+    assert (config.cwd, config.bytecode_dir) == (tmp_path, tmp_path / "bytecode")
+    assert config.jobs["j"].warm_imports == ("json",)
+    assert StandInConfig.from_json(json.dumps({**raw, "cwd": None})).cwd is None
