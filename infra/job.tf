@@ -89,8 +89,29 @@ resource "google_cloud_run_v2_job_iam_member" "orchestrator_executor" {
   project  = google_cloud_run_v2_job.people.project
   location = google_cloud_run_v2_job.people.location
   name     = google_cloud_run_v2_job.people.name
-  # run.jobs.runWithOverrides (env, args, task_count, timeout), executions get/list/cancel and
-  # tasks get/list, on this job only.
+  # run.jobs.run, run.jobs.runWithOverrides (env, args, task_count, timeout) and
+  # run.executions.cancel, on this job only. It cannot read an execution or its tasks: the
+  # watcher role below can.
   role   = "roles/run.jobsExecutorWithOverrides"
   member = "serviceAccount:${google_service_account.orchestrator.email}"
+}
+
+# What the client reads while it waits: the execution (run.executions.get) and, once it has
+# ended, its tasks (run.tasks.list). No predefined role holds just these (roles/run.viewer adds
+# every Cloud Run resource and IAM policy), hence a custom role, granted on this job only.
+resource "google_project_iam_custom_role" "job_watcher" {
+  project     = var.project_id
+  role_id     = "${replace(var.name_prefix, "-", "_")}_job_watcher"
+  title       = "People job watcher"
+  description = "Reads the executions and tasks of the Cloud Run job it is granted on."
+  permissions = ["run.executions.get", "run.tasks.list"]
+  depends_on  = [google_project_service.required]
+}
+
+resource "google_cloud_run_v2_job_iam_member" "orchestrator_watcher" {
+  project  = google_cloud_run_v2_job.people.project
+  location = google_cloud_run_v2_job.people.location
+  name     = google_cloud_run_v2_job.people.name
+  role     = google_project_iam_custom_role.job_watcher.name
+  member   = "serviceAccount:${google_service_account.orchestrator.email}"
 }

@@ -24,6 +24,7 @@ FUNCTION_DIR = REPO_ROOT / "cloud_function"
 FUNCTION_SETTINGS = FUNCTION_DIR / "people_lake" / "settings.py"
 ORCHESTRATOR_SETTINGS = REPO_ROOT / "demo" / "src" / "gcf_demo" / "settings.py"
 INVOCATION = REPO_ROOT / "dagster" / "src" / "dagster_pipes_gcf" / "invocation.py"
+CLIENT_PACKAGE = REPO_ROOT / "dagster" / "src" / "dagster_pipes_gcf"
 
 PUBLIC_PRINCIPALS = ("allUsers", "allAuthenticatedUsers")
 BASIC_ROLES = ("roles/owner", "roles/editor", "roles/viewer")
@@ -34,6 +35,7 @@ STORAGE_API = "storage.googleapis.com"
 RESOURCE_APIS: dict[str, frozenset[str]] = {
     "google_project_service": frozenset(),  # Service Usage: on in every project
     "google_project_iam_member": frozenset({"cloudresourcemanager.googleapis.com"}),
+    "google_project_iam_custom_role": frozenset({"iam.googleapis.com"}),
     "google_service_account": frozenset({"iam.googleapis.com"}),
     "google_service_account_iam_member": frozenset({"iam.googleapis.com"}),
     "google_storage_bucket": frozenset({STORAGE_API}),
@@ -70,6 +72,26 @@ API_ENABLER = ("google_project_service", "required")
 # Grants must propagate before Cloud Build runs as the build account (the google provider's
 # cloudfunctions2 builder example waits 60 s).
 MIN_PROPAGATION_WAIT_S = 60
+# The IAM permission each Cloud Run v2 call needs ("Authorization requires the following IAM
+# permission" in Google's REST reference, cloud.google.com/run/docs/reference/rest/v2; a run
+# with overrides needs run.jobs.runWithOverrides besides run.jobs.run).
+CLOUD_RUN_CALL_PERMISSIONS: dict[str, frozenset[str]] = {
+    "jobs.run_job": frozenset({"run.jobs.run", "run.jobs.runWithOverrides"}),
+    "executions.get_execution": frozenset({"run.executions.get"}),
+    "executions.list_executions": frozenset({"run.executions.list"}),
+    "executions.cancel_execution": frozenset({"run.executions.cancel"}),
+    "tasks.get_task": frozenset({"run.tasks.get"}),
+    "tasks.list_tasks": frozenset({"run.tasks.list"}),
+}
+# Permissions of the predefined Cloud Run roles granted here, as Google's role reference lists
+# them (docs.cloud.google.com/iam/docs/roles-permissions/run, "Cloud Run Jobs Executor With
+# Overrides": reading an execution or its tasks is not among them). A role missing here fails
+# the check: add it with its permissions.
+PREDEFINED_ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "roles/run.jobsExecutorWithOverrides": frozenset(
+        {"run.jobs.run", "run.jobs.runWithOverrides", "run.executions.cancel"}
+    ),
+}
 
 Problems = list[str]
 Body = dict[str, Any]
@@ -213,6 +235,18 @@ def function_env_vars(path: Path = FUNCTION_SETTINGS) -> tuple[str, ...]:
 def orchestrator_env_vars(path: Path = ORCHESTRATOR_SETTINGS) -> frozenset[str]:
     """Names of the variables the demo code location reads (keys of ``LOCAL_DEFAULTS``)."""
     return frozenset(_module_constants(ast.parse(path.read_text()))["LOCAL_DEFAULTS"])
+
+
+_CLOUD_RUN_CALL = re.compile(r"\bapi\.(jobs|executions|tasks)\.(\w+)\b")
+
+
+def job_client_calls(package: Path = CLIENT_PACKAGE) -> frozenset[str]:
+    """The Cloud Run v2 calls the Dagster client makes (``api.<client>.<method>``)."""
+    return frozenset(
+        f"{client}.{method}"
+        for path in sorted(package.glob("*.py"))
+        for client, method in _CLOUD_RUN_CALL.findall(path.read_text())
+    )
 
 
 def client_timeout(path: Path = INVOCATION) -> float:
@@ -559,6 +593,12 @@ def check_iam_grants(
                     "roles/run.jobsExecutorWithOverrides",
                     "",
                 ),
+                (
+                    "google_cloud_run_v2_job_iam_member",
+                    "google_cloud_run_v2_job.people.name",
+                    "${google_project_iam_custom_role.job_watcher.name}",
+                    "",
+                ),
             },
         ),
         "job": (
@@ -580,6 +620,50 @@ def check_iam_grants(
         problems += [
             f"{who} ({account}) has unexpected {_describe(grant)}" for grant in sorted(have - want)
         ]
+    return problems
+
+
+def role_permissions(tf: Terraform, role: str) -> frozenset[str] | None:
+    """What ``role`` grants: a predefined role from the table above, or a custom role of this
+    configuration by its permissions (None: unknown)."""
+    if role in PREDEFINED_ROLE_PERMISSIONS:
+        return PREDEFINED_ROLE_PERMISSIONS[role]
+    custom = resource_refs(role, "google_project_iam_custom_role")
+    roles = tf.resources.get("google_project_iam_custom_role", {})
+    if len(custom) == 1 and (name := next(iter(custom))) in roles:
+        return frozenset(strings(roles[name].get("permissions")))
+    return None
+
+
+def check_job_client_permissions(
+    tf: Terraform,
+    calls: frozenset[str],
+    env_from_outputs: Mapping[str, str] = ENV_FROM_OUTPUTS,
+) -> Problems:
+    """The orchestrator's grants on the job hold every permission the client's calls need,
+    and its custom roles nothing more."""
+    account = orchestrator_account(tf, env_from_outputs)
+    problems = [f"unknown Cloud Run call {call}" for call in sorted(calls)
+                if call not in CLOUD_RUN_CALL_PERMISSIONS]  # fmt: skip
+    needed = frozenset().union(*(CLOUD_RUN_CALL_PERMISSIONS.get(call, ()) for call in calls))
+    granted: set[str] = set()
+    for type_, target, role, _ in sorted(grants_of(tf, account or "")):
+        if type_ != "google_cloud_run_v2_job_iam_member":
+            continue
+        permissions = role_permissions(tf, role)
+        if permissions is None:
+            problems.append(f"role {expression(role)} on {target}: its permissions are unknown")
+            continue
+        granted |= permissions
+        if role not in PREDEFINED_ROLE_PERMISSIONS and permissions - needed:
+            extra = ", ".join(sorted(permissions - needed))
+            problems.append(
+                f"custom role {expression(role)} grants {extra}, which the client never calls"
+            )
+    problems += [
+        f"the orchestrator lacks {permission} on the job (the client calls it)"
+        for permission in sorted(needed - granted)
+    ]
     return problems
 
 

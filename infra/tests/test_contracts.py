@@ -73,6 +73,15 @@ def test_service_accounts_have_exactly_their_grants(tf: c.Terraform) -> None:
     assert c.check_iam_grants(tf) == []
 
 
+def test_the_orchestrator_may_make_every_cloud_run_call_of_the_job_client(
+    tf: c.Terraform,
+) -> None:
+    calls = c.job_client_calls()
+    run_watch_cancel = {"jobs.run_job", "executions.get_execution", "executions.cancel_execution"}
+    assert run_watch_cancel | {"tasks.list_tasks"} <= calls  # the calls are read
+    assert c.check_job_client_permissions(tf, calls) == []
+
+
 def test_function_timeout_matches_the_dagster_client(tf: c.Terraform) -> None:
     assert c.check_timeout_matches_client(tf, c.client_timeout()) == []
 

@@ -40,6 +40,10 @@ def timeout_check(tf: c.Terraform) -> c.Problems:
     return c.check_timeout_matches_client(tf, c.client_timeout())
 
 
+def job_permissions_check(tf: c.Terraform) -> c.Problems:
+    return c.check_job_client_permissions(tf, c.job_client_calls())
+
+
 def request_peak_check(tf: c.Terraform) -> c.Problems:
     return c.check_request_peak_measured(tf, MEASURED_PEAK_MIB)
 
@@ -131,6 +135,19 @@ BREAKAGES = [
       c.check_iam_grants, "runtime (runtime) has unexpected roles/run.builder"),
     B("orchestrator-cannot-invoke", "iam.tf", '"roles/run.invoker"', 'role = "roles/run.viewer"',
       c.check_iam_grants, "orchestrator (orchestrator) lacks roles/run.invoker"),
+    B("job-tasks-unreadable", "job.tf", '"run.executions.get", "run.tasks.list"',
+      'permissions = ["run.executions.get"]',
+      job_permissions_check, "the orchestrator lacks run.tasks.list on the job"),
+    B("job-watcher-broader", "job.tf", '"run.executions.get", "run.tasks.list"',
+      'permissions = ["run.executions.get", "run.tasks.list", "run.jobs.update"]',
+      job_permissions_check, "grants run.jobs.update, which the client never calls"),
+    B("job-role-unknown", "job.tf", '"roles/run.jobsExecutorWithOverrides"',
+      'role = "roles/run.developer"',
+      job_permissions_check, "role roles/run.developer on google_cloud_run_v2_job.people.name: "
+      "its permissions are unknown"),
+    B("job-watcher-not-granted", "job.tf", "role     = google_project_iam_custom_role",
+      'role = "roles/run.jobsExecutorWithOverrides"',
+      job_permissions_check, "the orchestrator lacks run.executions.get on the job"),
     B("timeout-drift", "variables.tf", "default     = 540", "default = 300",
       timeout_check, "function timeout (300) != InvocationPolicy.timeout (540)"),
     B("undefined-variable", "function.tf", "= var.function_memory",
@@ -230,6 +247,7 @@ WRAPPED = {
     env_check: "check_function_env",
     outputs_check: "check_orchestrator_outputs",
     timeout_check: "check_timeout_matches_client",
+    job_permissions_check: "check_job_client_permissions",
     request_peak_check: "check_request_peak_measured",
 }
 
@@ -317,6 +335,17 @@ def test_a_changed_client_timeout_is_reported(real: c.Terraform, tmp_path: Path)
     assert c.client_timeout(invocation) == 900.0
     problems = c.check_timeout_matches_client(real, c.client_timeout(invocation))
     assert problems == ["function timeout (540) != InvocationPolicy.timeout (900)"]
+
+
+def test_a_new_client_call_without_its_permission_is_reported(real: c.Terraform) -> None:
+    calls = c.job_client_calls() | {"tasks.get_task"}
+    problems = c.check_job_client_permissions(real, calls)
+    assert problems == ["the orchestrator lacks run.tasks.get on the job (the client calls it)"]
+
+
+def test_an_unknown_client_call_is_reported(real: c.Terraform) -> None:
+    problems = c.check_job_client_permissions(real, c.job_client_calls() | {"jobs.delete_job"})
+    assert problems == ["unknown Cloud Run call jobs.delete_job"]
 
 
 def test_every_check_is_proven_able_to_fail() -> None:

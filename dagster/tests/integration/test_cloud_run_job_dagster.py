@@ -1,0 +1,157 @@
+"""The Cloud Run Jobs assets in a real ``dagster dev`` (webserver, daemon, a run worker per
+run), launched and terminated over GraphQL as the UI does, against the local stack and the
+Cloud Run Jobs stand-in (tasks run ``people_lake.task`` as processes).
+
+- A terminated ``people_job`` run is CANCELED within 10 s, its execution is cancelled in the
+  stand-in, and the table's version does not move afterwards.
+- A 365-day backfill of ``daily_people_job`` is one run and one execution of >= 12 tasks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import deltalake  # noqa: F401 - before polars
+import polars as pl
+import pytest
+from google.cloud import run_v2
+
+from dagster_pipes_gcf import CloudRunJobsApi
+from devstack.cloud_run_jobs import PEOPLE_JOB, running_stand_in
+from devstack.dagster_api import DagsterApi, Run, dagster_dev
+from devstack.stack import LocalStack
+from gcf_demo.defs.job_assets import LOCAL_JOB
+
+from .conftest import fresh_lake
+from .test_termination import TERMINATE, delta_version, wait_for_status
+
+CANCELED_WITHIN_S = 10.0
+TERMINATED_ROWS = 4_000_000  # 1,000,000 per task: every task works for several seconds
+TASKS = 4
+YEAR = [(dt.date(2025, 1, 1) + dt.timedelta(days=i)).isoformat() for i in range(365)]
+ROWS_PER_DAY = 2  # the backfill's work stays small next to its 12 task starts
+BACKFILL_TIMEOUT_S = 240.0  # the daemon's pickup (up to 30 s) included
+
+
+@dataclass(frozen=True)
+class JobsDagster:
+    """``dagster dev`` pointed at the stand-in, and the lake its assets write to."""
+
+    api: DagsterApi
+    jobs: CloudRunJobsApi
+    lake: Path
+
+
+@pytest.fixture(scope="module")
+def jobs_dagster(
+    stack: LocalStack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[JobsDagster]:
+    work = tmp_path_factory.mktemp("jobs-dagster")
+    lake = fresh_lake(stack)
+    task_env = {
+        "STORAGE_EMULATOR_HOST": stack.emulator_url,
+        "PIPES_BUCKET": stack.pipes_bucket,
+        "DATA_LAKE_URI": str(lake),
+    }
+    job = {**PEOPLE_JOB, "env": task_env}
+    with (
+        running_stand_in(work / "jobs", {"people-job": job}, grace_s=5.0) as endpoint,
+        dagster_dev(
+            stack,
+            work,
+            extra_env={"CLOUD_RUN_JOBS_ENDPOINT": endpoint, "DATA_LAKE_URI": str(lake)},
+        ) as api,
+    ):
+        yield JobsDagster(api, CloudRunJobsApi.local(endpoint), lake)
+
+
+def executions(jobs: CloudRunJobsApi) -> dict[str, run_v2.Execution]:
+    return {e.name: e for e in jobs.executions.list_executions(parent=LOCAL_JOB)}
+
+
+def wait_for_new_execution(jobs: CloudRunJobsApi, before: set[str], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = set(executions(jobs)) - before
+        if new:
+            (name,) = new
+            return name
+        time.sleep(0.1)
+    raise AssertionError(f"no execution started within {timeout:g} s")
+
+
+def wait_for_message(api: DagsterApi, run_id: str, fragment: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(fragment in message for message in api.run_messages(run_id)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} never logged {fragment!r} within {timeout:g} s")
+
+
+def wait_for_completion(jobs: CloudRunJobsApi, name: str, timeout: float) -> run_v2.Execution:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        execution = jobs.executions.get_execution(name=name)
+        if "completion_time" in execution:
+            return execution
+        time.sleep(0.1)
+    raise AssertionError(f"execution {name} did not complete within {timeout:g} s")
+
+
+def test_a_terminated_people_job_run_is_canceled_and_its_execution_commits_nothing(
+    jobs_dagster: JobsDagster,
+) -> None:
+    api, jobs = jobs_dagster.api, jobs_dagster.jobs
+    table = jobs_dagster.lake / "people_job"
+    before = set(executions(jobs))
+    config = {"num_rows": TERMINATED_ROWS, "task_count": TASKS}
+    run_id = api.launch_run("people_job", run_config={"ops": {"people_job": {"config": config}}})
+    execution = wait_for_new_execution(jobs, before, timeout=120)
+    wait_for_message(api, run_id, "] batch 1:", timeout=120)  # a task is streaming rows
+    version_before = delta_version(table)
+
+    result = api.query(TERMINATE, runId=run_id)["terminateRun"]
+    assert result["__typename"] == "TerminateRunSuccess", result
+    canceled_after = wait_for_status(api, run_id, "CANCELED", timeout=60)
+
+    assert canceled_after <= CANCELED_WITHIN_S, f"CANCELED only {canceled_after:.1f} s after"
+    print(f"people_job run CANCELED {canceled_after:.1f} s after the terminate request")
+    ended = wait_for_completion(jobs, execution, timeout=30)
+    assert ended.cancelled_count == TASKS and ended.succeeded_count == 0, ended
+    assert any(
+        m.startswith(f"[pipes] cancelled Cloud Run job execution {execution}")
+        for m in api.run_messages(run_id)
+    )
+    time.sleep(2)  # every task process has ended; look again a little later all the same
+    assert delta_version(table) == version_before
+
+
+def test_a_year_of_daily_people_job_is_one_run_of_one_execution_over_its_months(
+    jobs_dagster: JobsDagster,
+) -> None:
+    api, jobs = jobs_dagster.api, jobs_dagster.jobs
+    before = set(executions(jobs))
+    started = time.monotonic()
+    config = {"ops": {"daily_people_job": {"config": {"num_rows": ROWS_PER_DAY}}}}
+    backfill_id = api.launch_backfill("daily_people_job", YEAR, run_config=config)
+
+    runs: list[Run] = api.wait_for_backfill_runs(backfill_id, 1, BACKFILL_TIMEOUT_S)
+
+    took = time.monotonic() - started
+    (run,) = runs
+    assert run.status == "SUCCESS", api.run_messages(run.run_id)[-5:]
+    assert (
+        run.tags["dagster/asset_partition_range_start"],
+        run.tags["dagster/asset_partition_range_end"],
+    ) == (YEAR[0], YEAR[-1])
+    (execution,) = [e for name, e in executions(jobs).items() if name not in before]
+    assert execution.task_count >= 12 and execution.succeeded_count == execution.task_count
+    people = pl.read_delta(str(jobs_dagster.lake / "daily_people_job"))
+    per_day = dict(people.group_by("event_date").len().iter_rows())
+    assert {day.isoformat(): n for day, n in per_day.items()} == dict.fromkeys(YEAR, ROWS_PER_DAY)
+    print(f"365-day backfill of daily_people_job: {took:.1f} s from launch")  # pytest -s
