@@ -19,6 +19,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from devstack.dagster_dev import LOCAL_THREADS
 from devstack.net import LOOPBACK, free_port, port_is_free, url_port
 from devstack.readiness import (
     Check,
@@ -43,7 +44,6 @@ from devstack.supervise import run_processes
 DEFAULT_DAGSTER_PORT = 3000
 DEFAULT_EMULATOR_PORT, DEFAULT_FUNCTION_PORT = 9023, 8080
 DEFAULT_EMULATOR = f"http://{LOOPBACK}:{DEFAULT_EMULATOR_PORT}"
-DEFAULT_THREADS = "8"  # request threads of the local function (Cloud Run concurrency)
 EMULATOR_DATA_VAR = "EMULATOR_DATA_DIR"  # where the emulator keeps objects (.data/gcs)
 READY_CHECKED = ("emulator", "function", "dagster")  # fake-gcs: checked through the emulator
 READY_TIMEOUT = float(os.environ.get("DEVSTACK_READY_TIMEOUT", "180"))
@@ -99,7 +99,7 @@ def plan(
     if "function" in which:
         if local_function:
             port = url_port(settings.function_url, DEFAULT_FUNCTION_PORT)
-            env["THREADS"] = os.environ.get("THREADS", DEFAULT_THREADS)
+            env["THREADS"] = os.environ.get("THREADS", str(LOCAL_THREADS))
             source = os.environ.get("FUNCTION_SOURCE") or str(FUNCTION_SOURCE)
             command = function_command(port, source=source)
             services.append(Service("function", command, port, settings.function_url))

@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from devstack.dagster_dev import prepare_home
+from devstack.dagster_dev import LOCAL_THREADS, prepare_home
 from devstack.net import LOOPBACK, free_port
 from devstack.services import dagster_command, running
 from devstack.stack import LocalStack
@@ -211,7 +211,7 @@ def dagster_dev(
     stack: LocalStack,
     work_dir: Path,
     *,
-    pool_limit: int = 8,
+    pool_limit: int = LOCAL_THREADS,
     log_path: Path | None = None,
     extra_env: Mapping[str, str] | None = None,
     timeout: float = 180.0,

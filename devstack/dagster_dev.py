@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
 from types import FrameType
@@ -34,8 +35,14 @@ MANAGED = "# Dagster instance of the local stack, written by devstack (dagster_d
 LEGACY = "# Dagster instance of the local stack (devstack); defaults."
 QUIET = "nux:\n  enabled: false\ntelemetry:\n  enabled: false\n"
 POOL = "people_function"  # gcf_demo.defs.assets.PEOPLE_FUNCTION_POOL
-# Calls in flight that the local function serves: one instance x THREADS request threads.
-LOCAL_POOL_LIMIT = 8
+# Request threads of the local function (its Cloud Run concurrency): with one instance, the
+# calls in flight it serves, so the pool's default limit.
+LOCAL_THREADS = 8
+
+
+def default_pool_limit(env: Mapping[str, str]) -> int:
+    """``PEOPLE_FUNCTION_POOL_LIMIT``, else the local function's ``THREADS``, else 8."""
+    return int(env.get("PEOPLE_FUNCTION_POOL_LIMIT") or env.get("THREADS") or LOCAL_THREADS)
 
 
 def instance_config(pool_limit: int, *, quiet: bool = False) -> str:
@@ -65,7 +72,7 @@ def instance_config(pool_limit: int, *, quiet: bool = False) -> str:
     return "\n".join(lines) + "\n" + (QUIET if quiet else "")
 
 
-def prepare_home(home: Path, pool_limit: int = LOCAL_POOL_LIMIT, *, quiet: bool = False) -> None:
+def prepare_home(home: Path, pool_limit: int = LOCAL_THREADS, *, quiet: bool = False) -> None:
     """Create DAGSTER_HOME with devstack's ``dagster.yaml`` (a user's own file is kept)."""
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
@@ -93,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pool-limit",
         type=int,
-        default=int(os.environ.get("PEOPLE_FUNCTION_POOL_LIMIT") or LOCAL_POOL_LIMIT),
-        help="calls in flight to the function (default: PEOPLE_FUNCTION_POOL_LIMIT or 8)",
+        default=default_pool_limit(os.environ),
+        help="calls in flight to the function (default: PEOPLE_FUNCTION_POOL_LIMIT|THREADS|8)",
     )
     args = parser.parse_args(argv)
 

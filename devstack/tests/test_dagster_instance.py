@@ -18,7 +18,7 @@ import pytest
 
 from bench.definitions import WORKSPACE
 from devstack.dagster_api import DagsterApi, Run, dagster_dev
-from devstack.dagster_dev import instance_config, prepare_home
+from devstack.dagster_dev import LOCAL_THREADS, default_pool_limit, instance_config, prepare_home
 from devstack.lakes import Lake
 from devstack.stack import local_stack
 
@@ -138,6 +138,12 @@ def test_the_instance_config_is_rewritten_only_while_devstack_owns_it(tmp_path: 
     (tmp_path / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 2\n")
     prepare_home(tmp_path, 7)
     assert (tmp_path / "dagster.yaml").read_text().endswith("default_limit: 2\n")
+
+
+def test_the_pool_limit_follows_the_local_functions_threads_unless_set() -> None:
+    assert default_pool_limit({}) == LOCAL_THREADS
+    assert default_pool_limit({"THREADS": "3"}) == 3
+    assert default_pool_limit({"THREADS": "3", "PEOPLE_FUNCTION_POOL_LIMIT": "5"}) == 5
 
 
 def test_devstack_registers_the_pool_of_the_function_assets() -> None:

@@ -12,6 +12,7 @@ from dagster_pipes_gcf.cloud_run_job import (
     PipesCloudRunJobClient,
     event_args,
 )
+from dagster_pipes_gcf.component import CloudFunctionComponent
 from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
 from dagster_pipes_gcf.invocation import (
     CloudFunctionError,
@@ -30,6 +31,7 @@ from dagster_pipes_gcf.tracing import CallTrace, FunctionLocation
 __all__ = [
     "AudienceRequired",
     "CallTrace",
+    "CloudFunctionComponent",
     "CloudFunctionError",
     "CloudFunctionInvoker",
     "CloudRunJobsApi",

@@ -13,21 +13,19 @@ import datetime as dt
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-import deltalake  # noqa: F401 - before polars
-import polars as pl
 import pytest
 from google.cloud import run_v2
 
 from dagster_pipes_gcf import CloudRunJobsApi
 from devstack.cloud_run_jobs import PEOPLE_JOB, running_stand_in
 from devstack.dagster_api import DagsterApi, Run, dagster_dev
+from devstack.lakes import Lake
 from devstack.stack import LocalStack
 from gcf_demo.defs.job_assets import LOCAL_JOB
 
 from .conftest import fresh_lake
-from .test_termination import TERMINATE, delta_version, wait_for_status
+from .test_termination import TERMINATE, wait_for_status
 
 CANCELED_WITHIN_S = 10.0
 TERMINATED_ROWS = 4_000_000  # 1,000,000 per task: every task works for several seconds
@@ -43,7 +41,7 @@ class JobsDagster:
 
     api: DagsterApi
     jobs: CloudRunJobsApi
-    lake: Path
+    lake: Lake
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +105,13 @@ def test_a_terminated_people_job_run_is_canceled_and_its_execution_commits_nothi
     jobs_dagster: JobsDagster,
 ) -> None:
     api, jobs = jobs_dagster.api, jobs_dagster.jobs
-    table = jobs_dagster.lake / "people_job"
+    lake = jobs_dagster.lake
     before = set(executions(jobs))
     config = {"num_rows": TERMINATED_ROWS, "task_count": TASKS}
     run_id = api.launch_run("people_job", run_config={"ops": {"people_job": {"config": config}}})
     execution = wait_for_new_execution(jobs, before, timeout=120)
     wait_for_message(api, run_id, "] batch 1:", timeout=120)  # a task is streaming rows
-    version_before = delta_version(table)
+    version_before = lake.version("people_job")
 
     result = api.query(TERMINATE, runId=run_id)["terminateRun"]
     assert result["__typename"] == "TerminateRunSuccess", result
@@ -128,7 +126,7 @@ def test_a_terminated_people_job_run_is_canceled_and_its_execution_commits_nothi
         for m in api.run_messages(run_id)
     )
     time.sleep(2)  # every task process has ended; look again a little later all the same
-    assert delta_version(table) == version_before
+    assert lake.version("people_job") == version_before
 
 
 def test_a_year_of_daily_people_job_is_one_run_of_one_execution_over_its_months(
@@ -151,7 +149,7 @@ def test_a_year_of_daily_people_job_is_one_run_of_one_execution_over_its_months(
     ) == (YEAR[0], YEAR[-1])
     (execution,) = [e for name, e in executions(jobs).items() if name not in before]
     assert execution.task_count >= 12 and execution.succeeded_count == execution.task_count
-    people = pl.read_delta(str(jobs_dagster.lake / "daily_people_job"))
+    people = jobs_dagster.lake.read("daily_people_job")
     per_day = dict(people.group_by("event_date").len().iter_rows())
     assert {day.isoformat(): n for day, n in per_day.items()} == dict.fromkeys(YEAR, ROWS_PER_DAY)
     print(f"365-day backfill of daily_people_job: {took:.1f} s from launch")  # pytest -s
