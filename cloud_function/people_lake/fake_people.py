@@ -1,15 +1,16 @@
 """Fake people at scale, generated column-wise.
 
-Calling Faker once per row makes a few thousand rows per second. Here Faker fills small
-vocabularies once per process (first and last names, streets, localities, e-mail domains)
-and every row is drawn from them with NumPy indices; the strings are assembled by polars in
-one pass per column. Values that must be unique are not sampled: ``id`` is a random UUID4
-and ``email`` carries the row number.
+Calling Faker once per row makes a few thousand rows per second. Here Faker filled small
+vocabularies once, shipped as a file (first and last names, streets, localities, e-mail
+domains; :mod:`people_lake.vocabulary`), and every row is drawn from them with NumPy
+indices; the strings are assembled by polars in one pass per column. Values that must be
+unique are not sampled: ``id`` is a random UUID4 and ``email`` carries the row number.
 
-The same ``seed`` (and ``day``/``now``) gives the same rows in any process (same Faker): the
-vocabularies come from a fixed Faker seed and the rows from a NumPy generator seeded with
-``seed`` and the day, so each daily partition of a seeded backfill gets different people, and
-a day's rows are the same whether it is written alone or as part of a range.
+The same ``seed`` (and ``day``/``now``) gives the same rows in any process, whatever Faker
+is installed: the vocabularies are the shipped file and the rows come from a NumPy
+generator seeded with ``seed`` and the day, so each daily partition of a seeded backfill
+gets different people, and a day's rows are the same whether it is written alone or as part
+of a range.
 :func:`people_batches` makes them piece by piece, so memory does not grow with ``num_rows``.
 """
 
@@ -23,13 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from faker import Faker
+
+from people_lake.vocabulary import load as load_vocabulary
 
 COLUMNS = ("id", "name", "address", "email", "phone", "created_at")
 EVENT_WINDOW = dt.timedelta(days=365)
 CHUNK_ROWS = 125_000  # rows drawn at once (the rows a seed gives depend on it)
 ASSEMBLY_ROWS = 16_384  # rows assembled and handed on at once: bounds polars' working memory
-VOCABULARY_SEED = 20240526
 _NOT_EMAIL_SAFE = re.compile(r"[^a-z]")
 
 
@@ -51,27 +52,18 @@ def _email_safe(values: list[str]) -> list[str]:
 
 
 @functools.cache
-def vocabulary(size: int = 500) -> Vocabulary:
-    """Build the vocabularies once per process (~0.1 s), from a fixed Faker seed."""
-    fake = Faker("en_US")
-    fake.seed_instance(VOCABULARY_SEED)
-    first = [fake.first_name() for _ in range(size)]
-    last = [fake.last_name() for _ in range(size)]
-    localities = [
-        f"{fake.city()}, {fake.state_abbr(include_territories=False)} {fake.zipcode()}"
-        for _ in range(size)
-    ]
-    # Mostly webmail, some company domains (repeats keep Faker's weighting).
-    domains = [fake.free_email_domain() for _ in range(size // 8)]
-    domains += [fake.domain_name() for _ in range(size // 25)]
+def vocabulary() -> Vocabulary:
+    """The shipped vocabularies (:mod:`people_lake.vocabulary`), read once per process."""
+    values = load_vocabulary()
+    first, last = values["first_names"], values["last_names"]
     return Vocabulary(
         first_names=pl.Series(first, dtype=pl.String),
         last_names=pl.Series(last, dtype=pl.String),
         email_first=pl.Series(_email_safe(first), dtype=pl.String),
         email_last=pl.Series(_email_safe(last), dtype=pl.String),
-        streets=pl.Series([fake.street_name() for _ in range(size)], dtype=pl.String),
-        localities=pl.Series(localities, dtype=pl.String),
-        email_domains=pl.Series(domains, dtype=pl.String),
+        streets=pl.Series(values["streets"], dtype=pl.String),
+        localities=pl.Series(values["localities"], dtype=pl.String),
+        email_domains=pl.Series(values["email_domains"], dtype=pl.String),
     )
 
 

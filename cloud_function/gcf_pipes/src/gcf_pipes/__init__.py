@@ -1,4 +1,10 @@
-"""Dagster Pipes plumbing for an HTTP Cloud Function (no business logic here)."""
+"""Dagster Pipes plumbing for an HTTP Cloud Function (no business logic here).
+
+``handle_pipes_request`` is loaded on first use: it brings flask, which a Cloud Run Jobs task
+(``open_request_pipes`` without HTTP) does not need and should not pay for at start.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from gcf_pipes.bootstrap import PipesBootstrap, parse_bootstrap
 from gcf_pipes.cancel import (
@@ -12,7 +18,6 @@ from gcf_pipes.cancel import (
 )
 from gcf_pipes.context import install_logging_bridge, open_request_pipes
 from gcf_pipes.errors import PipesMessageDeliveryError, RequestError
-from gcf_pipes.http import handle_pipes_request
 from gcf_pipes.logs import install_structured_logging
 from gcf_pipes.redact import Redactor
 from gcf_pipes.writer import (
@@ -21,6 +26,22 @@ from gcf_pipes.writer import (
     WriterSettings,
     chunk_key,
 )
+
+if TYPE_CHECKING:
+    from gcf_pipes.http import handle_pipes_request
+
+_LAZY = {"handle_pipes_request": "gcf_pipes.http"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # looked up once
+    return value
+
 
 __all__ = [
     "Cancellation",

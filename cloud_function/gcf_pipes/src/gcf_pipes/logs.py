@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, Protocol
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeAlias
 
-import flask
+if TYPE_CHECKING:  # flask only serves HTTP: a Cloud Run task imports this module without it
+    import flask
 
 TRACE_KEY = "logging.googleapis.com/trace"
 SPAN_KEY = "logging.googleapis.com/spanId"
@@ -267,7 +268,7 @@ def request_log_handler() -> StructuredLogHandler:
 
 
 P = ParamSpec("P")
-HttpHandler = Callable[P, tuple[flask.Response, int]]
+HttpHandler: TypeAlias = "Callable[P, tuple[flask.Response, int]]"
 
 
 def traced_request(handler: HttpHandler[P]) -> HttpHandler[P]:
@@ -278,6 +279,8 @@ def traced_request(handler: HttpHandler[P]) -> HttpHandler[P]:
 
     @functools.wraps(handler)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> tuple[flask.Response, int]:
+        import flask  # loaded already: the handler serves a flask request
+
         request = args[0] if args else kwargs["request"]
         headers: Headers = request.headers if isinstance(request, flask.Request) else {}
         trace = RequestTrace.from_headers(headers)
