@@ -1,7 +1,7 @@
 """Dagster Pipes integration for Google Cloud Functions and Cloud Run Jobs (clients, GCS
 readers, invocation, auth)."""
 
-from dagster_pipes_gcf.auth import AudienceRequired, IdTokenAuth, audience_for, needs_id_token
+from dagster_pipes_gcf.auth import AudienceRequired, IdTokenAuth, needs_id_token
 from dagster_pipes_gcf.client import (
     PipesCloudFunctionClient,
     PipesCloudFunctionCompletedInvocation,
@@ -48,7 +48,6 @@ __all__ = [
     "PipesCloudRunTaskMessageReader",
     "PipesCloudStorageMessageReader",
     "PollingPolicy",
-    "audience_for",
     "event_args",
     "needs_id_token",
 ]

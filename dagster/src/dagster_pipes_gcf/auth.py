@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import google.auth
@@ -40,8 +40,7 @@ def is_loopback(url: str) -> bool:
 
 def needs_id_token(url: str) -> bool:
     """True for a deployed function (https, non-local host); False for a local server."""
-    parts = urlsplit(url)
-    return parts.scheme == "https" and (parts.hostname or "") not in LOCAL_HOSTS
+    return urlsplit(url).scheme == "https" and not is_loopback(url)
 
 
 class AudienceRequired(ValueError):
@@ -49,13 +48,9 @@ class AudienceRequired(ValueError):
 
 
 def audience_for(url: str, audience: str | None = None) -> str:
-    """The ID-token audience Google checks for a call to ``url``.
-
-    - ``audience`` when given (custom domains, custom audiences): always wins.
-    - ``https://REGION-PROJECT.cloudfunctions.net/NAME``: that URL, path included (no query
-      or fragment); only the function name counts, as in the URL the console shows.
-    - ``https://….run.app/…``: the service origin (scheme and host).
-    - a local URL (no token is sent): its origin.
+    """The ID-token audience Google checks for a call to ``url``: ``audience`` when given;
+    for ``https://REGION-PROJECT.cloudfunctions.net/NAME`` that URL (without query or
+    subpath); otherwise the origin of a ``run.app`` or a local URL.
 
     Raises:
         AudienceRequired: any other host, e.g. a custom domain in front of the function.
@@ -64,16 +59,14 @@ def audience_for(url: str, audience: str | None = None) -> str:
         return audience
     parts = urlsplit(url)
     host = parts.hostname or ""  # lowercased; Google's audiences never carry port 443
-    port = "" if parts.port in (None, 443) else f":{parts.port}"
-    origin = f"{parts.scheme}://{host}{port}"
+    origin = f"{parts.scheme}://{host}" + ("" if parts.port in (None, 443) else f":{parts.port}")
     if host.endswith(".cloudfunctions.net"):
-        name = parts.path.strip("/").split("/")[0]
-        if not name:
-            raise AudienceRequired(
-                f"{url} names no function: a cloudfunctions.net URL is "
-                "https://REGION-PROJECT.cloudfunctions.net/FUNCTION_NAME"
-            )
-        return f"{origin}/{name}"
+        if name := parts.path.strip("/").split("/")[0]:
+            return f"{origin}/{name}"
+        raise AudienceRequired(
+            f"{url} names no function: a cloudfunctions.net URL is "
+            "https://REGION-PROJECT.cloudfunctions.net/FUNCTION_NAME"
+        )
     if host.endswith(".run.app") or not needs_id_token(url):
         return origin
     raise AudienceRequired(
@@ -84,27 +77,11 @@ def audience_for(url: str, audience: str | None = None) -> str:
     )
 
 
-class TokenCredentials(Protocol):
-    """The part of google-auth's ID-token credentials that :class:`IdTokenAuth` uses."""
-
-    token: Any
-
-    @property
-    def valid(self) -> bool: ...
-
-    def refresh(self, request: Any) -> None: ...
-
-
-# audience -> credentials; (target principal, audience) -> credentials.
-DefaultCredentialsFactory = Callable[[str], TokenCredentials]
-ImpersonatedCredentialsFactory = Callable[[str, str], TokenCredentials]
-
-
-def default_id_token_credentials(audience: str) -> TokenCredentials:
+def default_id_token_credentials(audience: str) -> Any:
     """From a service-account key file (``GOOGLE_APPLICATION_CREDENTIALS``) or, on GCP, the
     metadata server. User credentials cannot mint ID tokens: impersonate an account instead."""
     request = google.auth.transport.requests.Request()
-    return id_token.fetch_id_token_credentials(audience, request=request)  # type: ignore[no-untyped-call,no-any-return]
+    return id_token.fetch_id_token_credentials(audience, request=request)  # type: ignore[no-untyped-call]
 
 
 def _impersonated(target_principal: str, scope: str) -> Any:
@@ -116,7 +93,7 @@ def _impersonated(target_principal: str, scope: str) -> Any:
     )
 
 
-def impersonated_id_token_credentials(target_principal: str, audience: str) -> TokenCredentials:
+def impersonated_id_token_credentials(target_principal: str, audience: str) -> Any:
     """ID tokens of ``target_principal`` for ``audience``, minted from the caller's credentials."""
     return impersonated_credentials.IDTokenCredentials(  # type: ignore[no-untyped-call]
         _impersonated(target_principal, CLOUD_PLATFORM_SCOPE),
@@ -126,8 +103,7 @@ def impersonated_id_token_credentials(target_principal: str, audience: str) -> T
 
 
 def impersonated_storage_credentials(target_principal: str) -> Any:
-    """Read-only GCS credentials of ``target_principal`` (the Pipes reader runs as the
-    orchestrator account)."""
+    """Read-only GCS credentials of ``target_principal`` (for the Pipes reader)."""
     return _impersonated(target_principal, DEVSTORAGE_READ_ONLY_SCOPE)
 
 
@@ -148,15 +124,11 @@ class IdTokenAuth:
     """Adds ``Authorization: Bearer <ID token>`` for deployed functions; nothing for local URLs.
 
     Tokens come from a service-account key file (``GOOGLE_APPLICATION_CREDENTIALS``) or the
-    metadata server, or, with ``impersonate_service_account``, are minted for that service
-    account from the caller's own credentials. One credential per audience is cached;
-    google-auth decides when its token is due for a refresh (shortly before it expires).
-
-    The audience is derived from each function URL (:func:`audience_for`); ``audience`` sets
-    it for every call instead, as a custom domain needs.
-
-    The keyword-only factories exist for tests: where credentials and transport requests
-    come from.
+    metadata server, or, with ``impersonate_service_account``, are minted for that account
+    from the caller's own credentials. One credential per audience is cached, and google-auth
+    decides when its token is due for a refresh. The audience is derived from each URL
+    (:func:`audience_for`); ``audience`` sets it for every call, as a custom domain needs.
+    The keyword-only factories let tests replace credentials and transport.
     """
 
     def __init__(
@@ -164,8 +136,8 @@ class IdTokenAuth:
         impersonate_service_account: str | None = None,
         *,
         audience: str | None = None,
-        default_factory: DefaultCredentialsFactory = default_id_token_credentials,
-        impersonated_factory: ImpersonatedCredentialsFactory = impersonated_id_token_credentials,
+        default_factory: Callable[[str], Any] = default_id_token_credentials,
+        impersonated_factory: Callable[[str, str], Any] = impersonated_id_token_credentials,
         request_factory: Callable[[], Any] = google.auth.transport.requests.Request,
     ):
         self.impersonate_service_account = impersonate_service_account
@@ -173,7 +145,7 @@ class IdTokenAuth:
         self._default_factory = default_factory
         self._impersonated_factory = impersonated_factory
         self._request_factory = request_factory
-        self._credentials: dict[str, TokenCredentials] = {}
+        self._credentials: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def headers_for(self, url: str, timeout: float | None = None) -> dict[str, str]:
@@ -191,7 +163,7 @@ class IdTokenAuth:
     def token_for(self, audience: str, timeout: float | None = None) -> str:
         """A valid ID token for ``audience``, waiting at most ``timeout`` seconds (None: as
         long as google-auth takes) for another caller's refresh and for this one's."""
-        started = time.monotonic()
+        deadline = None if timeout is None else time.monotonic() + timeout
         if not self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             raise TokenTimeout(f"another call's token refresh took over {timeout:g}s")
         try:
@@ -199,22 +171,23 @@ class IdTokenAuth:
             if credentials is None:
                 credentials = self._credentials[audience] = self._make_credentials(audience)
             if not credentials.valid:  # google-auth's own refresh threshold
-                left = None if timeout is None else timeout - (time.monotonic() - started)
-                self._refresh(credentials, left)
+                self._refresh(credentials, deadline)
             return str(credentials.token)
         finally:
             self._lock.release()
 
-    def _refresh(self, credentials: TokenCredentials, timeout: float | None) -> None:
-        if timeout is None:
+    def _refresh(self, credentials: Any, deadline: float | None) -> None:
+        def refresh() -> None:
             credentials.refresh(self._request_factory())
-            return
+
+        if deadline is None:
+            return refresh()
         try:
-            call_within(timeout, lambda: credentials.refresh(self._request_factory()))
+            call_within(deadline - time.monotonic(), refresh)
         except TimedOut as exc:
             raise TokenTimeout(f"refreshing the ID token: {exc}") from None
 
-    def _make_credentials(self, audience: str) -> TokenCredentials:
+    def _make_credentials(self, audience: str) -> Any:
         if self.impersonate_service_account:
             return self._impersonated_factory(self.impersonate_service_account, audience)
         return self._default_factory(audience)

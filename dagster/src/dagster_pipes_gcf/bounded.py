@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
 class TimedOut(Exception):
     """The call did not finish in the time given; it may still finish in the background."""
-
-
-class _Outcome(Generic[T]):
-    def __init__(self) -> None:
-        self.value: T | None = None
-        self.error: BaseException | None = None
 
 
 def call_within(seconds: float, call: Callable[[], T]) -> T:
@@ -31,19 +25,20 @@ def call_within(seconds: float, call: Callable[[], T]) -> T:
     """
     if seconds <= 0:
         raise TimedOut(f"no time left (deadline passed {-seconds:.1f}s ago)")
-    outcome: _Outcome[T] = _Outcome()
+    outcome: list[tuple[Any, BaseException | None]] = []
 
     def run() -> None:
         try:
-            outcome.value = call()
+            outcome.append((call(), None))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            outcome.error = exc
+            outcome.append((None, exc))
 
     worker = threading.Thread(target=run, name="bounded-call", daemon=True)
     worker.start()
     worker.join(seconds)
-    if worker.is_alive():
+    if not outcome:
         raise TimedOut(f"no answer within {seconds:.1f}s")
-    if outcome.error is not None:
-        raise outcome.error
-    return outcome.value  # type: ignore[return-value]
+    value, error = outcome[0]
+    if error is not None:
+        raise error
+    return value  # type: ignore[no-any-return]

@@ -6,13 +6,9 @@ In a project's ``defs`` folder, a ``defs.yaml``::
     attributes:
       function_url: "{{ env.FUNCTION_URL }}"
       pipes_bucket: "{{ env.PIPES_BUCKET }}"
-      event:
-        name: Dagster
-      assets:
-        - key: greeting
-      checks:
-        - name: greeting_mentions_name
-          asset: greeting
+      event: {name: Dagster}
+      assets: [{key: greeting}]
+      checks: [{name: greeting_mentions_name, asset: greeting}]
 """
 
 from collections.abc import Iterator
@@ -57,13 +53,6 @@ class CloudFunctionComponent(dg.Component, dg.Model, dg.Resolvable):
             raise dg.DagsterInvalidDefinitionError(
                 "CloudFunctionComponent needs at least one asset in `assets`"
             )
-        reader = PipesCloudStorageMessageReader(bucket=self.pipes_bucket)
-        client = PipesCloudFunctionClient(message_reader=reader)
-        return dg.Definitions(
-            assets=[self._multi_asset()], resources={self.client_resource_key: client}
-        )
-
-    def _multi_asset(self) -> dg.AssetsDefinition:
         function_url, event, key = self.function_url, dict(self.event), self.client_resource_key
 
         @dg.multi_asset(
@@ -76,7 +65,11 @@ class CloudFunctionComponent(dg.Component, dg.Model, dg.Resolvable):
             context: dg.AssetExecutionContext,
         ) -> Iterator[dg.MaterializeResult[Any] | dg.AssetCheckResult]:
             client: PipesCloudFunctionClient = getattr(context.resources, key)
-            call = client.run(context=context, function_url=function_url, event=event)
-            yield from call.get_results()
+            yield from client.run(
+                context=context, function_url=function_url, event=event
+            ).get_results()
 
-        return call_cloud_function
+        client = PipesCloudFunctionClient(
+            message_reader=PipesCloudStorageMessageReader(bucket=self.pipes_bucket)
+        )
+        return dg.Definitions(assets=[call_cloud_function], resources={key: client})

@@ -1,27 +1,13 @@
 """A test double for unit tests of assets that call a Cloud Function: no emulator, no network.
 
-:class:`FakeCloudFunction` runs a Python handler ``handler(pipes, event) -> dict`` in process
-when the asset calls the function, and :class:`InMemoryStorageClient` stands in for the Pipes
-bucket. Everything between them is the production code path and protocol: the real
-:class:`~dagster_pipes_gcf.PipesCloudFunctionClient` and
-:class:`~dagster_pipes_gcf.CloudFunctionInvoker` send the real JSON request body through
-``requests`` (only the socket is replaced), the handler gets a real
-``dagster_pipes.PipesContext`` whose messages are written as JSON-lines chunks
-``<key_prefix>/<n>.json``, and the real :class:`~dagster_pipes_gcf.PipesCloudStorageMessageReader`
-reads them. So the asset sees logs, materialization metadata and check results as it would in
-production, and a handler that raises fails the step with its remote error (its traceback
-shown once in the run).
-
-The doubles are strict: a call the production code does not make (another URL, another
-bucket, a storage method the reader and writer never use) raises instead of pretending.
-What they leave out is the function side's own plumbing (``gcf_pipes``: bounds on the request,
-context validation, cancellation markers, deadlines); test that through the real local stack.
+:class:`FakeCloudFunction` runs ``handler(pipes, event) -> dict`` in process behind the
+production client, invoker and reader (only the socket is replaced), with a real
+``PipesContext`` writing the function side's JSON-lines chunks to an
+:class:`InMemoryStorageClient`. A call production code does not make raises
+:class:`UnsupportedByFake`. ``gcf_pipes``' own plumbing (request bounds, cancellation,
+deadlines) is left out: test that through the local stack.
 
 Example::
-
-    def handler(pipes: PipesContext, event: Mapping[str, Any]) -> dict[str, Any]:
-        pipes.report_asset_materialization(metadata={"rows": 3})
-        return {"rows": 3}
 
     function = FakeCloudFunction(handler, url="https://my-function-xyz-ew.a.run.app")
     result = dg.materialize([my_asset], resources={"cloud_function": function.pipes_client()})
@@ -30,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import threading
@@ -38,6 +25,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import requests
@@ -73,33 +61,27 @@ class UnsupportedByFake(NotImplementedError):
     not accept, or the double cannot imitate faithfully)."""
 
 
-def _unsupported(owner: object, name: str) -> UnsupportedByFake:
-    return UnsupportedByFake(
-        f"{type(owner).__name__}.{name} is not supported by the test double: it serves only "
-        "the calls dagster_pipes_gcf's client, reader and the Pipes message writer make"
-    )
-
-
 class _Strict:
     """Attribute access beyond what the class defines raises :class:`UnsupportedByFake`."""
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        raise _unsupported(self, name)
+        raise UnsupportedByFake(
+            f"{type(self).__name__}.{name} is not supported by the test double: it serves only "
+            "the calls dagster_pipes_gcf's client, reader and the Pipes message writer make"
+        )
 
 
 def _gcs_error(kind: type[gexc.GoogleAPICallError], message: str) -> gexc.GoogleAPICallError:
-    """The error google-cloud-storage raises for that HTTP status (404, 412)."""
     return kind(message)
 
 
 class InMemoryStorageClient(_Strict):
-    """The subset of ``google.cloud.storage.Client`` that Pipes uses, kept in memory.
+    """The part of ``google.cloud.storage.Client`` that Pipes uses, in memory and thread-safe.
 
-    Only ``buckets`` exist; like GCS, ``bucket(name)`` makes no request and reading from a
-    bucket that does not exist raises ``NotFound``. Thread-safe: the reader polls from a
-    background thread while the handler writes.
+    Only ``buckets`` exist; as in GCS, ``bucket(name)`` makes no request, and reading a
+    missing bucket or object raises ``NotFound``.
     """
 
     def __init__(self, buckets: tuple[str, ...] = (DEFAULT_PIPES_BUCKET,)):
@@ -107,51 +89,42 @@ class InMemoryStorageClient(_Strict):
         self._lock = threading.Lock()
 
     def bucket(self, bucket_name: str) -> InMemoryBucket:
-        """A handle on ``bucket_name`` (no request, as in google-cloud-storage)."""
         return InMemoryBucket(self, bucket_name)
 
     def list_blobs(self, bucket_or_name: InMemoryBucket | str, prefix: str = "") -> list[Any]:
-        """The objects of a bucket whose names start with ``prefix``, sorted by name."""
         name = bucket_or_name if isinstance(bucket_or_name, str) else bucket_or_name.name
-        handle = self.bucket(name)
-        return [handle.blob(key) for key in self.object_names(name) if key.startswith(prefix)]
+        return [
+            self.bucket(name).blob(key) for key in self.object_names(name) if key.startswith(prefix)
+        ]
 
     def object_names(self, bucket_name: str) -> list[str]:
-        """Names of the objects in ``bucket_name`` (for assertions in tests)."""
+        """The names of the objects in ``bucket_name``, sorted (for assertions in tests)."""
         with self._lock:
-            return sorted(self._existing(bucket_name))
+            return sorted(self._bucket_objects(bucket_name))
 
     def read(self, bucket_name: str, object_name: str) -> str:
-        """An object's text (for assertions in tests); ``KeyError`` when it does not exist."""
+        """An object's text (for assertions in tests)."""
         with self._lock:
-            return self._existing(bucket_name)[object_name]
-
-    def _existing(self, bucket_name: str) -> dict[str, str]:
-        if bucket_name not in self._objects:
-            raise _gcs_error(gexc.NotFound, f"The specified bucket does not exist: {bucket_name}")
-        return self._objects[bucket_name]
-
-    def _download(self, bucket_name: str, object_name: str) -> str:
-        with self._lock:
-            objects = self._existing(bucket_name)
+            objects = self._bucket_objects(bucket_name)
             if object_name not in objects:
                 raise _gcs_error(gexc.NotFound, f"No such object: {bucket_name}/{object_name}")
             return objects[object_name]
 
-    def _upload(self, bucket_name: str, object_name: str, data: str, only_if_new: bool) -> None:
+    def _write(self, bucket_name: str, object_name: str, text: str, only_if_new: bool) -> None:
         with self._lock:
-            objects = self._existing(bucket_name)
+            objects = self._bucket_objects(bucket_name)
             if only_if_new and object_name in objects:
-                raise _gcs_error(
-                    gexc.PreconditionFailed,
-                    f"At least one of the pre-conditions you specified did not hold: "
-                    f"{bucket_name}/{object_name} exists",
-                )
-            objects[object_name] = data
+                raise _gcs_error(gexc.PreconditionFailed, f"{bucket_name}/{object_name} exists")
+            objects[object_name] = text
+
+    def _bucket_objects(self, bucket_name: str) -> dict[str, str]:
+        if bucket_name not in self._objects:
+            raise _gcs_error(gexc.NotFound, f"The specified bucket does not exist: {bucket_name}")
+        return self._objects[bucket_name]
 
 
 class InMemoryBucket(_Strict):
-    """The subset of ``google.cloud.storage.Bucket`` that Pipes uses."""
+    """The part of ``google.cloud.storage.Bucket`` that Pipes uses."""
 
     def __init__(self, client: InMemoryStorageClient, name: str):
         self.client = client
@@ -162,21 +135,17 @@ class InMemoryBucket(_Strict):
 
 
 class InMemoryBlob(_Strict):
-    """The subset of ``google.cloud.storage.Blob`` that Pipes uses: text objects only."""
+    """The part of ``google.cloud.storage.Blob`` that Pipes uses: text objects only."""
 
     def __init__(self, bucket: InMemoryBucket, name: str):
         self.bucket = bucket
         self.name = name
 
     def download_as_text(self, *, retry: Any = None, timeout: float | None = None) -> str:
-        return self.bucket.client._download(self.bucket.name, self.name)
+        return self.bucket.client.read(self.bucket.name, self.name)
 
     def exists(self, *, timeout: float | None = None) -> bool:
-        try:
-            self.bucket.client._download(self.bucket.name, self.name)
-        except gexc.NotFound:
-            return False
-        return True
+        return self.name in self.bucket.client.object_names(self.bucket.name)
 
     def upload_from_string(
         self,
@@ -187,53 +156,39 @@ class InMemoryBlob(_Strict):
         timeout: float | None = None,
         retry: Any = None,
     ) -> None:
-        """Store ``data``; with ``if_generation_match=0`` only if the object is new (else
-        ``PreconditionFailed``, HTTP 412 in GCS). Other generations are not supported."""
         if if_generation_match not in (None, 0):
-            raise _unsupported(self, "upload_from_string(if_generation_match != 0)")
+            raise UnsupportedByFake("upload_from_string(if_generation_match != 0) is not supported")
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        self.bucket.client._upload(self.bucket.name, self.name, text, if_generation_match == 0)
+        self.bucket.client._write(self.bucket.name, self.name, text, if_generation_match == 0)
 
 
 class _ChunkChannel(PipesMessageWriterChannel):
-    """Writes each message at once as the next chunk ``<key_prefix>/<n>.json`` (one JSON
-    line), never overwriting one: the chunk layout the function-side writer uses."""
+    """Writes each message at once as the next chunk ``<key_prefix>/<n>.json``, never
+    overwriting one: the chunk layout of the function-side writer."""
 
     def __init__(self, bucket: InMemoryBucket, key_prefix: str):
         self._bucket = bucket
         self._key_prefix = key_prefix
-        self._next_index = 1
+        self._numbers = itertools.count(1)
         self._lock = threading.Lock()
 
     def write_message(self, message: PipesMessage) -> None:
-        line = json.dumps(message)
         with self._lock:
-            key = f"{self._key_prefix}/{self._next_index}.json"
-            self._bucket.blob(key).upload_from_string(
-                line, content_type="application/x-ndjson", if_generation_match=0
+            blob = self._bucket.blob(f"{self._key_prefix}/{next(self._numbers)}.json")
+            blob.upload_from_string(
+                json.dumps(message), content_type="application/x-ndjson", if_generation_match=0
             )
-            self._next_index += 1
-
-    @property
-    def chunks_written(self) -> int:
-        return self._next_index - 1
 
 
-class InMemoryChunkWriter(PipesMessageWriter[_ChunkChannel]):
-    """A Pipes message writer to a bucket of :class:`InMemoryStorageClient`, at the bucket
-    and key prefix the Dagster-side reader sent in ``DAGSTER_PIPES_MESSAGES``."""
+class _ChunkWriter(PipesMessageWriter[_ChunkChannel]):
+    """Writes to the bucket and key prefix the Dagster-side reader sent."""
 
     def __init__(self, storage: InMemoryStorageClient):
         self._storage = storage
-        self.channel: _ChunkChannel | None = None
 
     @contextmanager
     def open(self, params: PipesParams) -> Iterator[_ChunkChannel]:
-        bucket, key_prefix = params.get("bucket"), params.get("key_prefix")
-        if not isinstance(bucket, str) or not isinstance(key_prefix, str) or not key_prefix:
-            raise ValueError(f"{DAGSTER_PIPES_MESSAGES_ENV_VAR} needs bucket and key_prefix")
-        self.channel = _ChunkChannel(self._storage.bucket(bucket), key_prefix)
-        yield self.channel
+        yield _ChunkChannel(self._storage.bucket(params["bucket"]), params["key_prefix"])
 
 
 @dataclass(frozen=True)
@@ -250,15 +205,11 @@ class FakeCall:
 class FakeCloudFunction:
     """An HTTP Cloud Function served in process: each call runs ``handler(pipes, event)``.
 
-    The handler gets a real ``PipesContext`` (its messages go to the in-memory Pipes bucket)
-    and the request body without the Pipes params, as a handler of
-    ``gcf_pipes.handle_pipes_request`` does, so the same business-logic function can be
-    tested here and deployed there; its Python ``logging`` records (INFO and up) reach Dagster
-    as with ``gcf_pipes.install_logging_bridge()``. The answer is the one that function gives: 200
-    ``{"status": "ok", "result": ...}``; for an exception, HTTP 500 with its type, message
-    and traceback (or, for an error carrying a 4xx ``status`` such as ``gcf_pipes``'
-    ``RequestError``, that status without a traceback), and the Pipes context is closed with
-    the exception.
+    The handler gets a real ``PipesContext`` and the request body without the Pipes params,
+    as under ``gcf_pipes.handle_pipes_request``; its ``logging`` records (INFO and up) reach
+    Dagster. It answers as that function does: 200 ``{"status": "ok", "result": ...}``; for an
+    exception, HTTP 500 with its traceback, or the 4xx ``status`` an error carries
+    (``gcf_pipes.RequestError``) without one.
 
     Args:
         handler: the function's business logic; its return value (JSON) is the ``result``.
@@ -290,9 +241,7 @@ class FakeCloudFunction:
     ) -> PipesCloudFunctionClient:
         """A production :class:`PipesCloudFunctionClient` wired to this fake."""
         return PipesCloudFunctionClient(
-            message_reader=self.message_reader(),
-            invoker=self.invoker(invocation),
-            **client_kwargs,
+            message_reader=self.message_reader(), invoker=self.invoker(invocation), **client_kwargs
         )
 
     def message_reader(
@@ -307,19 +256,15 @@ class FakeCloudFunction:
 
     def invoker(self, policy: InvocationPolicy | None = None) -> CloudFunctionInvoker:
         """The production invoker, its HTTP transport and ID tokens replaced by this fake."""
+        token = SimpleNamespace(token=FAKE_ID_TOKEN, valid=True)
+        session = requests.Session()
+        for scheme in ("http://", "https://"):
+            session.mount(scheme, _FakeFunctionAdapter(self))
         return CloudFunctionInvoker(
             policy=policy or InvocationPolicy(attempts=1),
-            auth=IdTokenAuth(default_factory=lambda _audience: _FakeIdTokenCredentials()),
-            session=self.http_session(),
+            auth=IdTokenAuth(default_factory=lambda _audience: token),
+            session=session,
         )
-
-    def http_session(self) -> requests.Session:
-        """A ``requests.Session`` whose every request is served by this fake."""
-        session = requests.Session()
-        adapter = _FakeFunctionAdapter(self)
-        for scheme in ("https://", "http://"):
-            session.mount(scheme, adapter)
-        return session
 
     def answer(self, url: str, headers: Mapping[str, str], body: bytes) -> tuple[int, Any]:
         """Serve one request: the HTTP status and the JSON body (or text) of the answer."""
@@ -328,35 +273,40 @@ class FakeCloudFunction:
         if needs_id_token(url) and headers.get("Authorization") != f"Bearer {FAKE_ID_TOKEN}":
             return 401, "Your client does not have permission to the requested URL."
         request = json.loads(body)
-        event = {
-            key: value
-            for key, value in request.items()
-            if key not in (DAGSTER_PIPES_CONTEXT_ENV_VAR, DAGSTER_PIPES_MESSAGES_ENV_VAR)
-        }
-        status, answer = self._run(request, event)
+        pipes_params = (DAGSTER_PIPES_CONTEXT_ENV_VAR, DAGSTER_PIPES_MESSAGES_ENV_VAR)
+        event = {key: value for key, value in request.items() if key not in pipes_params}
+        started = time.monotonic()
+        status, answer = self._run(PipesMappingParamsLoader(request), event)
+        answer["duration_s"] = round(time.monotonic() - started, 3)
         self.calls.append(FakeCall(url, event, dict(headers), status, answer))
         return status, answer
 
-    def _run(self, request: Mapping[str, Any], event: Mapping[str, Any]) -> tuple[int, Any]:
-        started = time.monotonic()
-        params = PipesMappingParamsLoader(request)
+    def _run(
+        self, params: PipesMappingParamsLoader, event: Mapping[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         if params.load_messages_params().get("bucket") != self.pipes_bucket:
             message = "Pipes message param 'bucket' is not this function's Pipes bucket"
             return 403, _error("RequestError", message, field="DAGSTER_PIPES_MESSAGES.bucket")
-        writer = InMemoryChunkWriter(self.storage)
-        status, answer = 200, dict[str, Any]()
         try:
+            writer = _ChunkWriter(self.storage)
             with (
                 PipesContext(params, PipesDefaultContextLoader(), writer) as pipes,
                 _forwarding_logging(pipes),
             ):
                 result = dict(self.handler(pipes, event) or {})
-            answer = {"status": "ok", "result": json.loads(json.dumps(result))}
+            return 200, {"status": "ok", "result": json.loads(json.dumps(result))}
         except Exception as exc:  # noqa: BLE001 - a crash is the function's HTTP 500, as deployed
-            status, answer = _error_answer(exc)
-        answer["duration_s"] = round(time.monotonic() - started, 3)
-        answer["pipes_chunks"] = writer.channel.chunks_written if writer.channel else 0
-        return status, answer
+            status = getattr(exc, "status", None)
+            if isinstance(status, int) and 400 <= status < 500:  # the caller's: no traceback
+                return status, _error(
+                    type(exc).__name__, str(exc), field=getattr(exc, "field", None)
+                )
+            trace = "".join(traceback.format_exception(exc))
+            return 500, _error(type(exc).__name__, str(exc), traceback=trace)
+
+
+def _error(kind: str, message: str, **details: Any) -> dict[str, Any]:
+    return {"status": "error", "error": {"type": kind, "message": message, **details}}
 
 
 class _LoggingBridge(logging.Handler):
@@ -389,28 +339,6 @@ def _forwarding_logging(pipes: PipesContext) -> Iterator[None]:
         root.setLevel(level)
 
 
-def _error(kind: str, message: str, **details: Any) -> dict[str, Any]:
-    return {"status": "error", "error": {"type": kind, "message": message, **details}}
-
-
-def _error_answer(exc: Exception) -> tuple[int, dict[str, Any]]:
-    status = getattr(exc, "status", None)
-    if isinstance(status, int) and 400 <= status < 500:  # the caller's error: no traceback
-        return status, _error(type(exc).__name__, str(exc), field=getattr(exc, "field", None))
-    trace = "".join(traceback.format_exception(exc))
-    return 500, _error(type(exc).__name__, str(exc), traceback=trace)
-
-
-class _FakeIdTokenCredentials:
-    """Always-valid ID-token credentials (what ``IdTokenAuth`` needs of google-auth's)."""
-
-    token = FAKE_ID_TOKEN
-    valid = True
-
-    def refresh(self, request: Any) -> None:
-        raise UnsupportedByFake("the fake ID token never needs a refresh")
-
-
 class _FakeFunctionAdapter(requests.adapters.BaseAdapter):
     """A transport adapter that hands POSTs to the fake function instead of a socket."""
 
@@ -426,17 +354,13 @@ class _FakeFunctionAdapter(requests.adapters.BaseAdapter):
         body = request.body or b""
         raw = body.encode("utf-8") if isinstance(body, str) else body
         status, answer = self._function.answer(request.url, dict(request.headers), raw)
+        text = answer if isinstance(answer, str) else json.dumps(answer)
         response = requests.Response()
-        response.status_code = status
-        response.url = request.url
-        response.request = request
-        if isinstance(answer, str):
-            response.headers["Content-Type"] = "text/plain"
-            response.raw = io.BytesIO(answer.encode("utf-8"))
-        else:
-            response.headers["Content-Type"] = "application/json"
-            response.raw = io.BytesIO(json.dumps(answer).encode("utf-8"))
-        response.encoding = "utf-8"
+        response.status_code, response.url, response.request = status, request.url, request
+        response.headers["Content-Type"] = (
+            "text/plain" if isinstance(answer, str) else "application/json"
+        )
+        response.raw, response.encoding = io.BytesIO(text.encode("utf-8")), "utf-8"
         return response
 
     def close(self) -> None:

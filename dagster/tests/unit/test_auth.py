@@ -21,8 +21,8 @@ from google.auth import impersonated_credentials
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
-from dagster_pipes_gcf import AudienceRequired, IdTokenAuth, audience_for, needs_id_token
-from dagster_pipes_gcf.auth import TokenTimeout, impersonated_id_token_credentials
+from dagster_pipes_gcf import AudienceRequired, IdTokenAuth, needs_id_token
+from dagster_pipes_gcf.auth import TokenTimeout, audience_for, impersonated_id_token_credentials
 
 FUNCTION_URL = "https://dagster-pipes-gcp-abc123-ez.a.run.app/run?x=1"
 AUDIENCE = "https://dagster-pipes-gcp-abc123-ez.a.run.app"
