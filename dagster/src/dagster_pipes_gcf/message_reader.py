@@ -139,10 +139,6 @@ class PipesHandlerError(DagsterPipesExecutionError):
     """Dagster's message handler raised on a message (which is not delivered again)."""
 
 
-def list_retry(policy: PollingPolicy) -> Any:
-    return DEFAULT_RETRY.with_timeout(policy.list_deadline)
-
-
 @dataclass
 class ChunkStream:
     """The chunks under one key prefix, read message by message: each is handed over once,
@@ -233,7 +229,7 @@ class ChunkStream:
                 self.bucket,
                 prefix=f"{self.key_prefix}/",
                 timeout=self.policy.request_timeout,
-                retry=list_retry(self.policy),
+                retry=DEFAULT_RETRY.with_timeout(self.policy.list_deadline),
             )
             present = [int(m.group(1)) for b in blobs if (m := _CHUNK_NAME.search(b.name))]
         except Exception:  # noqa: BLE001 - a diagnosis: it never replaces the error it explains

@@ -22,6 +22,7 @@ from typing import Any
 from dagster import PipesMessageHandler
 from dagster._core.errors import DagsterPipesExecutionError
 from dagster_pipes import PipesParams, _make_message
+from google.cloud.storage.retry import DEFAULT_RETRY
 
 from dagster_pipes_gcf.message_reader import (
     GCS_ERRORS,
@@ -30,7 +31,6 @@ from dagster_pipes_gcf.message_reader import (
     ChunkStream,
     GcsMessageReader,
     MessageStreams,
-    list_retry,
 )
 
 _TASK_CHUNK = re.compile(r"/task-(\d+)/attempt-(\d+)/\d+\.json$")
@@ -66,7 +66,7 @@ class TaskStreams(MessageStreams):
             self.tasks[(index, attempt)] = TaskStream(index, attempt, self.chunks(prefix))
         return self.tasks[(index, attempt)]
 
-    def discover(self, *, retry: bool) -> None:
+    def discover(self, *, deadline: float) -> None:
         """Add the streams that wrote a chunk since the last look."""
         prefix = f"{self.session_prefix}/task-"
         try:
@@ -76,22 +76,27 @@ class TaskStreams(MessageStreams):
                     self.bucket,
                     prefix=prefix,
                     timeout=self.policy.request_timeout,
-                    retry=list_retry(self.policy) if retry else None,
+                    retry=DEFAULT_RETRY.with_timeout(deadline),
                 )
             ]
         except GCS_ERRORS as exc:  # quoted below: chained, it would be printed twice
             raise DagsterPipesExecutionError(
                 f"could not list the Pipes messages under gs://{self.bucket.name}/{prefix} "
-                f"(retried for {self.policy.list_deadline:g}s): {type(exc).__name__}: {exc}"
+                f"(retried for {deadline:g}s): {type(exc).__name__}: {exc}"
             ) from None
         for match in filter(None, map(_TASK_CHUNK.search, names)):
             self.task(int(match.group(1)), int(match.group(2)))
 
-    def read_available(self, stop: threading.Event, *, discover: bool = True) -> int:
+    def read_available(self, stop: threading.Event) -> int:
+        """After the call (``NEVER`` stops it) a failing listing is retried for the policy's
+        ``list_deadline``; otherwise for one poll interval (the poller lists again at its
+        next poll, and must never hold the final read back for long)."""
+        patient = stop is NEVER
         read = 0
         with self._reading:
-            if discover:  # the poller lists again at its next poll: it never holds the lock long
-                self.discover(retry=stop is NEVER)
+            self.discover(
+                deadline=self.policy.list_deadline if patient else self.policy.max_interval
+            )
             for task in sorted(self.tasks.values(), key=lambda t: (t.index, t.attempt)):
                 while not stop.is_set() and (message := task.stream.next_message(stop)):
                     self._deliver(task, message)
@@ -136,10 +141,8 @@ class TaskStreams(MessageStreams):
         self.handler.handle_message(_make_message("closed", None))
 
     def after_failure(self) -> None:
-        # The failed tasks' last lines, before the step's error; no listing: it may be what
-        # failed, and the poller found the tasks.
-        with suppress(Exception):
-            self.read_available(NEVER, discover=False)
+        with suppress(Exception):  # the failed tasks' last lines, before the step's error
+            self.read_available(threading.Event())
 
 
 def merge_results(per_task: Sequence[Sequence[Any]]) -> list[Any]:
