@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from dagster import (
@@ -23,16 +24,11 @@ from dagster import (
 )
 from dagster._core.definitions.resource_annotation import TreatAsResourceParam
 from dagster._core.storage.tags import ASSET_RESUME_RETRY_TAG, RESUME_RETRY_TAG
-from dagster_pipes import DAGSTER_PIPES_MESSAGES_ENV_VAR, PipesExtras, encode_param
+from dagster_pipes import DAGSTER_PIPES_MESSAGES_ENV_VAR, PipesExtras, PipesParams, encode_param
 
 from dagster_pipes_gcf.cancellation import CancelOutcome, forwarding_termination
 from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
-from dagster_pipes_gcf.invocation import (
-    Call,
-    CloudFunctionError,
-    CloudFunctionInvoker,
-    FunctionResponse,
-)
+from dagster_pipes_gcf.invocation import Call, CloudFunctionError, CloudFunctionInvoker
 from dagster_pipes_gcf.message_reader import (
     PipesAttemptStreams,
     SharedMessages,
@@ -58,18 +54,18 @@ def idempotency_run_id(run: DagsterRun, instance: DagsterInstance | None = None)
     continues its parent, and so on up the chain, as Dagster's own Pipes reattachment walks
     it; ``instance`` is asked for the parents. A full re-execution is new work.
     """
+
+    def resumes_its_parent(run: DagsterRun) -> bool:
+        return "true" in (run.tags.get(RESUME_RETRY_TAG), run.tags.get(ASSET_RESUME_RETRY_TAG))
+
     seen: set[str] = set()
-    while _resumes_its_parent(run) and run.parent_run_id and len(seen) < MAX_RESUME_CHAIN:
+    while resumes_its_parent(run) and run.parent_run_id and len(seen) < MAX_RESUME_CHAIN:
         seen.add(run.run_id)
         parent = instance.get_run_by_id(run.parent_run_id) if instance else None
         if parent is None or parent.run_id in seen:
             return run.root_run_id or run.parent_run_id
         run = parent
     return run.run_id
-
-
-def _resumes_its_parent(run: DagsterRun) -> bool:
-    return "true" in (run.tags.get(RESUME_RETRY_TAG), run.tags.get(ASSET_RESUME_RETRY_TAG))
 
 
 def derive_invocation_id(
@@ -124,18 +120,6 @@ class InvocationIds:
             ordinal = self._calls[key] = self._calls.get(key, 0) + 1
         return ordinal
 
-    def claim_call_key(self, run_id: str, step_key: str, retry_number: int, call_key: str) -> None:
-        """Refuse a ``call_key`` used before in this step attempt: the second call would be
-        taken for a repeat of the first and write nothing."""
-        key = (run_id, step_key, retry_number, call_key)
-        with self._lock:
-            if key in self._keys:
-                raise ValueError(
-                    f"call_key {call_key!r} was used already in step {step_key}: each call "
-                    "of a step needs its own (a repeated key would be taken for a retry)"
-                )
-            self._keys.add(key)
-
     def next_for(self, context: Context, call_key: str | None = None) -> str:
         """The id of the call about to be made from ``context``'s step."""
         if call_key is not None and not call_key:
@@ -146,7 +130,14 @@ class InvocationIds:
             return str(uuid.uuid4())
         step_key = context.get_step_execution_context().step.key
         if call_key is not None:
-            self.claim_call_key(context.run_id, step_key, context.retry_number, call_key)
+            with self._lock:
+                key = (context.run_id, step_key, context.retry_number, call_key)
+                if key in self._keys:  # it would be taken for a repeat and write nothing
+                    raise ValueError(
+                        f"call_key {call_key!r} was used already in step {step_key}: each call "
+                        "of a step needs its own (a repeated key would be taken for a retry)"
+                    )
+                self._keys.add(key)
         ordinal = self.next_ordinal(context.run_id, step_key, context.retry_number)
         return derive_invocation_id(
             run_id=idempotency_run_id(context.run, context.instance),
@@ -183,25 +174,46 @@ class PipesCloudFunctionCompletedInvocation(PipesClientCompletedInvocation):
         ]
 
 
-class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
+class GcpPipesClient(PipesClient, TreatAsResourceParam):
+    """What the function and the job client share: the session with its invocation id."""
+
+    message_reader: PipesMessageReader
+    context_injector: PipesContextInjector
+    invocation_ids = STEP_CALLS
+
+    @classmethod
+    def _is_dagster_maintained(cls) -> bool:
+        return False
+
+    @contextmanager
+    def open_session(
+        self, context: Context, extras: PipesExtras | None, call_key: str | None
+    ) -> Iterator[tuple[PipesSession, str]]:
+        """The call's Pipes session (its range's keys and window in the context) and id."""
+        invocation_id = self.invocation_ids.next_for(context, call_key)
+        with open_pipes_session(
+            context=context,
+            context_injector=PipesPartitionRangeInjector(self.context_injector, context),
+            message_reader=self.message_reader,
+            extras={**(extras or {}), INVOCATION_ID_EXTRA: invocation_id},
+        ) as session:
+            yield session, invocation_id
+
+
+class PipesCloudFunctionClient(GcpPipesClient):
     """Pipes client that invokes an HTTP Cloud Function and streams its messages back.
 
     The Pipes bootstrap parameters are merged into the JSON request body next to the
-    caller's ``event``; the function writes messages to GCS where ``message_reader`` picks
-    them up while the call runs. Each HTTP attempt gets its own message prefix
-    (``<reader prefix>/<session>/<attempt>``) and only the attempt that answered contributes
-    results.
+    caller's ``event``; the function writes its messages to GCS, where ``message_reader``
+    reads them while the call runs. Each HTTP attempt writes under its own prefix and only
+    the attempt that answered contributes results.
 
-    Invocation id (header ``X-Dagster-Invocation-Id``, Pipes extra ``invocation_id``): one id
-    per ``run()`` call, the same for every HTTP retry of that call and for Dagster's step
-    retries, derived from the run, step key, selected asset keys, partition (or range) and
-    the call's ordinal within the step (1st, 2nd, ... ``run()`` call), so the n-th call must
-    mean the same work on every try; a step whose calls vary between tries (e.g. it skips
-    batches already done, calls from several threads, or is a subsettable multi-asset)
-    names each call with ``call_key`` instead, unique within the step; the id then no longer
-    depends on which of the step's assets are selected. A from-failure
-    re-execution uses the run it resumes (its parent chain), so work that run committed is
-    recognised and not done again; a full re-execution is new work with new ids.
+    Invocation id (header ``X-Dagster-Invocation-Id``, Pipes extra ``invocation_id``): one per
+    ``run()`` call, the same for every HTTP retry and step retry of that call. It is derived
+    from the run (a from-failure re-execution uses the run it resumes), the step, the
+    selected assets, the partition (or range) and the call's ordinal within the step, so the
+    n-th call must mean the same work on every try; a step whose calls vary between tries
+    names each call with ``call_key`` instead, unique within the step.
 
     Args:
         message_reader: where the function's messages are read from.
@@ -211,9 +223,8 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
         function_location: project/region/service of the function for the Cloud Logging
             link of each call, where its URL does not say (``run.app`` URLs lack the project).
         forward_termination: when the run is terminated while the call waits, or the call
-            fails while the function may still be working on it (a read timeout, a connection
-            lost after sending), ask the function to cancel (marker ``<key_prefix>/cancel`` in
-            the Pipes bucket, see :mod:`dagster_pipes_gcf.cancellation`) before the step ends;
+            fails while the function may still be working on it, ask the function to cancel
+            (marker ``<key_prefix>/cancel``, see :mod:`dagster_pipes_gcf.cancellation`);
             likewise, before a retry, the attempt given up. With
             :class:`PipesCloudStorageMessageReader` only.
     """
@@ -226,16 +237,11 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
         function_location: FunctionLocation | None = None,
         forward_termination: bool = True,
     ):
-        self.function_location = function_location
-        self.forward_termination = forward_termination
         self.message_reader = message_reader
         self.context_injector = context_injector or PipesCloudFunctionEventContextInjector()
         self.invoker = invoker or CloudFunctionInvoker()
-        self.invocation_ids = STEP_CALLS
-
-    @classmethod
-    def _is_dagster_maintained(cls) -> bool:
-        return False
+        self.function_location = function_location
+        self.forward_termination = forward_termination
 
     def run(  # type: ignore[override]
         self,
@@ -257,7 +263,6 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
                 ambiguous outcome the policy does not retry); the message names the cause.
             DagsterPipesExecutionError: the function's messages ended without ``closed``.
         """
-        invocation_id = self.invocation_ids.next_for(context, call_key)
         trace = CallTrace.start(
             function_url,
             run_id=context.run_id,
@@ -267,18 +272,13 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
         )
         streams: PipesAttemptStreams | SharedMessages | None = None
         try:
-            with open_pipes_session(
-                context=context,
-                context_injector=PipesPartitionRangeInjector(self.context_injector, context),
-                message_reader=self.message_reader,
-                extras={**(extras or {}), INVOCATION_ID_EXTRA: invocation_id},
-            ) as session:
+            with self.open_session(context, extras, call_key) as (session, invocation_id):
                 streams = attempt_streams(self.message_reader, session.message_reader_params)
-                reason = {"run_id": context.run_id, "invocation_id": invocation_id}
                 context.log.info(
                     f"[pipes] invoking Cloud Function {function_url} ({invocation_id}); "
                     f"{trace.describe()}"
                 )
+                reason = {"run_id": context.run_id, "invocation_id": invocation_id}
                 with (
                     trace.annotating_failures(),
                     forwarding_termination(self._canceller(streams, reason), context.log.warning),
@@ -291,7 +291,11 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
                     body = {**(event or {}), **session.get_bootstrap_env_vars()}
                     for attempt in call.attempts():
                         with attempt:
-                            self._attempt(context, call, streams, body, reason)
+                            params = self._begin_attempt(call, streams, reason, context)
+                            call.post(
+                                {**body, DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param(params)},
+                                streams.handler_started,
+                            )
                     response = call.result()
                 streams.answered()
                 context.log.info(
@@ -302,58 +306,41 @@ class PipesCloudFunctionClient(PipesClient, TreatAsResourceParam):
             if streams is not None and streams.closed_with_exception:
                 error.traceback_shown_elsewhere(CLOSED_EVENT)
             raise
-        return PipesCloudFunctionCompletedInvocation(
-            session,
-            metadata={
-                **call_metadata(function_url, invocation_id, response),
-                **trace.metadata(response.body),
-            },
-        )
-
-    def _attempt(
-        self,
-        context: Context,
-        call: Call,
-        streams: PipesAttemptStreams | SharedMessages,
-        body: Mapping[str, Any],
-        reason: Mapping[str, str],
-    ) -> None:
-        """One HTTP attempt, writing its messages under its own prefix. Before a retry, the
-        attempt given up is abandoned and, if it may have reached the handler and still be
-        working, asked to stop: two copies of one call then never work side by side for long.
-        An attempt that never reached the function has no copy to stop: no marker for it."""
-        abandoned = call.abandoned
-        if abandoned is not None:
-            streams.begin_attempt(call.number, abandoned.reason)
-            if abandoned.may_have_run and self.forward_termination:
-                why = f"attempt {call.number - 1} abandoned ({abandoned.reason})"
-                outcome = streams.cancel({"reason": why, **reason}, abandoned_only=True)
-                if outcome is not None:
-                    context.log.info(f"[pipes] before attempt {call.number}: {outcome.describe()}")
-        messages = encode_param(streams.params())
-        call.post({**body, DAGSTER_PIPES_MESSAGES_ENV_VAR: messages}, streams.handler_started)
+        metadata = {
+            "function_url": function_url,
+            "function_call_s": round(response.elapsed_s, 3),
+            "invocation_id": invocation_id,
+            "http_attempts": response.attempts,
+            **trace.metadata(response.body),
+        }
+        if isinstance(handler_s := response.body.get("duration_s"), int | float):
+            metadata["function_handler_s"] = handler_s  # reported by gcf_pipes' handler
+        return PipesCloudFunctionCompletedInvocation(session, metadata=metadata)
 
     def _canceller(
         self, streams: PipesAttemptStreams | SharedMessages, reason: Mapping[str, str]
     ) -> Callable[[str], CancelOutcome | None] | None:
-        """How to ask the function to stop this call (told why), if this client forwards
-        termination."""
+        """How to ask the function to stop this call (told why), if this client may."""
         if not self.forward_termination:
             return None
         return lambda why: streams.cancel({"reason": why, **reason})
 
-
-def call_metadata(
-    function_url: str, invocation_id: str, response: FunctionResponse
-) -> dict[str, Any]:
-    """What the client knows about the call, for the materialization."""
-    metadata: dict[str, Any] = {
-        "function_url": function_url,
-        "function_call_s": round(response.elapsed_s, 3),
-        "invocation_id": invocation_id,
-        "http_attempts": response.attempts,
-    }
-    handler_s = response.body.get("duration_s")
-    if isinstance(handler_s, int | float):  # reported by gcf_pipes' handler
-        metadata["function_handler_s"] = handler_s
-    return metadata
+    def _begin_attempt(
+        self,
+        call: Call,
+        streams: PipesAttemptStreams | SharedMessages,
+        reason: Mapping[str, str],
+        context: Context,
+    ) -> PipesParams:
+        """The messages params of the attempt about to be sent. The attempt given up before
+        it, if it may have reached the handler, is asked to stop: two copies of one call then
+        never work side by side for long."""
+        abandoned = call.abandoned
+        if abandoned is None:
+            return streams.params()
+        params = streams.begin_attempt(call.number, abandoned.reason)
+        if abandoned.may_have_run and self.forward_termination:
+            why = f"attempt {call.number - 1} abandoned ({abandoned.reason})"
+            if outcome := streams.cancel({"reason": why, **reason}, abandoned_only=True):
+                context.log.info(f"[pipes] before attempt {call.number}: {outcome.describe()}")
+        return params

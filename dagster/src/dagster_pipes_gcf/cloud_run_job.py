@@ -17,8 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from dagster import PipesClient, open_pipes_session
-from dagster._core.definitions.resource_annotation import TreatAsResourceParam
 from dagster._core.errors import DagsterExecutionInterruptedError, DagsterPipesExecutionError
 from dagster_pipes import PipesExtras
 from google.api_core import exceptions as gexc
@@ -36,13 +34,11 @@ from tenacity import (
 )
 
 from dagster_pipes_gcf.client import (
-    INVOCATION_ID_EXTRA,
-    STEP_CALLS,
     Context,
+    GcpPipesClient,
     PipesCloudFunctionCompletedInvocation,
 )
 from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
-from dagster_pipes_gcf.partition_range import PipesPartitionRangeInjector
 from dagster_pipes_gcf.task_messages import PipesCloudRunTaskMessageReader
 
 ContainerOverride = run_v2.RunJobRequest.Overrides.ContainerOverride
@@ -92,11 +88,10 @@ class JobPolicy:
     request_timeout_s: float = 30.0
 
 
-class PipesCloudRunJobClient(PipesClient, TreatAsResourceParam):
+class PipesCloudRunJobClient(GcpPipesClient):
     """Pipes client that runs a Cloud Run job execution and streams every task's messages.
 
-    Each task appends ``/task-<index>/attempt-<attempt>`` to the messages ``key_prefix``,
-    so the messages of a retried task attempt are never mixed with its earlier attempt's.
+    Each task appends ``/task-<index>/attempt-<attempt>`` to the messages ``key_prefix``.
     Invocation id (Pipes extra ``invocation_id``): one per ``run()`` call, as for
     :class:`~dagster_pipes_gcf.PipesCloudFunctionClient`; the tasks derive their own
     (``<id>.task-<index>``), so task retries and step retries commit each share once.
@@ -115,7 +110,8 @@ class PipesCloudRunJobClient(PipesClient, TreatAsResourceParam):
         policy: JobPolicy | None = None,
         forward_termination: bool = True,
     ):
-        self.message_reader = message_reader
+        self.message_reader: PipesCloudRunTaskMessageReader = message_reader
+        self.context_injector = PipesCloudFunctionEventContextInjector()
         self.policy = policy or JobPolicy()
         self.forward_termination = forward_termination
         self._api = api
@@ -125,10 +121,6 @@ class PipesCloudRunJobClient(PipesClient, TreatAsResourceParam):
         if self._api is None:
             self._api = CloudRunJobsApi.default()
         return self._api
-
-    @classmethod
-    def _is_dagster_maintained(cls) -> bool:
-        return False
 
     def run(  # type: ignore[override]
         self,
@@ -151,30 +143,21 @@ class PipesCloudRunJobClient(PipesClient, TreatAsResourceParam):
             DagsterPipesExecutionError: a task failed (named, with its exit state and log
                 link), or a task that succeeded left its messages incomplete.
         """
-        invocation_id = STEP_CALLS.next_for(context, call_key)
-        with open_pipes_session(
-            context=context,
-            context_injector=PipesPartitionRangeInjector(
-                PipesCloudFunctionEventContextInjector(), context
-            ),
-            message_reader=self.message_reader,
-            extras={**(extras or {}), INVOCATION_ID_EXTRA: invocation_id},
-        ) as session:
+        with self.open_session(context, extras, call_key) as (session, invocation_id):
             bootstrap = {**(env or {}), **session.get_bootstrap_env_vars()}
             request = run_request(job_name, args, bootstrap, task_count, timeout_s)
-            launched: str | None = None
+            execution: run_v2.Execution | None = None
             try:
                 with interrupts_deferred():  # an execution we started must be known to cancel it
                     execution = self._launch(request, context)
-                    launched = execution.name
                 context.log.info(
                     f"[pipes] Cloud Run job execution {execution.name} started with "
                     f"{execution.task_count} task(s) ({invocation_id}); logs: {execution.log_uri}"
                 )
                 execution = self._wait(execution.name)
             except BaseException:  # run terminated (Dagster's interrupt), or polling failed
-                if launched is not None and self.forward_termination:
-                    self._cancel(launched, context)
+                if execution is not None and self.forward_termination:
+                    self._cancel(execution.name, context)
                 raise
             tasks = list(self.api.tasks.list_tasks(parent=execution.name))
             if execution.succeeded_count != execution.task_count:
@@ -186,9 +169,16 @@ class PipesCloudRunJobClient(PipesClient, TreatAsResourceParam):
             self.message_reader.finish(
                 session.message_reader_params, {task.index: task.retried for task in tasks}
             )
-        return PipesCloudFunctionCompletedInvocation(
-            session, metadata=execution_metadata(execution, invocation_id)
-        )
+        metadata = {
+            "cloud_run_execution": execution.name,
+            "cloud_run_log_uri": execution.log_uri,
+            "task_count": execution.task_count,
+            "tasks_succeeded": execution.succeeded_count,
+            "tasks_failed": execution.failed_count,
+            "tasks_retried": execution.retried_count,
+            "invocation_id": invocation_id,
+        }
+        return PipesCloudFunctionCompletedInvocation(session, metadata=metadata)
 
     def _launch(self, request: run_v2.RunJobRequest, context: Context) -> run_v2.Execution:
         """Start the execution, retrying quota refusals within the launch deadline."""
@@ -299,19 +289,6 @@ def describe_failure(execution: run_v2.Execution, tasks: Sequence[run_v2.Task]) 
 def _succeeded(task: run_v2.Task) -> bool:
     state = run_v2.Condition.State.CONDITION_SUCCEEDED
     return any(c.type_ == "Completed" and c.state == state for c in task.conditions)
-
-
-def execution_metadata(execution: run_v2.Execution, invocation_id: str) -> dict[str, Any]:
-    """What the client knows about the execution, for the materialization."""
-    return {
-        "cloud_run_execution": execution.name,
-        "cloud_run_log_uri": execution.log_uri,
-        "task_count": execution.task_count,
-        "tasks_succeeded": execution.succeeded_count,
-        "tasks_failed": execution.failed_count,
-        "tasks_retried": execution.retried_count,
-        "invocation_id": invocation_id,
-    }
 
 
 def event_args(event: Mapping[str, Any]) -> list[str]:

@@ -1,12 +1,10 @@
 """Calling the Cloud Function over HTTP: auth, timeouts, retries and error reporting.
 
-Retries distinguish what provably never reached the function's handler (connection refused,
-connect timeout, 429, a platform 503) from ambiguous outcomes where the handler may have run
-(a platform 500/502/504, a connection reset after the request was sent). Only the first kind
-is retried by default; the second only with ``InvocationPolicy(retry_ambiguous=True)``.
-Cloud Run also answers a bare 503 when an instance dies mid-request, so a 429/503 counts as
-never reached only while the attempt shows no sign that its handler ran (the client checks
-for the attempt's Pipes messages).
+Only what provably never reached the handler (connection refused, connect timeout, 429, a
+platform 503) is retried by default; outcomes where the handler may have run (a platform
+500/502/504, a connection lost after sending) only with ``retry_ambiguous=True``. Cloud Run
+also answers 503 when an instance dies mid-request, so a 429/503 counts as never reached
+only while the attempt left no Pipes messages.
 """
 
 from __future__ import annotations
@@ -94,10 +92,6 @@ class InvocationPolicy:
         if self.deadline is not None and not self.deadline > 0:
             raise ValueError("InvocationPolicy.deadline must be > 0 (or None)")
 
-    def deadline_for(self, timeout: float) -> float:
-        """The overall deadline in seconds for a call whose attempts time out after ``timeout``."""
-        return self.deadline if self.deadline is not None else timeout + DEFAULT_RETRY_ALLOWANCE_S
-
     def allows(self, outcome: Outcome) -> bool:
         return outcome is Outcome.NOT_REACHED or self.retry_ambiguous
 
@@ -133,19 +127,14 @@ class CloudFunctionError(Failure):
     ):
         self.summary = description
         self.remote_traceback = remote_traceback
-        super().__init__(description=self._full(), metadata=metadata)
-
-    def _full(self, traceback_note: str | None = None) -> str:
-        if traceback_note is not None:
-            return f"{self.summary}\n({traceback_note})"
-        if self.remote_traceback:
-            return f"{self.summary}\n\nRemote traceback:\n{self.remote_traceback}"
-        return self.summary
+        if remote_traceback:
+            description += f"\n\nRemote traceback:\n{remote_traceback}"
+        super().__init__(description=description, metadata=metadata)
 
     def traceback_shown_elsewhere(self, where: str) -> None:
         """Leave the remote traceback out and point to ``where`` the run shows it (once)."""
         if self.remote_traceback:
-            self.description = self._full(f"remote traceback: {where}")
+            self.description = f"{self.summary}\n(remote traceback: {where})"
             self.args = (self.description,)
 
 
@@ -161,9 +150,6 @@ class AbandonedAttempt:
 
     reason: str
     may_have_run: bool
-
-    def __str__(self) -> str:
-        return self.reason
 
 
 # Whether attempt ``n``'s handler left evidence that it ran (e.g. its Pipes messages).
@@ -185,9 +171,7 @@ class _FailedAttempt(Exception):
         self.reason = reason
         self.response = response
         self.error = error
-        # Refused on this machine: a local function that is not running; a restarting one is
-        # back within a moment, so long backoffs only delay the failure.
-        self.refused_locally = False
+        self.refused_locally = False  # see _backoff
 
     def rechecked(
         self, attempt: int, handler_started: HandlerStarted | None, seconds_left: float
@@ -233,15 +217,11 @@ def _json_body(response: requests.Response) -> Mapping[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _is_handler_error(response: requests.Response) -> bool:
-    """True when the body is our handler's structured error: retrying would redo the work."""
-    body = _json_body(response)
-    return bool(body and body.get("status") == "error" and isinstance(body.get("error"), dict))
-
-
 def classify_response(response: requests.Response) -> Outcome | None:
-    """How a non-2xx response may be retried; None: final (a 2xx, 4xx or the handler's own)."""
-    if response.ok or _is_handler_error(response):
+    """How a non-2xx response may be retried; None: final (a 2xx, 4xx or the handler's own
+    structured error: retrying would redo the work)."""
+    body = _json_body(response) or {}
+    if response.ok or (body.get("status") == "error" and isinstance(body.get("error"), dict)):
         return None
     if response.status_code in (429, 503):  # the platform refused it before any instance ran it
         return Outcome.NOT_REACHED
@@ -316,20 +296,6 @@ def _response_error(
     )
 
 
-def _ambiguity_failure(url: str, failed: _FailedAttempt, attempts: int) -> CloudFunctionError:
-    description = (
-        f"ambiguous outcome calling the Cloud Function at {url} (attempt {attempts}): "
-        f"{failed.reason}. The function may have run, so the call was not retried. If the "
-        "function is idempotent on the invocation id (X-Dagster-Invocation-Id), allow such "
-        "retries with InvocationPolicy(retry_ambiguous=True)."
-    )
-    if failed.response is not None:
-        return _response_error(url, failed.response, before=f"{description}\n\n")
-    return CloudFunctionError(
-        description=description, metadata={"function_url": MetadataValue.url(url)}
-    )
-
-
 class _Clock:
     """The overall deadline of one call."""
 
@@ -383,90 +349,6 @@ class CloudFunctionInvoker:
                 call.post(payload, handler_started)
         return call.result()
 
-    def _failure(
-        self, url: str, failed: _FailedAttempt, attempts: int, clock: _Clock
-    ) -> CloudFunctionError:
-        if not self.policy.allows(failed.outcome):
-            return _ambiguity_failure(url, failed, attempts)
-        gave_up = f"gave up after {attempts} attempt(s) in {clock.elapsed():.1f}s"
-        if clock.remaining() <= 0 or attempts < self.policy.attempts:
-            gave_up += f" (deadline {clock.seconds:g}s)"
-        if failed.response is not None:
-            return _response_error(url, failed.response, after=f"\n({gave_up})")
-        return CloudFunctionError(
-            description=f"could not reach the Cloud Function at {url} after {attempts} "
-            f"attempt(s): {failed.reason} ({gave_up})"
-        )
-
-    def _post(
-        self,
-        url: str,
-        data: str,
-        headers: Mapping[str, str] | None,
-        attempt_timeout: float,
-        clock: _Clock,
-    ) -> requests.Response:
-        """One attempt, within what is left of the deadline: the token, connecting, the answer."""
-        auth_headers = self._auth_headers(url, clock)
-        wait = min(attempt_timeout, clock.remaining())
-        if wait <= 0:
-            raise _DeadlinePassed("before the attempt could be sent")
-        try:
-            response = self.session.post(
-                url,
-                data=data,
-                headers={
-                    "Content-Type": "application/json",
-                    # A fresh connection per attempt: a pooled keep-alive connection that the
-                    # server closed while idle fails only once the request is written, which
-                    # would look like an ambiguous "reset after sending" instead of a clean
-                    # connect error. Calls are long, so a new handshake costs nothing.
-                    "Connection": "close",
-                    **auth_headers,
-                    **(headers or {}),
-                },
-                timeout=(min(self.policy.connect_timeout, wait), wait),
-            )
-        except requests.ReadTimeout as exc:
-            raise _Unanswered(wait, attempt_timeout) from exc
-        except requests.RequestException as exc:
-            outcome = classify_exception(exc)
-            if outcome is None:
-                raise
-            failed = _FailedAttempt(outcome, _describe_exception(url, exc), error=exc)
-            failed.refused_locally = is_loopback(url) and _caused_by(exc, ConnectionRefusedError)
-            raise failed from exc
-        outcome = classify_response(response)
-        if outcome is not None:
-            raise _FailedAttempt(outcome, _describe_status(response), response=response)
-        return response
-
-    def _auth_headers(self, url: str, clock: _Clock) -> dict[str, str]:
-        """The ID token header; a token that google-auth could not get is an attempt that
-        never reached the function (retried if google-auth says the error is transient)."""
-        try:
-            return self.auth.headers_for(url, timeout=clock.remaining())
-        except TokenTimeout as exc:
-            raise _DeadlinePassed(f"while waiting for an ID token ({exc})") from exc
-        except google.auth.exceptions.TransportError as exc:
-            reason = f"no ID token: google-auth could not reach its token service ({exc})"
-            raise _FailedAttempt(Outcome.NOT_REACHED, reason, error=exc) from exc
-        except google.auth.exceptions.GoogleAuthError as exc:
-            if isinstance(exc, google.auth.exceptions.RefreshError) and exc.retryable:
-                reason = f"no ID token: google-auth's refresh failed transiently ({exc})"
-                raise _FailedAttempt(Outcome.NOT_REACHED, reason, error=exc) from exc
-            cause = (
-                missing_credentials_hint(exc)
-                + " ID tokens come from a service account: with a user's credentials, set "
-                "IdTokenAuth(impersonate_service_account=...)."
-                if isinstance(exc, google.auth.exceptions.DefaultCredentialsError)
-                else f"{type(exc).__name__}: {exc}"
-            )
-            raise CloudFunctionError(
-                description=f"no ID token to call the Cloud Function at {url}, so it was not "
-                f"called: {cause}"
-            ) from None
-
 
 class Call:
     """One call's HTTP attempts, driven by the caller::
@@ -489,15 +371,19 @@ class Call:
         attempt_timeout: float,
     ):
         self.invoker, self.url, self.headers = invoker, url, headers
+        self.policy = invoker.policy
         self.attempt_timeout = attempt_timeout
-        self.clock = _Clock(invoker.policy.deadline_for(attempt_timeout))
+        deadline = self.policy.deadline
+        self.clock = _Clock(
+            attempt_timeout + DEFAULT_RETRY_ALLOWANCE_S if deadline is None else deadline
+        )
         self.number = 0  # the attempt being made, from 1
         self.abandoned: AbandonedAttempt | None = None  # why the previous attempt was given up
         self._ambiguous = False  # an abandoned attempt may still be running
         self._response: requests.Response | None = None
 
     def attempts(self) -> Iterator[AttemptManager]:
-        policy, clock = self.invoker.policy, self.clock
+        policy, clock, url = self.policy, self.clock, self.url
         retrying = Retrying(
             stop=stop_after_attempt(policy.attempts) | stop_before_delay(clock.seconds),
             wait=_backoff(policy),
@@ -506,46 +392,39 @@ class Call:
             ),
             reraise=True,
         )
-        url = self.url
         try:
             for attempt in retrying:
                 self.number += 1
                 yield attempt
         except _FailedAttempt as failed:
             # The description quotes the transport error: chaining it would print it twice.
-            failure = self.invoker._failure(url, failed, self.number, clock)
-            raise _may_still_run(failure, self._ambiguous) from None
+            raise _may_still_run(self._failure(failed), self._ambiguous) from None
         except _DeadlinePassed as passed:
-            raise _may_still_run(
-                CloudFunctionError(
-                    description=f"the call to the Cloud Function at {url} ran out of time: its "
-                    f"deadline of {clock.seconds:g}s passed {passed} (attempt {self.number}, "
-                    f"{clock.elapsed():.1f}s after the call began)"
-                ),
-                self._ambiguous,
-            ) from None
+            description = (
+                f"the call to the Cloud Function at {url} ran out of time: its deadline of "
+                f"{clock.seconds:g}s passed {passed} (attempt {self.number}, "
+                f"{clock.elapsed():.1f}s after the call began)"
+            )
+            raise _may_still_run(CloudFunctionError(description), self._ambiguous) from None
         except _Unanswered as unanswered:
-            raise _may_still_run(
-                CloudFunctionError(description=_describe_unanswered(url, unanswered, clock))
-            ) from unanswered.__cause__
+            description = f"Cloud Function at {url} did not answer within {unanswered.waited:g}s"
+            if unanswered.cut_by_deadline:
+                description = (
+                    f"Cloud Function at {url} did not answer before the call's deadline of "
+                    f"{clock.seconds:g}s ({unanswered.waited:.1f}s of it were left for the "
+                    "last attempt); it may still be working"
+                )
+            raise _may_still_run(CloudFunctionError(description)) from unanswered.__cause__
         except requests.RequestException as exc:
-            raise _may_still_run(
-                CloudFunctionError(
-                    description=f"calling the Cloud Function at {url} failed: "
-                    f"{type(exc).__name__}: {exc}"
-                ),
-                self._ambiguous,
-            ) from None
+            description = f"calling the Cloud Function at {url} failed: {type(exc).__name__}: {exc}"
+            raise _may_still_run(CloudFunctionError(description), self._ambiguous) from None
 
     def post(
         self, payload: Mapping[str, Any], handler_started: HandlerStarted | None = None
     ) -> None:
         """Send attempt :attr:`number`; a failure raised here is judged by :meth:`attempts`."""
-        data = json.dumps(payload)
         try:
-            self._response = self.invoker._post(
-                self.url, data, self.headers, self.attempt_timeout, self.clock
-            )
+            self._response = self._send(json.dumps(payload))
         except _FailedAttempt as refused:
             failed = refused.rechecked(self.number, handler_started, self.clock.remaining())
             self.abandoned = AbandonedAttempt(failed.reason, failed.outcome is Outcome.AMBIGUOUS)
@@ -567,31 +446,109 @@ class Call:
             attempts=self.number,
         )
 
+    def _send(self, data: str) -> requests.Response:
+        """One attempt, within what is left of the deadline: the token, connecting, the answer."""
+        url = self.url
+        auth_headers = self._auth_headers()
+        wait = min(self.attempt_timeout, self.clock.remaining())
+        if wait <= 0:
+            raise _DeadlinePassed("before the attempt could be sent")
+        try:
+            response = self.invoker.session.post(
+                url,
+                data=data,
+                headers={
+                    "Content-Type": "application/json",
+                    # A fresh connection per attempt: a pooled keep-alive connection that the
+                    # server closed while idle fails only once the request is written, which
+                    # would look like an ambiguous "reset after sending".
+                    "Connection": "close",
+                    **auth_headers,
+                    **self.headers,
+                },
+                timeout=(min(self.policy.connect_timeout, wait), wait),
+            )
+        except requests.ReadTimeout as exc:
+            raise _Unanswered(wait, self.attempt_timeout) from exc
+        except requests.RequestException as exc:
+            outcome = classify_exception(exc)
+            if outcome is None:
+                raise
+            failed = _FailedAttempt(outcome, _describe_exception(url, exc), error=exc)
+            failed.refused_locally = is_loopback(url) and _caused_by(exc, ConnectionRefusedError)
+            raise failed from exc
+        if (outcome := classify_response(response)) is not None:
+            # The platform's own errors and a function that crashed outside Pipes look alike.
+            what = "without an answer from the handler"
+            if _json_body(response) is not None:
+                what = "with a JSON body that is not the handler's error"
+            reason = f"HTTP {response.status_code} {what}"
+            raise _FailedAttempt(outcome, reason, response=response)
+        return response
+
+    def _auth_headers(self) -> dict[str, str]:
+        """The ID token header; a token that google-auth could not get is an attempt that
+        never reached the function (retried if google-auth says the error is transient)."""
+        try:
+            return self.invoker.auth.headers_for(self.url, timeout=self.clock.remaining())
+        except TokenTimeout as exc:
+            raise _DeadlinePassed(f"while waiting for an ID token ({exc})") from exc
+        except google.auth.exceptions.TransportError as exc:
+            reason = f"no ID token: google-auth could not reach its token service ({exc})"
+            raise _FailedAttempt(Outcome.NOT_REACHED, reason, error=exc) from exc
+        except google.auth.exceptions.GoogleAuthError as exc:
+            if isinstance(exc, google.auth.exceptions.RefreshError) and exc.retryable:
+                reason = f"no ID token: google-auth's refresh failed transiently ({exc})"
+                raise _FailedAttempt(Outcome.NOT_REACHED, reason, error=exc) from exc
+            cause = (
+                missing_credentials_hint(exc)
+                + " ID tokens come from a service account: with a user's credentials, set "
+                "IdTokenAuth(impersonate_service_account=...)."
+                if isinstance(exc, google.auth.exceptions.DefaultCredentialsError)
+                else f"{type(exc).__name__}: {exc}"
+            )
+            raise CloudFunctionError(
+                description=f"no ID token to call the Cloud Function at {self.url}, so it was "
+                f"not called: {cause}"
+            ) from None
+
+    def _failure(self, failed: _FailedAttempt) -> CloudFunctionError:
+        url, attempts, clock = self.url, self.number, self.clock
+        if not self.policy.allows(failed.outcome):
+            description = (
+                f"ambiguous outcome calling the Cloud Function at {url} (attempt {attempts}): "
+                f"{failed.reason}. The function may have run, so the call was not retried. If "
+                "the function is idempotent on the invocation id (X-Dagster-Invocation-Id), "
+                "allow such retries with InvocationPolicy(retry_ambiguous=True)."
+            )
+            if failed.response is not None:
+                return _response_error(url, failed.response, before=f"{description}\n\n")
+            return CloudFunctionError(description, {"function_url": MetadataValue.url(url)})
+        gave_up = f"gave up after {attempts} attempt(s) in {clock.elapsed():.1f}s"
+        if clock.remaining() <= 0 or attempts < self.policy.attempts:
+            gave_up += f" (deadline {clock.seconds:g}s)"
+        if failed.response is not None:
+            return _response_error(url, failed.response, after=f"\n({gave_up})")
+        return CloudFunctionError(
+            f"could not reach the Cloud Function at {url} after {attempts} attempt(s): "
+            f"{failed.reason} ({gave_up})"
+        )
+
 
 def _backoff(policy: InvocationPolicy) -> Callable[[RetryCallState], float]:
-    """The policy's exponential backoff, cut short after a loopback refusal."""
+    """The policy's exponential backoff, cut short after a loopback refusal: a local function
+    that is not running stays down, a restarting one is back within a moment."""
     exponential = wait_exponential_jitter(
         multiplier=policy.initial_backoff, max=policy.max_backoff, jitter=policy.initial_backoff
     )
 
     def wait(state: RetryCallState) -> float:
         failed = state.outcome.exception() if state.outcome else None
-        seconds = exponential(state)
         if isinstance(failed, _FailedAttempt) and failed.refused_locally:
-            return min(seconds, LOCAL_REFUSED_BACKOFF_S)
-        return seconds
+            return min(exponential(state), LOCAL_REFUSED_BACKOFF_S)
+        return exponential(state)
 
     return wait
-
-
-def _describe_unanswered(url: str, unanswered: _Unanswered, clock: _Clock) -> str:
-    if unanswered.cut_by_deadline:
-        return (
-            f"Cloud Function at {url} did not answer before the call's deadline of "
-            f"{clock.seconds:g}s ({unanswered.waited:.1f}s of it were left for the last "
-            "attempt); it may still be working"
-        )
-    return f"Cloud Function at {url} did not answer within {unanswered.waited:g}s"
 
 
 def _describe_exception(url: str, exc: requests.RequestException) -> str:
@@ -603,10 +560,3 @@ def _describe_exception(url: str, exc: requests.RequestException) -> str:
     if _caused_by(exc, NewConnectionError):
         return f"connection refused or host unreachable ({exc})"
     return f"connection lost after the request was sent ({type(exc).__name__}: {exc})"
-
-
-def _describe_status(response: requests.Response) -> str:
-    if _json_body(response) is None:
-        # The platform's own errors and a function that crashed outside Pipes look alike.
-        return f"HTTP {response.status_code} without an answer from the handler"
-    return f"HTTP {response.status_code} with a JSON body that is not the handler's error"

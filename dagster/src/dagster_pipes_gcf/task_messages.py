@@ -1,12 +1,11 @@
 """Pipes messages of a Cloud Run Jobs execution: one chunk stream per task attempt.
 
-Every task writes under ``<session prefix>/task-<index>/attempt-<attempt>`` (the task reads
-``CLOUD_RUN_TASK_INDEX`` and ``CLOUD_RUN_TASK_ATTEMPT``), so a retried task never meets its
-earlier attempt's chunks. The reader finds the streams by listing the session prefix,
-streams every log line into Dagster as it arrives, tagged with its task, and holds results
-back. Once the execution is over, the client names the attempt of each task that succeeded;
-only those attempts' results count, each must end with ``closed`` and have no gap, and the
-tasks' results are merged into one per asset (and check) before Dagster sees them.
+Every task writes under ``<session prefix>/task-<index>/attempt-<attempt>``, so a retried
+task never meets its earlier attempt's chunks. The reader finds the streams by listing the
+session prefix and streams every log line into Dagster, tagged with its task. Results are
+held back: once the execution is over, only the attempt of each task that succeeded counts,
+each must end with ``closed``, and the tasks' results are merged into one per asset (and
+check).
 """
 
 from __future__ import annotations
@@ -14,43 +13,34 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 from dagster import PipesMessageHandler
 from dagster._core.errors import DagsterPipesExecutionError
 from dagster_pipes import PipesParams, _make_message
-from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
 
 from dagster_pipes_gcf.message_reader import (
+    GCS_ERRORS,
+    NEVER,
     RESULT_METHODS,
     ChunkStream,
     GcsMessageReader,
-    LogCoalescing,
-    PollingPolicy,
-    note_in_run,
+    MessageStreams,
 )
-
-logger = logging.getLogger(__name__)
 
 _TASK_CHUNK = re.compile(r"/task-(\d+)/attempt-(\d+)/\d+\.json$")
 # Metadata of the tasks' materializations that adds up; other numbers take the largest.
 SUMMED_METADATA = frozenset({"rows_written", "days"})
 
 
-def task_key_prefix(session_prefix: str, index: int, attempt: int) -> str:
-    """Where task ``index``'s attempt ``attempt`` writes its messages."""
-    return f"{session_prefix}/task-{index}/attempt-{attempt}"
-
-
 @dataclass
 class TaskStream:
-    """The messages of one task attempt; its results are held back until it is known to
-    be the attempt that succeeded."""
+    """One task attempt's messages; its results wait until it is known to have succeeded."""
 
     index: int
     attempt: int
@@ -62,51 +52,52 @@ class TaskStream:
         return f"task {self.index}" + (f" attempt {self.attempt}" if self.attempt else "")
 
 
-class TaskStreams:
-    """The task streams of one Pipes session, read by a poller and then drained."""
+class TaskStreams(MessageStreams):
+    """The task streams of one Pipes session."""
 
-    def __init__(
-        self,
-        *,
-        bucket: storage.Bucket,
-        session_prefix: str,
-        handler: PipesMessageHandler,
-        policy: PollingPolicy,
-        coalescing: LogCoalescing | None,
-    ):
-        self.bucket, self.session_prefix, self.handler = bucket, session_prefix, handler
-        self.policy, self.coalescing = policy, coalescing
-        self.streams: dict[tuple[int, int], TaskStream] = {}
-        self.final: dict[int, int] | None = None  # task index -> its succeeded attempt
+    def __init__(self, **streams: Any):
+        super().__init__(**streams)
+        self.tasks: dict[tuple[int, int], TaskStream] = {}
         self._opened = False
-        self._reading = threading.Lock()
 
-    def params(self) -> PipesParams:
-        return {"bucket": self.bucket.name, "key_prefix": self.session_prefix}
+    def task(self, index: int, attempt: int) -> TaskStream:
+        prefix = f"{self.session_prefix}/task-{index}/attempt-{attempt}"
+        if (index, attempt) not in self.tasks:
+            self.tasks[(index, attempt)] = TaskStream(index, attempt, self.chunks(prefix))
+        return self.tasks[(index, attempt)]
 
-    def stream(self, index: int, attempt: int) -> TaskStream:
-        key = (index, attempt)
-        if key not in self.streams:
-            prefix = task_key_prefix(self.session_prefix, index, attempt)
-            chunks = ChunkStream(self.bucket, prefix, self.policy, self.coalescing)
-            self.streams[key] = TaskStream(index, attempt, chunks)
-        return self.streams[key]
-
-    def discover(self) -> None:
+    def discover(self, *, deadline: float) -> None:
         """Add the streams that wrote a chunk since the last look."""
-        blobs = self.bucket.client.list_blobs(
-            self.bucket, prefix=f"{self.session_prefix}/task-", timeout=self.policy.request_timeout
-        )
-        for blob in blobs:
-            if match := _TASK_CHUNK.search(blob.name):
-                self.stream(int(match.group(1)), int(match.group(2)))
+        prefix = f"{self.session_prefix}/task-"
+        try:
+            names = [
+                blob.name
+                for blob in self.bucket.client.list_blobs(
+                    self.bucket,
+                    prefix=prefix,
+                    timeout=self.policy.request_timeout,
+                    retry=DEFAULT_RETRY.with_timeout(deadline),
+                )
+            ]
+        except GCS_ERRORS as exc:  # quoted below: chained, it would be printed twice
+            raise DagsterPipesExecutionError(
+                f"could not list the Pipes messages under gs://{self.bucket.name}/{prefix} "
+                f"(retried for {deadline:g}s): {type(exc).__name__}: {exc}"
+            ) from None
+        for match in filter(None, map(_TASK_CHUNK.search, names)):
+            self.task(int(match.group(1)), int(match.group(2)))
 
     def read_available(self, stop: threading.Event) -> int:
-        """Deliver what every stream has now; return how many messages were read."""
+        """After the call (``NEVER`` stops it) a failing listing is retried for the policy's
+        ``list_deadline``; otherwise for one poll interval (the poller lists again at its
+        next poll, and must never hold the final read back for long)."""
+        patient = stop is NEVER
         read = 0
         with self._reading:
-            self.discover()
-            for task in sorted(self.streams.values(), key=lambda t: (t.index, t.attempt)):
+            self.discover(
+                deadline=self.policy.list_deadline if patient else self.policy.max_interval
+            )
+            for task in sorted(self.tasks.values(), key=lambda t: (t.index, t.attempt)):
                 while not stop.is_set() and (message := task.stream.next_message(stop)):
                     self._deliver(task, message)
                     read += 1
@@ -124,7 +115,7 @@ class TaskStreams:
             self.handler.handle_message({**message, "params": {**params, "message": text}})  # type: ignore[typeddict-item]
         elif method == "closed":
             if exception := params.get("exception"):
-                self._note(
+                self.note(
                     logging.ERROR,
                     f"[pipes] {task.tag} failed: {exception.get('name')}: "
                     f"{str(exception.get('message', '')).strip()}",
@@ -134,43 +125,24 @@ class TaskStreams:
         else:
             self.handler.handle_message(message)
 
-    def finish(self, final_attempts: Mapping[int, int], timeout: float) -> None:
-        """Read each task's succeeded attempt to its ``closed`` (within ``timeout``), then
-        deliver the merged results. Raises naming every task whose messages are incomplete."""
-        finals = [self.stream(index, attempt) for index, attempt in final_attempts.items()]
-        deadline = time.monotonic() + timeout
-        never = threading.Event()
-        while True:
-            self.read_available(never)
-            incomplete = [task for task in finals if not task.stream.closed_seen]
-            if not incomplete or time.monotonic() >= deadline:
-                break
-            time.sleep(self.policy.min_interval)
-        if incomplete:
+    def finish(self, final_attempts: Mapping[int, int]) -> None:
+        """Read each task's succeeded attempt to its ``closed``, then deliver the merged
+        results. Raises naming every task whose messages are incomplete."""
+        finals = [self.task(index, attempt) for index, attempt in final_attempts.items()]
+        timeout = self.policy.drain_timeout
+        self.read_until(lambda: all(task.stream.closed_seen for task in finals), timeout)
+        if incomplete := [task for task in finals if not task.stream.closed_seen]:
             raise DagsterPipesExecutionError(
                 "Pipes messages are incomplete for task(s) that succeeded: "
-                + "; ".join(_incomplete(task, timeout) for task in incomplete)
+                + "; ".join(f"{task.tag}: {task.stream.incomplete(timeout)}" for task in incomplete)
             )
         for message in merge_results([task.results for task in finals]):
             self.handler.handle_message(message)
         self.handler.handle_message(_make_message("closed", None))
 
-    def _note(self, level: int, text: str) -> None:
-        note_in_run(self.handler, level, text)
-
-
-def _incomplete(task: TaskStream, timeout: float) -> str:
-    chunks = task.stream
-    later = [i for i in chunks.present_chunk_indexes() if i > chunks.next_index]
-    if later:
-        return (
-            f"{task.tag}: chunk {chunks.next_index} is missing while chunk(s) {later[:10]} "
-            f"exist at {chunks.location}"
-        )
-    return (
-        f"{task.tag}: no `closed` message within {timeout:g}s ({chunks.messages_read} "
-        f"message(s) read from {chunks.location})"
-    )
+    def after_failure(self) -> None:
+        with suppress(Exception):  # the failed tasks' last lines, before the step's error
+            self.read_available(threading.Event())
 
 
 def merge_results(per_task: Sequence[Sequence[Any]]) -> list[Any]:
@@ -241,48 +213,28 @@ def _largest(versions: list[Any]) -> Any:
 class PipesCloudRunTaskMessageReader(GcsMessageReader):
     """Reads the Pipes messages every task of a Cloud Run Jobs execution writes to GCS
     (arguments as :class:`~dagster_pipes_gcf.PipesCloudStorageMessageReader`; ``prefix``
-    defaults to ``dagster-pipes-jobs``).
+    defaults to ``dagster-pipes-jobs``; the orchestrator also needs to list the bucket).
 
-    The session's params name the bucket and the session prefix; each task appends
-    ``/task-<CLOUD_RUN_TASK_INDEX>/attempt-<CLOUD_RUN_TASK_ATTEMPT>``. The client calls
-    :meth:`finish` with the attempt of each task that succeeded once the execution is over.
+    Each task appends ``/task-<CLOUD_RUN_TASK_INDEX>/attempt-<CLOUD_RUN_TASK_ATTEMPT>`` to
+    the session's key prefix. The client calls :meth:`finish` once the execution is over.
     """
 
     default_prefix = "dagster-pipes-jobs"
 
-    _sessions: dict[str, TaskStreams]
-
-    def finish(self, params: PipesParams, final_attempts: Mapping[int, int]) -> None:
-        """The execution succeeded with these attempts: read them to the end and deliver
-        their merged results (raises when any is incomplete)."""
-        streams = self._sessions[str(params["key_prefix"])]
-        streams.finish(final_attempts, self.polling.drain_timeout)
-
-    @contextmanager
-    def read_messages(self, handler: PipesMessageHandler) -> Iterator[PipesParams]:
-        session = self.new_key_prefix()
-        streams = TaskStreams(
+    def _streams(self, handler: PipesMessageHandler) -> TaskStreams:
+        return TaskStreams(
             bucket=self.client.bucket(self.bucket),
-            session_prefix=session,
+            session_prefix=self.new_key_prefix(),
             handler=handler,
             policy=self.polling,
             coalescing=self.log_coalescing,
         )
-        self._sessions[session] = streams
-        stop = threading.Event()
-        poller = threading.Thread(target=_poll, args=(streams, stop), daemon=True)
-        poller.start()
-        try:
-            yield streams.params()
-        except Exception:
-            stop.set()
-            poller.join(timeout=1.0)
-            _last_logs(streams)  # the failed tasks' last lines, before the step's error
-            raise
-        finally:
-            stop.set()
-            poller.join(timeout=1.0)
-            self._sessions.pop(session, None)
+
+    def finish(self, params: PipesParams, final_attempts: Mapping[int, int]) -> None:
+        """The execution succeeded with these attempts (task index -> attempt): read them to
+        the end and deliver their merged results (raises when any is incomplete)."""
+        streams: TaskStreams = self._session(params)
+        streams.finish(final_attempts)
 
     def no_messages_debug_text(self) -> str:
         return (
@@ -290,25 +242,3 @@ class PipesCloudRunTaskMessageReader(GcsMessageReader):
             "writes them with PipesCloudStorageMessageWriter under the session's key_prefix "
             "+ /task-<CLOUD_RUN_TASK_INDEX>/attempt-<CLOUD_RUN_TASK_ATTEMPT>."
         )
-
-
-def _poll(streams: TaskStreams, stop: threading.Event) -> None:
-    policy = streams.policy
-    interval = policy.min_interval
-    while not stop.is_set():
-        try:
-            found = streams.read_available(stop)
-        except Exception as exc:  # noqa: BLE001 - reported in the run; the drain reads again
-            if not stop.is_set():
-                streams._note(logging.WARNING, f"[pipes] reading task messages failed: {exc}")
-            found, interval = 0, policy.max_interval
-        interval = policy.next_interval(interval, found)
-        stop.wait(interval)
-
-
-def _last_logs(streams: TaskStreams) -> None:
-    """One more best-effort read after a failure (the error that ended the call wins)."""
-    try:
-        streams.read_available(threading.Event())
-    except Exception as exc:  # noqa: BLE001 - best effort, reported below
-        logger.debug("last read of task messages failed: %s", exc)

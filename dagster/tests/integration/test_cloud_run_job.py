@@ -242,7 +242,8 @@ def test_a_task_that_succeeded_without_closed_fails_the_step(
     assert not result.success
     message = failure(result)
     assert "incomplete for task(s) that succeeded" in message
-    assert "task 0: no `closed` message" in message and "task 1: no `closed`" in message
+    assert "task 0: `closed` message not received" in message
+    assert "task 1: `closed` message not received" in message
 
 
 def test_daily_people_job_runs_one_task_per_month(stack: LocalStack, jobs_endpoint: str) -> None:

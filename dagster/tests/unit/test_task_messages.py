@@ -1,7 +1,16 @@
-"""Merging the results of a Cloud Run execution's tasks into one per asset and check."""
+"""The Cloud Run task reader: merging the tasks' results, and a GCS outage that fails fast."""
 
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 
+from dagster._core.errors import DagsterPipesExecutionError
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+from dagster_pipes_gcf import PipesCloudRunTaskMessageReader
 from dagster_pipes_gcf.task_messages import merge_results
 
 
@@ -40,3 +49,61 @@ def test_a_check_fails_when_any_task_failed_it() -> None:
     [merged] = merge_results([[check(True, "t0")], [check(False, "t1")], [check(True, "t2")]])
     assert merged["params"]["passed"] is False
     assert merged["params"]["metadata"]["note"]["raw_value"] == "t1"
+
+
+class Unavailable(BaseHTTPRequestHandler):
+    """A GCS JSON API whose every request is answered 503 (a persistent outage)."""
+
+    def do_GET(self) -> None:
+        body = b'{"error": {"code": 503, "message": "Service Unavailable"}}'
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class Handler:
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self._context = SimpleNamespace(
+            log=SimpleNamespace(log=lambda level, text: self.notes.append(text))
+        )
+
+    def handle_message(self, message: Any) -> None:
+        pass
+
+
+def test_a_persistent_list_outage_fails_within_the_list_deadline_naming_the_listing() -> None:
+    """google-cloud-storage retries a listing for 120 s by default: the step would hang."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = storage.Client(
+        project="local",
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": f"http://127.0.0.1:{server.server_address[1]}"},
+    )
+    reader = PipesCloudRunTaskMessageReader(bucket="pipes", client=client)
+    errors: list[BaseException] = []
+
+    def finish() -> None:
+        try:
+            with reader.read_messages(Handler()) as params:  # type: ignore[arg-type]
+                reader.finish(params, {0: 0})
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=finish, daemon=True)
+    thread.start()
+    thread.join(30)
+    server.shutdown()
+    assert not thread.is_alive(), "the step was still waiting for GCS after 30 s"
+    assert time.monotonic() - started < 20
+    (error,) = errors
+    assert isinstance(error, DagsterPipesExecutionError)
+    assert "could not list the Pipes messages under gs://pipes/" in str(error)
+    assert "retried for 10s" in str(error) and "503" in str(error)
