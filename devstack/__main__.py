@@ -80,20 +80,18 @@ def plan(
     env = {"DATA_LAKE_URI": settings.data_lake_uri, "PIPES_BUCKET": settings.pipes_bucket}
     services: list[Service] = []
     local_function = not needs_id_token(settings.function_url)
-    emulator_host = os.environ.get("STORAGE_EMULATOR_HOST")
-    if not local_function and emulator_host and "function" in which:
+    mismatch = settings.emulator_mismatch()
+    if mismatch and "function" in which:
         raise ConfigError(
-            f"CLOUD_FUNCTION_URL ({settings.function_url}) is a deployed function but "
-            f"STORAGE_EMULATOR_HOST={emulator_host} is set: the function would write its Pipes "
-            "messages to real GCS while Dagster reads the local emulator. Remove "
-            "STORAGE_EMULATOR_HOST from .env and your shell (`just cloud-env` writes a .env "
-            "without it), or set CLOUD_FUNCTION_URL=http://127.0.0.1:8080 for the local stack."
+            f"{mismatch}. Remove STORAGE_EMULATOR_HOST from .env and your shell (`just "
+            "cloud-env` writes a .env without it), or set "
+            "CLOUD_FUNCTION_URL=http://127.0.0.1:8080 for the local stack."
         )
     if "emulator" in which:
         if not local_function:
             print("devstack: CLOUD_FUNCTION_URL is a deployed function; not starting the emulator")
         else:
-            emulator = emulator_host or DEFAULT_EMULATOR
+            emulator = os.environ.get("STORAGE_EMULATOR_HOST") or DEFAULT_EMULATOR
             env["STORAGE_EMULATOR_HOST"] = emulator
             services += emulator_services(emulator, settings.pipes_bucket, settings.data_lake_uri)
     if "function" in which:

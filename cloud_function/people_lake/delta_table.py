@@ -29,6 +29,7 @@ import itertools
 import json
 import logging
 import random
+import re
 import threading
 import time
 import uuid
@@ -132,12 +133,32 @@ class _Commit:
 _LAKE_WORK = threading.Lock()
 
 
+# delta-rs colours the "↳" lines of its error chains for a terminal (ANSI SGR sequences).
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def without_colour(text: str) -> str:
+    """``text`` without terminal colour codes."""
+    return _ANSI_ESCAPE.sub("", text)
+
+
 @contextmanager
 def lake_work() -> Iterator[None]:
     """Hold while a request uses delta-rs: one request's lake work at a time per process
-    (others wait here, with the GIL released)."""
+    (others wait here, with the GIL released). Its errors leave as plain text: they reach
+    the HTTP answer, the Pipes messages and the logs."""
     with _LAKE_WORK:
-        yield
+        try:
+            yield
+        except Exception as exc:
+            _drop_colour(exc)
+            raise
+
+
+def _drop_colour(exc: BaseException) -> None:
+    """Strip colour codes from a one-message exception in place (its type and traceback stay)."""
+    if len(exc.args) == 1 and isinstance(exc.args[0], str):
+        exc.args = (without_colour(exc.args[0]),)
 
 
 def app_id_for(invocation_id: str) -> str:
@@ -424,7 +445,7 @@ def write_people_table(
             if attempt == COMMIT_ATTEMPTS:
                 raise
             pause = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
-            logger.info("commit conflict (%s); retrying in %.2fs", exc, pause)
+            logger.info("commit conflict (%s); retrying in %.2fs", without_colour(str(exc)), pause)
             time.sleep(pause)
     log = DeltaFileSystemHandler(table.uri, table.storage_options)
     ours = _read_commit(log, committed_version)

@@ -373,6 +373,7 @@ def test_a_lake_that_keeps_failing_ends_in_a_clear_error_and_no_commit(
 
     assert answer.status_code == 500, answer.text
     assert "503" in answer.json()["error"]["message"]
+    assert "\x1b" not in answer.json()["error"]["message"]  # not delta-rs's colour codes
     assert control(proxy, "GET")["injected"][f"{request_class}:503"] > 1
     assert_clear_error_and_at_most_one_commit(stack, run, answer)
     _, commits, _ = table_state(stack, run.table)

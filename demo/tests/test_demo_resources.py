@@ -1,18 +1,16 @@
 """The demo code location's settings change what its client does: who it acts as, which
 token audience it asks for, which outcomes it retries, where the logs link points."""
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import google.auth
 import pytest
 from google.auth import impersonated_credentials
 from google.oauth2 import credentials as user_credentials
 
 import dagster_pipes_gcf.auth
 from dagster_pipes_gcf import CallTrace, PipesCloudFunctionClient
+from devstack.doubles import QuietHandler, serving, user_adc
 from gcf_demo.defs.resources import build_resources
 from gcf_demo.settings import DemoSettings
 
@@ -26,8 +24,7 @@ class TokenRequests:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.impersonated: list[tuple[str, str]] = []
         self.direct: list[str] = []
-        source = user_credentials.Credentials(token="user-access-token")
-        monkeypatch.setattr(google.auth, "default", lambda scopes=None, **_: (source, "p"))
+        user_adc(monkeypatch, "p")
 
         def refresh(credentials: Any, request: Any) -> None:  # binds to the credentials
             self._impersonated_refresh(credentials, request)
@@ -101,7 +98,7 @@ def test_cloud_function_audience_sets_the_token_audience(
         auth.headers_for(settings.function_url)
 
 
-class LosesFirstAnswer(BaseHTTPRequestHandler):
+class LosesFirstAnswer(QuietHandler):
     """Answers the first POST with a bare 502 (the platform lost the answer), then 200."""
 
     posts: list[int]
@@ -110,27 +107,14 @@ class LosesFirstAnswer(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["Content-Length"]))
         self.posts.append(1)
         status, body = (502, b"bad gateway") if len(self.posts) == 1 else (200, b'{"status":"ok"}')
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_: Any) -> None:
-        pass
+        self.answer(status, body)
 
 
 @pytest.fixture
 def loses_first_answer() -> Iterator[tuple[str, list[int]]]:
     posts: list[int] = []
-    server = ThreadingHTTPServer(
-        ("127.0.0.1", 0), type("Handler", (LosesFirstAnswer,), {"posts": posts})
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", posts
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(type("Handler", (LosesFirstAnswer,), {"posts": posts})) as url:
+        yield url, posts
 
 
 def test_the_demo_retries_an_answer_the_platform_lost(

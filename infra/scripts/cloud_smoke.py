@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import deltalake  # noqa: F401 - imported before polars (pulled in by the demo) on purpose
 import google.auth
@@ -79,9 +79,35 @@ class CallLog:
 
 
 @dataclass
-class SmokeReport:
-    """Everything ``just cloud-smoke`` prints."""
+class Report:
+    """A report of ``just cloud-smoke``: its rows, then PASS or FAIL with the fix."""
 
+    title: ClassVar[str]
+    pass_verdict: ClassVar[str]
+    failure: Finding | None = field(default=None, kw_only=True)
+
+    @property
+    def passed(self) -> bool:
+        return self.failure is None
+
+    def rows(self) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def render(self) -> str:
+        lines = [f"  {name:<15}{value}" for name, value in self.rows()]
+        if self.failure is None:
+            verdict = f"PASS: {self.pass_verdict}"
+        else:
+            verdict = f"FAIL: {self.failure.problem}\n  fix: {self.failure.fix}"
+        return f"{self.title}:\n" + "\n".join(lines) + "\n" + verdict
+
+
+@dataclass
+class SmokeReport(Report):
+    """What ``just cloud-smoke`` prints of the function's materialization."""
+
+    title = "cloud-smoke report"
+    pass_verdict = "the function wrote the table and every Pipes message came back."
     function_url: str
     identity: str
     audience: str
@@ -91,14 +117,9 @@ class SmokeReport:
     delta_version: int | None = None
     trace_id: str | None = None
     logging_url: str | None = None
-    failure: Finding | None = None
 
-    @property
-    def passed(self) -> bool:
-        return self.failure is None
-
-    def render(self) -> str:
-        rows = [
+    def rows(self) -> list[tuple[str, str]]:
+        return [
             ("function", self.function_url),
             ("identity", self.identity),
             ("token audience", self.audience),
@@ -110,12 +131,6 @@ class SmokeReport:
             ("trace id", self.trace_id or "-"),
             ("trace logs", self.logging_url or "-"),
         ]
-        lines = [f"  {name:<15}{value}" for name, value in rows]
-        if self.failure is None:
-            verdict = "PASS: the function wrote the table and every Pipes message came back."
-        else:
-            verdict = f"FAIL: {self.failure.problem}\n  fix: {self.failure.fix}"
-        return "cloud-smoke report:\n" + "\n".join(lines) + "\n" + verdict
 
 
 def _statuses(statuses: Sequence[int]) -> str:
@@ -190,11 +205,10 @@ def token_audience(settings: DemoSettings) -> str:
 
 
 def check_settings(settings: DemoSettings) -> Finding | None:
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-    if needs_id_token(settings.function_url) and emulator:
+    mismatch = settings.emulator_mismatch()
+    if mismatch:
         return Finding(
-            f"STORAGE_EMULATOR_HOST={emulator} is set: Pipes messages would be read from the "
-            "local emulator, not from the deployed function's bucket",
+            mismatch,
             "unset STORAGE_EMULATOR_HOST (shell and .env); `just cloud-env` writes a .env "
             "without it",
         )
@@ -517,34 +531,25 @@ def run_smoke(
 
 
 @dataclass
-class JobSmokeReport:
+class JobSmokeReport(Report):
     """What ``just cloud-smoke`` prints of the job's materialization."""
 
+    title = "cloud-smoke job report"
+    pass_verdict = "every task wrote its share and every task's messages came back."
     job_name: str
     execution: str | None = None
     tasks: str = "-"
     table_uri: str | None = None
     log_uri: str | None = None
-    failure: Finding | None = None
 
-    @property
-    def passed(self) -> bool:
-        return self.failure is None
-
-    def render(self) -> str:
-        rows = [
+    def rows(self) -> list[tuple[str, str]]:
+        return [
             ("job", self.job_name),
             ("execution", self.execution or "-"),
             ("tasks", self.tasks),
             ("table", self.table_uri or "-"),
             ("task logs", self.log_uri or "-"),
         ]
-        lines = [f"  {name:<15}{value}" for name, value in rows]
-        if self.failure is None:
-            verdict = "PASS: every task wrote its share and every task's messages came back."
-        else:
-            verdict = f"FAIL: {self.failure.problem}\n  fix: {self.failure.fix}"
-        return "cloud-smoke job report:\n" + "\n".join(lines) + "\n" + verdict
 
 
 def run_job_smoke(

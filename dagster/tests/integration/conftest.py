@@ -1,9 +1,10 @@
 """Fixtures that run the real local stack: GCS emulator and function server processes."""
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import dagster as dg
 import pytest
@@ -19,6 +20,8 @@ from devstack.lakes import Lake
 from devstack.stack import LocalStack, local_stack
 from gcf_demo.defs.assets import cloud_function_pipes_asset
 from gcf_demo.defs.resources import PeopleFunction
+
+T = TypeVar("T")
 
 TEST_POLLING = PollingPolicy(drain_timeout=10.0)
 TABLE = "cloud_function_pipes_asset"  # the demo asset's table
@@ -36,6 +39,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 def emulator_env(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
     """The Dagster side (this process) talks to the same emulator as the function."""
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", stack.emulator_url)
+
+
+def wait_until(
+    probe: Callable[[], T | None], timeout: float, failure: str, interval: float = 0.1
+) -> T:
+    """What ``probe`` returns once it is truthy; ``AssertionError: <failure> within <timeout> s``
+    when it is not by then (one last look at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found:
+            return found
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{failure} within {timeout:g} s")
+        time.sleep(interval)
 
 
 def pipes_client(

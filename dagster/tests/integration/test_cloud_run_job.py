@@ -29,6 +29,7 @@ from gcf_demo.defs.job_assets import LOCAL_JOB, PeopleJob, daily_people_job, peo
 
 from .conftest import TEST_POLLING
 from .conftest import directory_lake as fresh_lake  # (its tests read local tables)
+from .test_cloud_run_job_dagster import wait_for_completion
 
 TASK_COMMAND = [sys.executable, "-m", "people_lake.task"]
 # A task that fails its first attempt after reporting (a retried task must not report twice),
@@ -299,11 +300,7 @@ def test_termination_cancels_the_execution(stack: LocalStack, jobs_endpoint: str
     )
     assert not result.success
     assert cancelled and time.monotonic() - started < 10
-    execution = client.api.executions.get_execution(name=cancelled[0])
-    deadline = time.monotonic() + 10
-    while "completion_time" not in execution and time.monotonic() < deadline:
-        time.sleep(0.2)
-        execution = client.api.executions.get_execution(name=cancelled[0])
+    execution = wait_for_completion(client.api, cancelled[0], timeout=10)
     assert execution.succeeded_count == 0 and execution.cancelled_count == 4
     assert not (lake / "people_job" / "_delta_log").exists() or table_rows(lake, "people_job") == 0
 

@@ -24,7 +24,7 @@ from devstack.lakes import Lake
 from devstack.stack import LocalStack
 from gcf_demo.defs.job_assets import LOCAL_JOB
 
-from .conftest import fresh_lake
+from .conftest import fresh_lake, wait_until
 from .test_termination import TERMINATE, wait_for_status
 
 CANCELED_WITHIN_S = 10.0
@@ -72,33 +72,30 @@ def executions(jobs: CloudRunJobsApi) -> dict[str, run_v2.Execution]:
 
 
 def wait_for_new_execution(jobs: CloudRunJobsApi, before: set[str], timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        new = set(executions(jobs)) - before
-        if new:
-            (name,) = new
-            return name
-        time.sleep(0.1)
-    raise AssertionError(f"no execution started within {timeout:g} s")
+    new = wait_until(lambda: set(executions(jobs)) - before, timeout, "no execution started")
+    (name,) = new
+    return name
 
 
 def wait_for_message(api: DagsterApi, run_id: str, fragment: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(fragment in message for message in api.run_messages(run_id)):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"run {run_id} never logged {fragment!r} within {timeout:g} s")
+    wait_until(
+        lambda: any(fragment in message for message in api.run_messages(run_id)),
+        timeout,
+        f"run {run_id} never logged {fragment!r}",
+        interval=0.2,
+    )
 
 
 def wait_for_completion(jobs: CloudRunJobsApi, name: str, timeout: float) -> run_v2.Execution:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        execution = jobs.executions.get_execution(name=name)
-        if "completion_time" in execution:
-            return execution
-        time.sleep(0.1)
-    raise AssertionError(f"execution {name} did not complete within {timeout:g} s")
+    return wait_until(
+        lambda: completed(jobs.executions.get_execution(name=name)),
+        timeout,
+        f"execution {name} did not complete",
+    )
+
+
+def completed(execution: run_v2.Execution) -> run_v2.Execution | None:
+    return execution if "completion_time" in execution else None
 
 
 def test_a_terminated_people_job_run_is_canceled_and_its_execution_commits_nothing(

@@ -6,7 +6,6 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -18,11 +17,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import _helpers as google_auth_helpers
 from google.auth import impersonated_credentials
-from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
 from dagster_pipes_gcf import AudienceRequired, IdTokenAuth, needs_id_token
 from dagster_pipes_gcf.auth import TokenTimeout, audience_for, impersonated_id_token_credentials
+from devstack.doubles import USER_ACCESS_TOKEN, QuietHandler, serving, user_adc
 
 FUNCTION_URL = "https://dagster-pipes-gcp-abc123-ez.a.run.app/run?x=1"
 AUDIENCE = "https://dagster-pipes-gcp-abc123-ez.a.run.app"
@@ -292,21 +291,14 @@ def test_concurrent_callers_share_one_credential(factories: Factories) -> None:
 def test_impersonated_credentials_target_the_principal_and_audience(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    source = user_credentials.Credentials(token="user-access-token")
-    scopes_asked: list[Any] = []
-
-    def fake_default(scopes: Any = None, **_: Any) -> tuple[Any, str]:
-        scopes_asked.append(scopes)
-        return source, "my-proj"
-
-    monkeypatch.setattr(google.auth, "default", fake_default)
+    scopes_asked = user_adc(monkeypatch, "my-proj")
     credentials = impersonated_id_token_credentials(SA, AUDIENCE)
     assert isinstance(credentials, impersonated_credentials.IDTokenCredentials)
     # google-auth exposes these only as private attributes.
     assert credentials._target_audience == AUDIENCE
     assert credentials._include_email is True
     assert credentials._target_credentials._target_principal == SA
-    assert credentials._target_credentials._source_credentials.token == source.token
+    assert credentials._target_credentials._source_credentials.token == USER_ACCESS_TOKEN
     assert scopes_asked == [["https://www.googleapis.com/auth/cloud-platform"]]
 
 
@@ -319,7 +311,7 @@ def _jwt(claims: dict[str, Any]) -> str:
     return f"{header}.{_b64(json.dumps(claims).encode())}.{_b64(b'signature')}"
 
 
-class TokenEndpoint(BaseHTTPRequestHandler):
+class TokenEndpoint(QuietHandler):
     """Google's OAuth token endpoint, for the ID-token JWT-bearer grant."""
 
     audiences: list[str]
@@ -330,29 +322,14 @@ class TokenEndpoint(BaseHTTPRequestHandler):
         claims = json.loads(base64.urlsafe_b64decode(assertion + "=" * (-len(assertion) % 4)))
         self.audiences.append(claims["target_audience"])
         token = _jwt({"aud": claims["target_audience"], "exp": int(time.time()) + 3600})
-        body = json.dumps({"id_token": token}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_: Any) -> None:
-        pass
+        self.answer(200, json.dumps({"id_token": token}).encode(), "application/json")
 
 
 @pytest.fixture
 def token_endpoint() -> Iterator[tuple[str, list[str]]]:
     audiences: list[str] = []
-    handler = type("Handler", (TokenEndpoint,), {"audiences": audiences})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/token", audiences
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(type("Handler", (TokenEndpoint,), {"audiences": audiences})) as url:
+        yield f"{url}/token", audiences
 
 
 def write_key_file(path: Path, token_uri: str) -> None:

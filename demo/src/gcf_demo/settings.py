@@ -12,6 +12,8 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
+from dagster_pipes_gcf.auth import needs_id_token
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 LOCAL_DEFAULTS = {
@@ -58,4 +60,16 @@ class DemoSettings:
             impersonate_service_account=get("GOOGLE_IMPERSONATE_SERVICE_ACCOUNT") or None,
             function_audience=get("CLOUD_FUNCTION_AUDIENCE") or None,
             function_project=get("CLOUD_FUNCTION_PROJECT") or None,
+        )
+
+    def emulator_mismatch(self) -> str | None:
+        """What is wrong when the function is deployed but ``STORAGE_EMULATOR_HOST`` is set
+        (the function writes Pipes messages to real GCS, Dagster would read the emulator)."""
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+        if not emulator or not needs_id_token(self.function_url):
+            return None
+        return (
+            f"CLOUD_FUNCTION_URL ({self.function_url}) is a deployed function but "
+            f"STORAGE_EMULATOR_HOST={emulator} is set: the function writes its Pipes messages "
+            "to real GCS while Dagster would read them from the local emulator"
         )

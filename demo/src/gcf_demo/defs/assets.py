@@ -11,6 +11,8 @@ Every function-backed asset is in the concurrency pool ``PEOPLE_FUNCTION_POOL``:
 """
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -21,13 +23,13 @@ from gcf_demo.defs.resources import PeopleFunction
 # Bump when the function's output changes meaning (columns, generation, write semantics).
 PEOPLE_CODE_VERSION = "people-3"
 OWNERS = ["team:data-platform"]
-TAGS = {"domain": "people", "data": "synthetic", "runtime": "cloud-function"}
+TAGS = {"domain": "people", "data": "synthetic"}
 KINDS = {"gcp", "delta"}
-GROUP = "cloud_function"
 DAILY_PARTITIONS = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_offset=1)
 # The function's MAX_RANGE_DAYS (people_lake.request): the longest range one call accepts.
 MAX_DAYS_PER_RUN = 366
 PEOPLE_FUNCTION_POOL = "people_function"
+GROUP, RUNTIME = "cloud_function", "cloud-function"
 # Defaults: enough rows that the function works for most of a second in several batches (one
 # log line per 125,000 rows, people_lake.job.BATCH_ROWS), so its lines stream in before it
 # answers, yet a run takes little longer than a run of an asset that does nothing (the bench's
@@ -72,6 +74,34 @@ def check_specs(asset_name: str) -> list[dg.AssetCheckSpec]:
     ]
 
 
+def people_asset(
+    name: str,
+    description: str,
+    *,
+    group: str,
+    runtime: str,
+    daily_backfill: dg.BackfillPolicy | None = None,
+) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """``dg.asset`` for a people table: what every one shares (checks, pool, owners, kinds,
+    code version), plus its own group and runtime; with ``daily_backfill``, partitioned by day."""
+    tags = {**TAGS, "runtime": runtime, **({"partitioning": "daily"} if daily_backfill else {})}
+    with warnings.catch_warnings():  # `backfill_policy` is beta: no BetaWarning in every run
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.asset(
+            name=name,
+            description=description,
+            partitions_def=DAILY_PARTITIONS if daily_backfill else None,
+            backfill_policy=daily_backfill,
+            kinds=KINDS,
+            owners=OWNERS,
+            tags=tags,
+            code_version=PEOPLE_CODE_VERSION,
+            group_name=group,
+            pool=PEOPLE_FUNCTION_POOL,
+            check_specs=check_specs(name),
+        )
+
+
 def run_people_function(
     context: dg.AssetExecutionContext,
     config: PeopleConfig,
@@ -91,19 +121,13 @@ def run_people_function(
     ).get_materialize_result()
 
 
-@dg.asset(
-    description=(
-        "Fake people appended to the Delta table `<data lake>/cloud_function_pipes_asset` by a "
-        "Google Cloud Function, orchestrated through Dagster Pipes. Retries of a run never "
-        "duplicate rows (Delta transaction ids keyed by the invocation)."
-    ),
-    kinds=KINDS,
-    owners=OWNERS,
-    tags=TAGS,
-    code_version=PEOPLE_CODE_VERSION,
-    group_name=GROUP,
-    pool=PEOPLE_FUNCTION_POOL,
-    check_specs=check_specs("cloud_function_pipes_asset"),
+@people_asset(
+    "cloud_function_pipes_asset",
+    "Fake people appended to the Delta table `<data lake>/cloud_function_pipes_asset` by a "
+    "Google Cloud Function, orchestrated through Dagster Pipes. Retries of a run never "
+    "duplicate rows (Delta transaction ids keyed by the invocation).",
+    group=GROUP,
+    runtime=RUNTIME,
 )
 def cloud_function_pipes_asset(
     context: dg.AssetExecutionContext,
@@ -118,27 +142,8 @@ def daily_people_asset(
     name: str, backfill_policy: dg.BackfillPolicy, description: str
 ) -> dg.AssetsDefinition:
     """A daily-partitioned people table: one function call per run, for the run's days."""
-    with warnings.catch_warnings():  # `backfill_policy` is beta: no BetaWarning in every run
-        warnings.simplefilter("ignore", dg.BetaWarning)
-        return _daily_people_asset(name, backfill_policy, description)
 
-
-def _daily_people_asset(
-    name: str, backfill_policy: dg.BackfillPolicy, description: str
-) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=name,
-        description=description,
-        partitions_def=DAILY_PARTITIONS,
-        backfill_policy=backfill_policy,
-        kinds=KINDS,
-        owners=OWNERS,
-        tags={**TAGS, "partitioning": "daily"},
-        code_version=PEOPLE_CODE_VERSION,
-        group_name=GROUP,
-        pool=PEOPLE_FUNCTION_POOL,
-        check_specs=check_specs(name),
-    )
+    @people_asset(name, description, group=GROUP, runtime=RUNTIME, daily_backfill=backfill_policy)
     def people_per_day(
         context: dg.AssetExecutionContext,
         config: DailyPeopleConfig,

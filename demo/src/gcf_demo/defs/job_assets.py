@@ -12,7 +12,6 @@ Configuration (environment): ``CLOUD_RUN_PEOPLE_JOB`` (``projects/P/locations/L/
 
 import datetime as dt
 import os
-import warnings
 
 import dagster as dg
 from pydantic import Field
@@ -24,22 +23,15 @@ from dagster_pipes_gcf import (
     event_args,
 )
 from gcf_demo.defs.assets import (
-    DAILY_PARTITIONS,
     DEFAULT_ROWS,
     DEFAULT_ROWS_PER_DAY,
-    KINDS,
     MAX_DAYS_PER_RUN,
-    OWNERS,
-    PEOPLE_CODE_VERSION,
-    PEOPLE_FUNCTION_POOL,
-    TAGS,
-    check_specs,
+    people_asset,
 )
 from gcf_demo.settings import DemoSettings
 
 LOCAL_JOB = "projects/local-project/locations/us-central1/jobs/people-job"
-GROUP = "cloud_run_job"
-JOB_TAGS = {**TAGS, "runtime": "cloud-run-job"}
+GROUP, RUNTIME = "cloud_run_job", "cloud-run-job"
 
 
 class PeopleJob(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -80,19 +72,13 @@ def _event(config: PeopleJobConfig | DailyPeopleJobConfig, job: PeopleJob) -> di
     }
 
 
-@dg.asset(
-    description=(
-        "Fake people appended to the Delta table `<data lake>/people_job` by a Cloud Run job: "
-        "`num_rows` split over `task_count` tasks, one Delta commit per task; retries never "
-        "write a task's share twice."
-    ),
-    kinds=KINDS,
-    owners=OWNERS,
-    tags=JOB_TAGS,
-    code_version=PEOPLE_CODE_VERSION,
-    group_name=GROUP,
-    pool=PEOPLE_FUNCTION_POOL,
-    check_specs=check_specs("people_job"),
+@people_asset(
+    "people_job",
+    "Fake people appended to the Delta table `<data lake>/people_job` by a Cloud Run job: "
+    "`num_rows` split over `task_count` tasks, one Delta commit per task; retries never "
+    "write a task's share twice.",
+    group=GROUP,
+    runtime=RUNTIME,
 )
 def people_job(
     context: dg.AssetExecutionContext,
@@ -108,39 +94,29 @@ def people_job(
     ).get_materialize_result()
 
 
-with warnings.catch_warnings():  # `backfill_policy` is beta
-    warnings.simplefilter("ignore", dg.BetaWarning)
-
-    @dg.asset(
-        description=(
-            "Fake people per day in the Delta table `<data lake>/daily_people_job`, written by "
-            "a Cloud Run job: a backfill of up to 366 days is one run and one execution, one "
-            "task per calendar month, each replacing its month's days in one Delta commit."
-        ),
-        partitions_def=DAILY_PARTITIONS,
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_DAYS_PER_RUN),
-        kinds=KINDS,
-        owners=OWNERS,
-        tags={**JOB_TAGS, "partitioning": "daily"},
-        code_version=PEOPLE_CODE_VERSION,
-        group_name=GROUP,
-        pool=PEOPLE_FUNCTION_POOL,
-        check_specs=check_specs("daily_people_job"),
-    )
-    def daily_people_job(
-        context: dg.AssetExecutionContext,
-        config: DailyPeopleJobConfig,
-        pipes_job_client: PipesCloudRunJobClient,
-        people_cloud_run_job: PeopleJob,
-    ) -> dg.MaterializeResult:  # type: ignore[type-arg]
-        keys = context.partition_key_range
-        start, end = dt.date.fromisoformat(keys.start), dt.date.fromisoformat(keys.end)
-        return pipes_job_client.run(
-            context=context,
-            job_name=people_cloud_run_job.job_name,
-            args=event_args(_event(config, people_cloud_run_job)),
-            task_count=months_in(start, end),
-        ).get_materialize_result()
+@people_asset(
+    "daily_people_job",
+    "Fake people per day in the Delta table `<data lake>/daily_people_job`, written by a "
+    "Cloud Run job: a backfill of up to 366 days is one run and one execution, one task per "
+    "calendar month, each replacing its month's days in one Delta commit.",
+    group=GROUP,
+    runtime=RUNTIME,
+    daily_backfill=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_DAYS_PER_RUN),
+)
+def daily_people_job(
+    context: dg.AssetExecutionContext,
+    config: DailyPeopleJobConfig,
+    pipes_job_client: PipesCloudRunJobClient,
+    people_cloud_run_job: PeopleJob,
+) -> dg.MaterializeResult:  # type: ignore[type-arg]
+    keys = context.partition_key_range
+    start, end = dt.date.fromisoformat(keys.start), dt.date.fromisoformat(keys.end)
+    return pipes_job_client.run(
+        context=context,
+        job_name=people_cloud_run_job.job_name,
+        args=event_args(_event(config, people_cloud_run_job)),
+        task_count=months_in(start, end),
+    ).get_materialize_result()
 
 
 def build_job_resources(
