@@ -63,7 +63,8 @@ test: sync
     SKIP=checkov,terraform-fmt just lint
     just infra-check
     just docs
-    {{ run }} pytest -m "not memory and not skew"
+    @# Workers: the suite mostly waits on servers (conftest.py says how files are spread).
+    {{ run }} pytest -m "not memory and not skew" -n 3 --dist loadgroup
     {{ run }} pytest -m memory -p no:cacheprovider
     just test-versions lowest-direct
     just test-versions highest
