@@ -28,8 +28,10 @@ from .conftest import fresh_lake, wait_until
 from .test_termination import TERMINATE, wait_for_status
 
 CANCELED_WITHIN_S = 10.0
-TERMINATED_ROWS = 4_000_000  # 1,000,000 per task: every task works for several seconds
-TASKS = 4
+# 2,500,000 rows per task: every task is still streaming, far from its commit, when the
+# terminate lands (at 1,000,000 a task could commit between "batch 1" and the terminate).
+TERMINATED_ROWS = 5_000_000
+TASKS = 2
 YEAR = [(dt.date(2025, 1, 1) + dt.timedelta(days=i)).isoformat() for i in range(365)]
 ROWS_PER_DAY = 2  # the backfill's work stays small next to its 12 task starts
 BACKFILL_TIMEOUT_S = 240.0  # the daemon's pickup (up to 30 s) included
