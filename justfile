@@ -147,7 +147,7 @@ test-wheels:
     check demo dagster_pipes_gcf gcf_demo -- gcf_demo.definitions
     # The plumbing a team installs into its own function: none of the demo's lake comes with it.
     check pipes gcf_pipes -- gcf_pipes -- deltalake polars faker people_lake dagster
-    check function gcf_pipes gcf_people_function -- main gcf_pipes people_lake -- dagster
+    check function gcf_pipes gcf_people_function -- main gcf_pipes people_lake -- dagster faker
     echo "test-wheels: every wheel installs into a clean venv and imports"
 
 # build the docs and the API reference from the docstrings into .site/ (warnings fail it)

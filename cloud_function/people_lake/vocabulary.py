@@ -4,8 +4,9 @@ from, shipped as a generated file (``vocabulary.json`` next to this module).
 Faker made them once, from a fixed seed; a process reads the file instead of importing Faker
 and calling it a few thousand times (about 0.5 CPU-seconds in every fresh process: each Cloud
 Run task, each function instance). The rows therefore no longer depend on the installed
-Faker. ``python -m people_lake.vocabulary`` writes the file again from Faker (after a change
-to :func:`generate`); a test checks that the file is what :func:`generate` makes.
+Faker, and the deployed function does not install it. ``python -m people_lake.vocabulary``
+writes the file again from Faker (after a change to :func:`generate`; Faker comes with the
+workspace's test tools); a test checks that the file is what :func:`generate` makes.
 """
 
 from __future__ import annotations

@@ -79,3 +79,10 @@ def test_the_integration_depends_on_nothing_demo_only() -> None:
 
 def test_the_function_side_plumbing_depends_on_nothing_lake_only() -> None:
     assert LAKE_ONLY.isdisjoint(r.name for r in declared(DISTRIBUTIONS["gcf-pipes"]))
+
+
+def test_the_deployed_function_does_not_install_faker() -> None:
+    """Faker only makes people_lake/vocabulary.json; the function reads the file."""
+    assert "faker" not in {r.name for r in declared(DISTRIBUTIONS["gcf-people-function"])}
+    deployed = (REPO_ROOT / "cloud_function" / "requirements.txt").read_text().lower()
+    assert "\nfaker==" not in deployed
