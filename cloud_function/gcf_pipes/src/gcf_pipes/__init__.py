@@ -4,6 +4,7 @@
 (``open_request_pipes`` without HTTP) does not need and should not pay for at start.
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from gcf_pipes.bootstrap import PipesBootstrap, parse_bootstrap
@@ -36,8 +37,6 @@ _LAZY = {"handle_pipes_request": "gcf_pipes.http"}
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(_LAZY[name]), name)
     globals()[name] = value  # looked up once
     return value
