@@ -64,8 +64,7 @@ test: sync
     just infra-check
     just docs
     @# Workers: the suite mostly waits on servers (conftest.py says how files are spread).
-    {{ run }} pytest -m "not memory and not skew" -n 3 --dist loadgroup
-    {{ run }} pytest -m memory -p no:cacheprovider
+    {{ run }} pytest -m "not skew" -n 3 --dist loadgroup
     just test-versions lowest-direct
     just test-versions highest
     just test-skew
