@@ -13,7 +13,14 @@ from bench.backfill import Backfill
 from bench.jobs import Floor, execution_s, job_rows, run_per_day_s, start_at_once
 from devstack.dagster_api import Run
 
-FLOOR = Floor(call_s=2.0, execution_s=10.0, bare_starts_s=3.0, bare_start_cpu_s=0.45)
+FLOOR = Floor(
+    call_s=2.0,
+    execution_s=10.0,
+    bare_starts_s=3.0,
+    bare_start_cpu_s=0.45,
+    tasks_cpu_s=12.0,
+    cores=2,
+)
 
 
 def finished(asset: str, launched: float, created: float, ended: float) -> Backfill:
@@ -43,6 +50,8 @@ def test_the_floor_rows_set_the_execution_and_bare_starts_against_the_one_call()
     execution = rows["daily_people_job's execution (12 tasks), created -> completed s"]
     assert (execution.value, execution.baseline, execution.ratio) == (10.0, 2.0, 0.2)
     assert rows["12 bare task starts at once (import + vocabulary, no work) s"].baseline == 2.0
+    least = rows["the execution's tasks' CPU s over 2 cores (least it can take here) s"]
+    assert (least.value, least.baseline) == (6.0, 2.0)
 
 
 def test_an_execution_lasts_from_its_creation_to_its_completion() -> None:
