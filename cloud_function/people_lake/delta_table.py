@@ -45,7 +45,7 @@ import polars as pl
 from arro3.core import RecordBatch, RecordBatchReader, Schema
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties
 from deltalake._internal import DeltaFileSystemHandler  # the table's own store (no pyarrow)
-from deltalake.exceptions import CommitFailedError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from gcf_pipes import RequestError
 from people_lake.storage import DELTA_LOG, TableRef
@@ -170,9 +170,10 @@ def open_table(table: TableRef, version: int | None = None) -> DeltaTable | None
     """The table (at ``version``, else the latest), or None when there is none yet."""
     if table.is_local and Path(table.uri).exists() and not Path(table.uri).is_dir():
         raise NotADirectoryError(f"{table.uri} exists and is not a directory (not a table)")
-    if not DeltaTable.is_deltatable(table.uri, storage_options=table.storage_options):
+    try:  # one look at the log (asking is_deltatable first would read it twice)
+        return DeltaTable(table.uri, version=version, storage_options=table.storage_options)
+    except TableNotFoundError:
         return None
-    return DeltaTable(table.uri, version=version, storage_options=table.storage_options)
 
 
 def _check_layout(snapshot: DeltaTable, window: DayWindow | None) -> None:
@@ -304,16 +305,39 @@ def previous_write(table: TableRef, invocation_id: str) -> TableWrite | None:
     return None if delta is None else _committed(delta, table, invocation_id)
 
 
-def _file_uris(table: TableRef, version: int) -> list[str]:
-    delta = open_table(table, version) if version >= 0 else None
-    return [] if delta is None else delta.file_uris()
+@dataclass(frozen=True, eq=False)
+class CommitFiles:
+    """The table at one commit's version: the data files that commit added, all the others,
+    and the snapshot they were read from (its row count and schema)."""
+
+    table: TableRef
+    snapshot: DeltaTable
+    added: list[str]
+    others: list[str]
+
+    def added_rows(self) -> pl.LazyFrame:
+        """The rows the commit added, read lazily."""
+        return _scan(self.table, self.added)
+
+    def other_rows(self) -> pl.LazyFrame:
+        """The table's rows at the commit's version that the commit did not add, read lazily."""
+        return _scan(self.table, self.others)
 
 
-def _files_of(table: TableRef, version: int) -> tuple[list[str], list[str]]:
-    """The table's data files at ``version``: those its commit added, and all the others."""
-    before = set(_file_uris(table, version - 1))
-    files = _file_uris(table, version)
-    return [uri for uri in files if uri not in before], [uri for uri in files if uri in before]
+def commit_files(table: TableRef, version: int) -> CommitFiles:
+    """The data files at ``version``: those its commit added, and all the others.
+
+    One log replay: the table is loaded at the version before, then brought forward by the
+    one commit (opening both versions afresh would read the log twice).
+    """
+    options = table.storage_options
+    delta = DeltaTable(table.uri, version=max(version - 1, 0), storage_options=options)
+    before = set(delta.file_uris()) if version > 0 else set()
+    if version > 0:
+        delta.load_as_version(version)
+    files = delta.file_uris()
+    added = [uri for uri in files if uri not in before]
+    return CommitFiles(table, delta, added, [uri for uri in files if uri in before])
 
 
 def _scan(table: TableRef, uris: list[str]) -> pl.LazyFrame:
@@ -328,12 +352,12 @@ def _scan(table: TableRef, uris: list[str]) -> pl.LazyFrame:
 
 def committed_rows(table: TableRef, version: int) -> pl.LazyFrame:
     """The rows the commit at ``version`` added: its own data files, read lazily."""
-    return _scan(table, _files_of(table, version)[0])
+    return commit_files(table, version).added_rows()
 
 
 def rows_beside_commit(table: TableRef, version: int) -> pl.LazyFrame:
     """The table's rows at ``version`` that its commit did not add, read lazily."""
-    return _scan(table, _files_of(table, version)[1])
+    return commit_files(table, version).other_rows()
 
 
 def with_partition(df: pl.DataFrame, day: dt.date | None) -> pl.DataFrame:

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import deltalake  # imported before polars (crash at exit otherwise)
+import deltalake  # noqa: F401 - imported before polars (crash at exit otherwise)
 import polars as pl
 from dagster_pipes import PipesContext, PipesMetadataValue, to_asset_key_path
 
@@ -28,11 +28,11 @@ from people_lake.checks import (
     has_id_hash,
 )
 from people_lake.delta_table import (
+    CommitFiles,
     TableWrite,
-    committed_rows,
+    commit_files,
     lake_work,
     previous_write,
-    rows_beside_commit,
     with_partition,
     write_people_table,
 )
@@ -159,39 +159,39 @@ class _CheckedBatches:
         _between_batches(self._pipes, self._plan, batch, self.checks.rows, self._cancellation)
 
 
-def _lookup_in_commit(plan: Plan, written: TableWrite) -> IdLookup:
+def _lookup_in_commit(files: CommitFiles) -> IdLookup:
     """Finds a commit's ids by hash in the table (only needed when hashes collide)."""
 
     def lookup(hashes: pl.Series) -> pl.Series:
-        rows = committed_rows(plan.table, written.version).select("id")
+        rows = files.added_rows().select("id")
         return rows.filter(has_id_hash(hashes)).collect(engine="streaming")["id"]
 
     return lookup
 
 
-def _ids_beside_commit(plan: Plan, written: TableWrite) -> Iterator[pl.Series]:
+def _ids_beside_commit(files: CommitFiles) -> Iterator[pl.Series]:
     """The ids of the table at a commit's version that the commit did not add, in batches:
     the id check covers the table (one column read; nothing kept but a batch)."""
-    rows = rows_beside_commit(plan.table, written.version).select("id")
+    rows = files.other_rows().select("id")
     for batch in rows.collect_batches(chunk_size=READ_BACK_BATCH_ROWS):
         yield batch["id"]
 
 
-def _checks_of_commit(plan: Plan, written: TableWrite) -> list[CheckOutcome]:
+def _checks_of_commit(written: TableWrite, files: CommitFiles) -> list[CheckOutcome]:
     """The data checks of the rows a commit added, read back from the table in batches."""
     recorded = written.commit_metadata.get("checks")  # commits of earlier function versions
     if recorded:
         return from_json(recorded)
     checks = DataChecks()
-    rows = committed_rows(plan.table, written.version).select("id", "email")
+    rows = files.added_rows().select("id", "email")
     for batch in rows.collect_batches(chunk_size=READ_BACK_BATCH_ROWS):
         checks.add(batch)
-    return checks.outcomes(_lookup_in_commit(plan, written), _ids_beside_commit(plan, written))
+    return checks.outcomes(_lookup_in_commit(files), _ids_beside_commit(files))
 
 
-def _preview_of_commit(plan: Plan, written: TableWrite) -> pl.DataFrame:
+def _preview_of_commit(files: CommitFiles) -> pl.DataFrame:
     """The first rows a commit added, read back (used when nothing was written now)."""
-    return committed_rows(plan.table, written.version).head(PREVIEW_ROWS).collect()
+    return files.added_rows().head(PREVIEW_ROWS).collect()
 
 
 def _asked(plan: Plan) -> str:
@@ -235,12 +235,14 @@ def _same_request(plan: Plan, written: TableWrite) -> None:
 @dataclass(frozen=True)
 class _Outcome:
     written: TableWrite
+    files: CommitFiles  # the table at the written version, read once for checks and metadata
     checks: list[CheckOutcome]
     preview: pl.DataFrame
 
 
 def _earlier(plan: Plan, written: TableWrite) -> _Outcome:
-    return _Outcome(written, _checks_of_commit(plan, written), _preview_of_commit(plan, written))
+    files = commit_files(plan.table, written.version)
+    return _Outcome(written, files, _checks_of_commit(written, files), _preview_of_commit(files))
 
 
 def _write_once(pipes: PipesContext, plan: Plan) -> _Outcome:
@@ -274,16 +276,13 @@ def _write_once(pipes: PipesContext, plan: Plan) -> _Outcome:
         return _earlier(plan, written)
     committed = attempts[-1]
     logger.info("generated %d fake people", committed.checks.rows)  # (in the request's thread)
-    lookup = _lookup_in_commit(plan, written)
-    checks = committed.checks.outcomes(lookup, _ids_beside_commit(plan, written))
-    return _Outcome(written, checks, committed.preview)
+    files = commit_files(plan.table, written.version)
+    checks = committed.checks.outcomes(_lookup_in_commit(files), _ids_beside_commit(files))
+    return _Outcome(written, files, checks, committed.preview)
 
 
 def _materialization_metadata(plan: Plan, outcome: _Outcome) -> dict[str, PipesMetadataValue]:
-    written = outcome.written
-    snapshot = deltalake.DeltaTable(
-        plan.table.uri, version=written.version, storage_options=plan.table.storage_options
-    )
+    written, snapshot = outcome.written, outcome.files.snapshot
     metadata: dict[str, PipesMetadataValue] = {
         "table_uri": {"raw_value": plan.table.uri, "type": "path"},
         "dagster/uri": {"raw_value": plan.table.uri, "type": "text"},

@@ -174,7 +174,7 @@ def parse_task_request(
 
 
 class TerminableCancellation(Cancellation):
-    """A request cancellation also set by SIGTERM (how Cloud Run cancels a task)."""
+    """A request cancellation set by SIGTERM (how Cloud Run cancels a task)."""
 
     def terminate(self) -> None:
         self._event.set()  # the same state the marker sets: checked before the commit
@@ -194,7 +194,9 @@ def run_task(argv: Sequence[str], env: Mapping[str, str]) -> int:
         return 2
     own = replace(bootstrap, key_prefix=f"{bootstrap.key_prefix}/{task.messages_suffix}")
     client = storage.Client()
-    cancellation = TerminableCancellation(client.bucket(settings.pipes_bucket), own.key_prefix)
+    # Cloud Run cancels a task with SIGTERM and the job client writes no cancel marker, so
+    # none is looked for (a GET twice a second per task, for nothing).
+    cancellation = TerminableCancellation(None, own.key_prefix)
     signal.signal(signal.SIGTERM, lambda *_: cancellation.terminate())
     writer = PipesCloudStorageMessageWriter(
         client, only_bucket=settings.pipes_bucket, cancellation=cancellation

@@ -1,12 +1,21 @@
 """The Cloud Run task's share of a request (people_lake.task), without the stack."""
 
 import datetime as dt
+import json
+import signal
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from devstack.fake_gcs import FakeClient
 from gcf_pipes import PipesBootstrap, RequestError
-from people_lake.task import CloudRunTask, month_windows, rows_share, task_share
+from gcf_pipes.bootstrap import PIPES_PARAM_KEYS
+from people_lake import task as task_module
+from people_lake.task import CloudRunTask, month_windows, rows_share, run_task, task_share
 from people_lake.window import DayWindow
+
+from .conftest import PIPES_BUCKET, messages, pipes_body
 
 
 def task(index: int, count: int, attempt: int = 0) -> CloudRunTask:
@@ -67,3 +76,31 @@ def test_the_env_contract_is_checked() -> None:
         CloudRunTask.from_env({**env, "CLOUD_RUN_TASK_INDEX": "4"})
     with pytest.raises(RequestError, match="CLOUD_RUN_TASK_ATTEMPT"):
         CloudRunTask.from_env({**env, "CLOUD_RUN_TASK_ATTEMPT": "-1"})
+
+
+def test_a_task_looks_for_no_cancel_marker(
+    gcs: FakeClient, lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cloud Run cancels a task with SIGTERM; the job client writes no marker, so a task
+    spends no GET on one (twice a second per task while it runs)."""
+    looked: list[str] = []
+    gcs.fault = lambda operation, key: looked.append(key) if key.endswith("/cancel") else None
+    monkeypatch.setattr(task_module, "storage", SimpleNamespace(Client=lambda: gcs))
+    body = pipes_body({"num_rows": 10}, invocation_id="inv")
+    env = {
+        "CLOUD_RUN_TASK_INDEX": "0",
+        "CLOUD_RUN_TASK_COUNT": "1",
+        "CLOUD_RUN_TASK_ATTEMPT": "0",
+        "PIPES_BUCKET": PIPES_BUCKET,
+        "DATA_LAKE_URI": str(lake),
+        **{key: body.pop(key) for key in PIPES_PARAM_KEYS},
+    }
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        assert run_task([json.dumps(body)], env) == 0
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+
+    assert looked == []
+    closed = [m for m in messages(gcs, "t/1/task-0/attempt-0") if m["method"] == "closed"]
+    assert closed and "exception" not in (closed[0].get("params") or {})

@@ -15,12 +15,11 @@ import pytest
 from devstack.fake_gcs import FakeClient
 from gcf_pipes import WriterSettings, handle_pipes_request
 from people_lake import checks as checks_module
-from people_lake import job
+from people_lake import delta_table, job
 from people_lake.checks import CHECK_NAMES, EMAILS_CHECK, IDS_CHECK, ROW_COUNT_CHECK, id_hashes
-from people_lake.delta_table import write_people_table
+from people_lake.delta_table import commit_files, write_people_table
 from people_lake.fake_people import generate_people
 from people_lake.job import write_people
-from people_lake.request import parse_people_request
 from people_lake.settings import (
     MAX_ROWS_PER_REQUEST_VAR,
 )
@@ -304,9 +303,8 @@ def test_duplicate_ids_in_a_commit_are_found_exactly_when_read_back(lake: Path) 
     people = generate_people(50, seed=1)
     rows = pl.concat([people, people.head(5)])
     written = write_people_table(rows, table, invocation_id="dups")
-    plan = job.Plan(parse_people_request({}, str(lake)), table, None, "dups", 55)
 
-    ids, emails = job._checks_of_commit(plan, written)
+    ids, emails = job._checks_of_commit(written, commit_files(table, written.version))
 
     assert ids.passed is False and ids.metadata == {
         "null_ids": 0,
@@ -371,13 +369,12 @@ def test_ids_with_equal_hashes_are_compared_exactly_in_the_table(
     write_people_table(before, table, invocation_id="before")
     people = generate_people(50, seed=2)
     assert id_hashes(people["id"]).n_unique() <= 4  # collisions within and with the table
-    plan = job.Plan(parse_people_request({}, str(lake)), table, None, "x", 50)
 
     distinct = write_people_table(people, table, invocation_id="distinct")
-    passed, _ = job._checks_of_commit(plan, distinct)
+    passed, _ = job._checks_of_commit(distinct, commit_files(table, distinct.version))
     repeating = pl.concat([before.head(3), people.head(2), generate_people(5, seed=4)])
     written = write_people_table(repeating, table, invocation_id="repeating")
-    failed, _ = job._checks_of_commit(plan, written)
+    failed, _ = job._checks_of_commit(written, commit_files(table, written.version))
 
     assert passed.passed and passed.metadata["duplicate_ids"] == 0
     assert passed.metadata["ids_also_elsewhere_in_table"] == 0
@@ -407,3 +404,38 @@ def test_a_repeat_whose_commit_record_expired_is_409_and_reports_no_rows(
     assert of(gcs, "report_asset_materialization", "t/3") == []
     assert of(gcs, "report_asset_check", "t/3") == []
     assert pl.read_delta(str(lake / "people")).height == 47
+
+
+class CountedTable(deltalake.DeltaTable):
+    """A DeltaTable that counts how often the log is read from scratch (a table opened) or
+    looked at by ``is_deltatable``."""
+
+    opened = 0
+    looked_at = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        CountedTable.opened += 1
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def is_deltatable(*args: Any, **kwargs: Any) -> bool:
+        CountedTable.looked_at += 1
+        return deltalake.DeltaTable.is_deltatable(*args, **kwargs)
+
+
+def test_a_write_opens_its_table_three_times_its_checks_and_metadata_once(
+    gcs: FakeClient, lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each opening lists and replays the Delta log (on gs://, requests per commit): the
+    repeat look-up, the write and the committed version, which the id check of the table
+    and the metadata share; the version before it is read by bringing it forward."""
+    seeded = {"num_rows": 20, "seed": 3}
+    assert call(gcs, body(seeded, partition="2024-03-04", invocation_id="first"))[0] == 200
+    monkeypatch.setattr(delta_table, "DeltaTable", CountedTable)
+    CountedTable.opened = CountedTable.looked_at = 0
+
+    status, _ = call(gcs, body(seeded, partition="2024-03-05", key_prefix="t/2"))
+
+    assert status == 200
+    assert (CountedTable.opened, CountedTable.looked_at) == (3, 0)
+    assert ids_check(gcs, "t/2")["rows_compared_elsewhere"] == 20  # the whole table still

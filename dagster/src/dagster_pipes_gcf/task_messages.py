@@ -2,7 +2,9 @@
 
 Every task writes under ``<session prefix>/task-<index>/attempt-<attempt>``, so a retried
 task never meets its earlier attempt's chunks. The reader finds the streams by listing the
-session prefix and streams every log line into Dagster, tagged with its task. Results are
+session prefix and streams every log line into Dagster, tagged with its task; a stream is
+downloaded from only when that listing shows its next chunk (or it has messages left), so a
+poll costs one listing, not a request per running task. Results are
 held back: once the execution is over, only the attempt of each task that succeeded counts,
 each must end with ``closed``, and the tasks' results are merged into one per asset (and
 check).
@@ -31,11 +33,15 @@ from dagster_pipes_gcf.message_reader import (
     ChunkStream,
     GcsMessageReader,
     MessageStreams,
+    PollingPolicy,
 )
 
 _TASK_CHUNK = re.compile(r"/task-(\d+)/attempt-(\d+)/\d+\.json$")
 # Metadata of the tasks' materializations that adds up; other numbers take the largest.
 SUMMED_METADATA = frozenset({"rows_written", "days"})
+# Batch tasks: their log lines may wait a quarter of a second longer (every task flushes
+# its chunks every 0.2 s, so most polls find something and poll again at the minimum).
+TASK_POLLING = PollingPolicy(min_interval=0.25)
 
 
 @dataclass
@@ -46,6 +52,7 @@ class TaskStream:
     attempt: int
     stream: ChunkStream
     results: list[Any] = field(default_factory=list)
+    drained: bool = False  # the last read ended at a chunk not there yet (or after `closed`)
 
     @property
     def tag(self) -> str:
@@ -66,8 +73,8 @@ class TaskStreams(MessageStreams):
             self.tasks[(index, attempt)] = TaskStream(index, attempt, self.chunks(prefix))
         return self.tasks[(index, attempt)]
 
-    def discover(self, *, deadline: float) -> None:
-        """Add the streams that wrote a chunk since the last look."""
+    def discover(self, *, deadline: float) -> set[str]:
+        """Add the streams that wrote a chunk since the last look; the chunk names listed."""
         prefix = f"{self.session_prefix}/task-"
         try:
             names = [
@@ -86,6 +93,7 @@ class TaskStreams(MessageStreams):
             ) from None
         for match in filter(None, map(_TASK_CHUNK.search, names)):
             self.task(int(match.group(1)), int(match.group(2)))
+        return set(names)
 
     def read_available(self, stop: threading.Event) -> int:
         """After the call (``NEVER`` stops it) a failing listing is retried for the policy's
@@ -94,11 +102,17 @@ class TaskStreams(MessageStreams):
         patient = stop is NEVER
         read = 0
         with self._reading:
-            self.discover(
+            listed = self.discover(
                 deadline=self.policy.list_deadline if patient else self.policy.max_interval
             )
             for task in sorted(self.tasks.values(), key=lambda t: (t.index, t.attempt)):
-                while not stop.is_set() and (message := task.stream.next_message(stop)):
+                if task.drained and task.stream.key(task.stream.next_index) not in listed:
+                    continue  # nothing new: no download to find that out
+                task.drained = False
+                while not stop.is_set():
+                    if (message := task.stream.next_message(stop)) is None:
+                        task.drained = True
+                        break
                     self._deliver(task, message)
                     read += 1
         return read
@@ -213,13 +227,17 @@ def _largest(versions: list[Any]) -> Any:
 class PipesCloudRunTaskMessageReader(GcsMessageReader):
     """Reads the Pipes messages every task of a Cloud Run Jobs execution writes to GCS
     (arguments as :class:`~dagster_pipes_gcf.PipesCloudStorageMessageReader`; ``prefix``
-    defaults to ``dagster-pipes-jobs``; the orchestrator also needs to list the bucket).
+    defaults to ``dagster-pipes-jobs`` and ``polling`` to :data:`TASK_POLLING`; the
+    orchestrator also needs to list the bucket).
 
     Each task appends ``/task-<CLOUD_RUN_TASK_INDEX>/attempt-<CLOUD_RUN_TASK_ATTEMPT>`` to
     the session's key prefix. The client calls :meth:`finish` once the execution is over.
     """
 
     default_prefix = "dagster-pipes-jobs"
+
+    def __init__(self, *, polling: PollingPolicy | None = None, **reader: Any):
+        super().__init__(polling=polling or TASK_POLLING, **reader)
 
     def _streams(self, handler: PipesMessageHandler) -> TaskStreams:
         return TaskStreams(

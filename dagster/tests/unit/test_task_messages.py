@@ -1,5 +1,6 @@
 """The Cloud Run task reader: merging the tasks' results, and a GCS outage that fails fast."""
 
+import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,7 +12,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from dagster_pipes_gcf import PipesCloudRunTaskMessageReader
-from dagster_pipes_gcf.task_messages import merge_results
+from dagster_pipes_gcf.message_reader import NEVER, PollingPolicy
+from dagster_pipes_gcf.task_messages import TASK_POLLING, TaskStreams, merge_results
+from devstack.fake_gcs import FakeClient
 
 
 def materialization(rows: int, version: int, preview: str) -> dict[str, Any]:
@@ -107,3 +110,82 @@ def test_a_persistent_list_outage_fails_within_the_list_deadline_naming_the_list
     assert isinstance(error, DagsterPipesExecutionError)
     assert "could not list the Pipes messages under gs://pipes/" in str(error)
     assert "retried for 10s" in str(error) and "503" in str(error)
+
+
+class Delivered:
+    """A message handler keeping what it is handed; ``on_first`` runs at the first one."""
+
+    def __init__(self, on_first: Any = None) -> None:
+        self.messages: list[Any] = []
+        self._on_first = on_first
+
+    def handle_message(self, message: Any) -> None:
+        if not self.messages and self._on_first is not None:
+            self._on_first()
+        self.messages.append(message)
+
+
+def log(text: str) -> str:
+    return json.dumps({"method": "log", "params": {"message": text, "level": "INFO"}})
+
+
+def task_streams(gcs: FakeClient, handler: Delivered) -> TaskStreams:
+    return TaskStreams(
+        bucket=gcs.bucket("pipes"),  # type: ignore[arg-type]
+        session_prefix="s",
+        handler=handler,  # type: ignore[arg-type]
+        policy=PollingPolicy(),
+        coalescing=None,
+    )
+
+
+def counting_downloads(gcs: FakeClient) -> list[str]:
+    downloads: list[str] = []
+    gcs.fault = lambda operation, key: downloads.append(key) if operation == "download" else None
+    return downloads
+
+
+def put(gcs: FakeClient, task: int, chunk: int, *lines: str) -> None:
+    gcs.objects["pipes"][f"s/task-{task}/attempt-0/{chunk}.json"] = "\n".join(lines)
+
+
+def test_a_poll_downloads_only_chunks_that_its_listing_shows() -> None:
+    """12 running tasks cost a poll one listing, not 12 downloads of chunks not there yet."""
+    gcs, handler = FakeClient(objects={"pipes": {}}), Delivered()
+    streams = task_streams(gcs, handler)
+    for task in range(12):
+        put(gcs, task, 1, log(f"task {task} started"))
+    streams.read_available(NEVER)
+    downloads = counting_downloads(gcs)
+
+    streams.read_available(NEVER)  # nothing new
+    put(gcs, 3, 2, log("task 3 goes on"))
+    streams.read_available(NEVER)
+
+    assert downloads == ["s/task-3/attempt-0/2.json", "s/task-3/attempt-0/3.json"]
+    assert [m["params"]["message"] for m in handler.messages][-1] == "[task 3] task 3 goes on"
+    assert len(handler.messages) == 13
+
+
+def test_messages_left_in_a_chunk_by_a_stopped_poll_are_read_without_a_new_chunk() -> None:
+    stop = threading.Event()
+    gcs, handler = FakeClient(objects={"pipes": {}}), Delivered(on_first=stop.set)
+    streams = task_streams(gcs, handler)
+    closed = json.dumps({"method": "closed", "params": {}})
+    put(gcs, 0, 1, log("one"), log("two"), closed)
+
+    streams.read_available(stop)  # stopped after the first message
+    streams.read_available(NEVER)
+
+    assert [m["params"].get("message") for m in handler.messages] == [
+        "[task 0] one",
+        "[task 0] two",
+    ]
+    assert streams.tasks[(0, 0)].stream.closed_seen
+
+
+def test_the_task_reader_polls_at_a_pace_for_batch_tasks() -> None:
+    assert PipesCloudRunTaskMessageReader(bucket="b").polling == TASK_POLLING
+    assert TASK_POLLING.min_interval == 0.25
+    custom = PollingPolicy(min_interval=0.1)
+    assert PipesCloudRunTaskMessageReader(bucket="b", polling=custom).polling is custom
