@@ -14,7 +14,6 @@ the commit, with as many rows per day as fit the limit); target ``PEAK_TARGET_MI
 """
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import Row
+from devstack.memory import own_peak_bytes
 from people_lake.settings import DEFAULT_MAX_ROWS_PER_REQUEST
 from people_lake.window import MAX_RANGE_DAYS
 
@@ -59,20 +59,8 @@ def faker_rows_per_second(sample: int = FAKER_SAMPLE) -> float:
 
 
 def own_peak_mib() -> float:
-    """This process's peak resident memory in MiB.
-
-    Linux keeps ``ru_maxrss`` across ``exec``: a child started by a large process (a long
-    pytest run, the bench itself) reports at least its parent's size. ``VmHWM`` belongs to the
-    running program's own memory only; ``ru_maxrss`` is the fallback where /proc is missing.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak memory in MiB (see :mod:`devstack.memory`)."""
+    return own_peak_bytes() / (1024 * 1024)
 
 
 def child(table_dir: str) -> dict[str, float]:

@@ -115,7 +115,16 @@ def big_people_job(api: DagsterApi, task_logs: Path) -> float:
     new = [r for r in peak_memory_records(task_logs) if str(r) not in seen]
     if len(new) < BIG_TASKS:
         raise RuntimeError(f"people_job: {len(new)} peak-memory records for {BIG_TASKS} tasks")
-    return float(max(r["peak_rss_bytes"] for r in new))
+    return tasks_peak_bytes(new)
+
+
+def tasks_peak_bytes(records: list[dict[str, float]]) -> float:
+    """The largest task's peak, refused where a task's ``ru_maxrss`` may be only the size of
+    the stand-in that started it (Linux keeps it across exec)."""
+    for record in records:
+        if record["peak_rss_bytes"] <= record.get("starter_peak_bytes", 0):
+            raise RuntimeError(f"a task's peak is not above the stand-in's own size: {record}")
+    return float(max(r["peak_rss_bytes"] for r in records))
 
 
 def run_per_day_s(backfill: Backfill) -> float:

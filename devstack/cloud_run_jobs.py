@@ -59,6 +59,7 @@ from google.longrunning import operations_pb2  # type: ignore[import-untyped]
 from google.protobuf import json_format, timestamp_pb2  # type: ignore[import-untyped]
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 
+from devstack.memory import own_peak_bytes
 from devstack.net import LOOPBACK
 
 MAX_TASK_COUNT = 10_000
@@ -359,6 +360,8 @@ class ExecutionRun:
             "attempt": task.attempt,
             "exit_code": exit_code,
             "peak_rss_bytes": usage.ru_maxrss * 1024,  # ru_maxrss is in KiB on Linux
+            # What ru_maxrss cannot go below: this process's size when it started the task.
+            "starter_peak_bytes": own_peak_bytes(),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
             "wall_s": round(time.monotonic() - task.started_at, 3),
         }

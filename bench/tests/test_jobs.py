@@ -10,7 +10,14 @@ import pytest
 from google.cloud import run_v2
 
 from bench.backfill import Backfill
-from bench.jobs import Floor, execution_s, job_rows, run_per_day_s, start_at_once
+from bench.jobs import (
+    Floor,
+    execution_s,
+    job_rows,
+    run_per_day_s,
+    start_at_once,
+    tasks_peak_bytes,
+)
 from devstack.dagster_api import Run
 
 FLOOR = Floor(
@@ -68,3 +75,12 @@ def test_processes_started_at_once_report_their_wall_and_cpu_seconds(tmp_path: P
     assert len(cpu) == 2 and all(0 < seconds <= wall for seconds in cpu)
     with pytest.raises(RuntimeError, match="exited with 3"):
         start_at_once([sys.executable, "-c", "raise SystemExit(3)"], 2, {}, tmp_path)
+
+
+def test_a_task_peak_that_may_be_only_the_stand_in_s_size_is_refused() -> None:
+    mib = 2**20
+    measured = {"peak_rss_bytes": 300 * mib, "starter_peak_bytes": 70 * mib}
+    assert tasks_peak_bytes([measured]) == 300 * mib
+    inherited = {"peak_rss_bytes": 70 * mib, "starter_peak_bytes": 70 * mib}
+    with pytest.raises(RuntimeError, match="not above the stand-in"):
+        tasks_peak_bytes([measured, inherited])

@@ -60,6 +60,18 @@ def test_each_attempt_reports_its_cpu_and_wall_seconds(tmp_path: Path) -> None:
     assert record["cpu_s"] >= 0.3 and record["wall_s"] >= record["cpu_s"] * 0.5
 
 
+def test_each_attempt_reports_its_peak_above_the_stand_in_s_own_size(tmp_path: Path) -> None:
+    """ru_maxrss survives exec: a task's reading is at least the stand-in's size, which the
+    record names so that a reading of only that is told apart."""
+    grow = "held = bytearray(400 * 2**20)\nheld[::4096] = b'x' * len(held[::4096])"
+    job = {"command": [sys.executable, "-c", grow], "max_retries": 0}
+    with running_stand_in(tmp_path, {"grow": job}) as address:
+        api = CloudRunJobsApi.local(address)
+        assert wait(api, run(api, "grow").name).succeeded_count == 1
+    [record] = peak_memory_records(tmp_path / "tasks")
+    assert 0 < record["starter_peak_bytes"] < 200 * 2**20 < 400 * 2**20 < record["peak_rss_bytes"]
+
+
 def test_the_config_takes_the_tasks_working_directory_and_bytecode_dir(tmp_path: Path) -> None:
     raw = {
         "jobs": {"j": {"command": ["true"], "warm_imports": ["json"]}},
