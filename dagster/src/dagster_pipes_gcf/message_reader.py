@@ -14,16 +14,17 @@ import re
 import threading
 import time
 import uuid
+from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import google.auth.exceptions
-from dagster import PipesMessageHandler, PipesMessageReader
+from dagster import PipesLaunchedData, PipesMessageHandler, PipesMessageReader
 from dagster._core.errors import DagsterPipesExecutionError
-from dagster_pipes import PipesParams
+from dagster_pipes import PipesOpenedData, PipesParams
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
@@ -42,6 +43,7 @@ from dagster_pipes_gcf.auth import (
     missing_credentials_hint,
 )
 from dagster_pipes_gcf.cancellation import CancelOutcome, write_cancel_markers
+from dagster_pipes_gcf.invocation import HandlerStarted
 
 logger = logging.getLogger(__name__)
 
@@ -515,26 +517,38 @@ class PipesAttemptStreams(MessageStreams):
                 self.read_until(lambda: self.done, min(self.policy.drain_timeout, 5.0))
 
 
-@dataclass(frozen=True)
-class SharedMessages:
-    """The attempts of a session read by another reader (e.g. Dagster's own): all share the
-    session's one message location, and no cancel marker can be written."""
+class AttemptStreams(Protocol):
+    """The HTTP attempts of one open Pipes session, as the function client drives them."""
 
-    session_params: PipesParams
-    closed_with_exception = False
-    handler_started = None
+    @property
+    def closed_with_exception(self) -> bool:
+        """The answering attempt's ``closed`` carried the function's exception, which Dagster
+        showed in the run (with its remote stack)."""
 
-    def params(self) -> PipesParams:
-        return self.session_params
+    @property
+    def handler_started(self) -> HandlerStarted | None:
+        """Whether attempt ``n``'s handler ran; None when that cannot be told."""
 
     def begin_attempt(self, number: int, abandoned_because: str | None = None) -> PipesParams:
-        return self.session_params
+        """The messages params to send attempt ``number`` (after attempt 1: its predecessor
+        was abandoned)."""
 
-    def cancel(self, reason: Mapping[str, str], *, abandoned_only: bool = False) -> None:
-        return None
+    def cancel(
+        self, reason: Mapping[str, str], *, abandoned_only: bool = False
+    ) -> CancelOutcome | None:
+        """Ask the attempts that may still run to stop (None: it cannot be asked)."""
 
     def answered(self) -> None:
-        pass
+        """The live attempt answered the call: its results are the call's."""
+
+
+class PipesAttemptMessageReader(PipesMessageReader):
+    """A message reader that tells :class:`~dagster_pipes_gcf.PipesCloudFunctionClient`
+    where each HTTP attempt of a session writes its messages."""
+
+    @abstractmethod
+    def attempts(self, params: PipesParams) -> AttemptStreams:
+        """The attempts of the open session that yielded ``params``."""
 
 
 def validated_prefix(prefix: str) -> str:
@@ -653,7 +667,7 @@ class GcsMessageReader(PipesMessageReader):
                 self._sessions.pop(key, None)
 
 
-class PipesCloudStorageMessageReader(GcsMessageReader):
+class PipesCloudStorageMessageReader(GcsMessageReader, PipesAttemptMessageReader):
     """Reads Pipes messages that the Cloud Function writes to a GCS bucket.
 
     Each session yields the params of its attempt 1; a client that retries HTTP calls gets
@@ -689,15 +703,6 @@ class PipesCloudStorageMessageReader(GcsMessageReader):
         streams: PipesAttemptStreams = self._session(params)
         return streams
 
-    def request_cancellation(
-        self, params: PipesParams, reason: dict[str, str], *, abandoned_only: bool = False
-    ) -> CancelOutcome:
-        """:meth:`PipesAttemptStreams.cancel` of the open session that yielded ``params``."""
-        try:
-            return self.attempts(params).cancel(reason, abandoned_only=abandoned_only)
-        except DagsterPipesExecutionError as exc:
-            return CancelOutcome((), (str(exc),))
-
     def no_messages_debug_text(self) -> str:
         return (
             f"Attempted to read messages from GCS bucket {self.bucket}. Expected the function "
@@ -706,11 +711,49 @@ class PipesCloudStorageMessageReader(GcsMessageReader):
         )
 
 
-def attempt_streams(
-    reader: PipesMessageReader, params: PipesParams
-) -> PipesAttemptStreams | SharedMessages:
-    """The per-attempt streams of the session ``reader`` opened with ``params``: its own with
-    :class:`PipesCloudStorageMessageReader`, one shared location with any other reader."""
-    if isinstance(reader, PipesCloudStorageMessageReader):
-        return reader.attempts(params)
-    return SharedMessages(params)
+class PipesSharedLocationReader(PipesAttemptMessageReader):
+    """Any Pipes message reader (e.g. dagster-gcp's ``PipesGCSMessageReader``), made usable
+    by :class:`~dagster_pipes_gcf.PipesCloudFunctionClient`.
+
+    Every HTTP attempt of a call is sent the session's one message location, so the messages
+    of a retried call's attempts are not told apart, and no cancellation marker can be
+    written (the client forwards no termination).
+    """
+
+    def __init__(self, reader: PipesMessageReader):
+        self.reader = reader
+
+    @contextmanager
+    def read_messages(self, handler: PipesMessageHandler) -> Iterator[PipesParams]:
+        with self.reader.read_messages(handler) as params:
+            yield params
+
+    def on_opened(self, opened_payload: PipesOpenedData) -> None:
+        self.reader.on_opened(opened_payload)
+
+    def on_launched(self, launched_payload: PipesLaunchedData) -> None:
+        self.reader.on_launched(launched_payload)
+
+    def no_messages_debug_text(self) -> str:
+        return self.reader.no_messages_debug_text()
+
+    def attempts(self, params: PipesParams) -> AttemptStreams:
+        return _SharedLocation(params)
+
+
+@dataclass(frozen=True)
+class _SharedLocation:
+    """The attempts of a session read by another reader: one location, nothing to cancel."""
+
+    session_params: PipesParams
+    closed_with_exception = False
+    handler_started = None
+
+    def begin_attempt(self, number: int, abandoned_because: str | None = None) -> PipesParams:
+        return self.session_params
+
+    def cancel(self, reason: Mapping[str, str], *, abandoned_only: bool = False) -> None:
+        return None
+
+    def answered(self) -> None:
+        pass

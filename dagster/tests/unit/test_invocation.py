@@ -9,10 +9,12 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import dagster as dg
 import google.auth.credentials
 import google.auth.exceptions
 import pytest
 import requests
+from dagster_pipes import DAGSTER_PIPES_MESSAGES_ENV_VAR
 from urllib3.exceptions import NewConnectionError, ProtocolError
 
 from dagster_pipes_gcf import (
@@ -20,6 +22,8 @@ from dagster_pipes_gcf import (
     CloudFunctionInvoker,
     IdTokenAuth,
     InvocationPolicy,
+    PipesCloudFunctionClient,
+    PipesSharedLocationReader,
 )
 from dagster_pipes_gcf.invocation import AbandonedAttempt, Outcome, classify_exception
 from devstack.net import free_port
@@ -487,3 +491,29 @@ def test_an_interrupt_drops_its_own_connection_at_once() -> None:
     server.join(5)
     listener.close()
     assert seen["closed_after"] < 1.0
+
+
+def test_any_reader_wrapped_sends_every_attempt_the_sessions_one_location() -> None:
+    """Through PipesSharedLocationReader, a reader that knows nothing of attempts serves the
+    client: each retry is sent the session's messages params, and no cancel is asked for."""
+    inner = dg.PipesTempFileMessageReader()
+    reader = PipesSharedLocationReader(inner)
+    assert reader.no_messages_debug_text() == inner.no_messages_debug_text()
+    client = PipesCloudFunctionClient(
+        message_reader=reader, invoker=CloudFunctionInvoker(policy=AMBIGUOUS_OK)
+    )
+    # A lost answer (the function may have run: the abandoned attempt would be cancelled),
+    # then a refusal (never reached it), then the answer.
+    with ScriptedServer([(502, "lost"), (503, "busy"), (200, {"status": "ok"})]) as server:
+
+        @dg.asset
+        def people(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+            return client.run(context=context, function_url=server.url).get_materialize_result()
+
+        instance = dg.DagsterInstance.ephemeral()
+        result = dg.materialize([people], instance=instance, raise_on_error=False)
+    assert result.success
+    sent = [request["body"][DAGSTER_PIPES_MESSAGES_ENV_VAR] for request in server.requests]
+    assert len(sent) == 3 and len(set(sent)) == 1
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert not any("cancel" in line for line in logs), logs
