@@ -38,8 +38,9 @@ from tenacity import (
 )
 
 from dagster_pipes_gcf.auth import (
-    impersonated_marker_credentials,
-    impersonated_storage_credentials,
+    DEVSTORAGE_READ_ONLY_SCOPE,
+    DEVSTORAGE_READ_WRITE_SCOPE,
+    impersonated,
     missing_credentials_hint,
 )
 from dagster_pipes_gcf.cancellation import CancelOutcome, write_cancel_markers
@@ -266,8 +267,10 @@ class MessageStreams:
         self.policy, self.coalescing = policy, coalescing
         self.background_error: BaseException | None = None
         self.handler_error: PipesHandlerError | None = None
-        self.stop_polling: Callable[[], None] = lambda: None  # set while the poller runs
         self._reading = threading.Lock()  # one reader at a time: poller or final read
+        self._stop = threading.Event()
+        self._stop_asked: float | None = None
+        self.poller = threading.Thread(target=self._poll, name="pipes-gcs-reader", daemon=True)
 
     def chunks(self, key_prefix: str) -> ChunkStream:
         return ChunkStream(self.bucket, key_prefix, self.policy, self.coalescing)
@@ -314,52 +317,37 @@ class MessageStreams:
             )
         self.background_error = exc
 
+    def stop_polling(self) -> None:
+        """Ask the poller to stop, without waiting for it."""
+        self._stop_asked = self._stop_asked or time.monotonic()
+        self._stop.set()
+
+    def join_poller(self) -> None:
+        """Stop polling, waiting at most :data:`STOP_JOIN_TIMEOUT_S` since the stop was first
+        asked for: a request in flight ends on its own timeout."""
+        self.stop_polling()
+        waited = time.monotonic() - (self._stop_asked or 0.0)
+        self.poller.join(timeout=max(0.0, STOP_JOIN_TIMEOUT_S - waited))
+
+    def _poll(self) -> None:
+        interval = self.policy.min_interval
+        while not self._stop.is_set():
+            try:
+                found = self.read_available(self._stop)
+            except Exception as exc:  # noqa: BLE001 - reported in the run, read again after
+                if self._stop.is_set():
+                    return
+                self.record_background_error(exc)
+                found, interval = 0, self.policy.max_interval
+            interval = self.policy.next_interval(interval, found)
+            self._stop.wait(interval)
+
     def note(self, level: int, text: str) -> None:
         """A line in the run's log, or in this module's logger outside a step."""
         # PipesMessageHandler keeps the step context privately; Dagster's threaded readers
         # report their background errors through it the same way.
         context = getattr(self.handler, "_context", None)
         (context.log if context is not None else logger).log(level, text)
-
-
-class _Poller:
-    """Background thread that reads a session's streams while the call runs."""
-
-    def __init__(self, streams: MessageStreams):
-        self._streams = streams
-        self._stop = threading.Event()
-        self._stop_asked: float | None = None
-        self._thread = threading.Thread(target=self._run, name="pipes-gcs-reader", daemon=True)
-
-    def start(self) -> None:
-        self._streams.stop_polling = self.signal_stop
-        self._thread.start()
-
-    def signal_stop(self) -> None:
-        """Ask the thread to stop, without waiting for it."""
-        self._stop_asked = self._stop_asked or time.monotonic()
-        self._stop.set()
-
-    def stop(self) -> None:
-        """Stop, waiting at most :data:`STOP_JOIN_TIMEOUT_S` since the stop was first asked
-        for: a request in flight ends on its own timeout."""
-        self.signal_stop()
-        waited = time.monotonic() - (self._stop_asked or 0.0)
-        self._thread.join(timeout=max(0.0, STOP_JOIN_TIMEOUT_S - waited))
-
-    def _run(self) -> None:
-        policy = self._streams.policy
-        interval = policy.min_interval
-        while not self._stop.is_set():
-            try:
-                found = self._streams.read_available(self._stop)
-            except Exception as exc:  # noqa: BLE001 - reported in the run, read again after
-                if self._stop.is_set():
-                    return
-                self._streams.record_background_error(exc)
-                found, interval = 0, policy.max_interval
-            interval = policy.next_interval(interval, found)
-            self._stop.wait(interval)
 
 
 @dataclass
@@ -599,25 +587,26 @@ class GcsMessageReader(PipesMessageReader):
     def client(self) -> storage.Client:
         """The client that reads messages (read-only scoped under impersonation)."""
         if self._client is None:
-            self._client = self._new_client(impersonated_storage_credentials)
+            self._client = self._new_client(DEVSTORAGE_READ_ONLY_SCOPE)
         return self._client
 
     @property
     def marker_client(self) -> storage.Client:
-        """The client that writes cancellation markers: one that may create objects."""
+        """The client that writes cancellation markers: one that may create objects (IAM lets
+        the orchestrator create objects named ``*/cancel`` and nothing else)."""
         if self._marker_client is None:
             if self.impersonate_service_account:
-                self._marker_client = self._new_client(impersonated_marker_credentials)
+                self._marker_client = self._new_client(DEVSTORAGE_READ_WRITE_SCOPE)
             else:
                 self._marker_client = self.client  # default scopes include read-write
         return self._marker_client
 
-    def _new_client(self, impersonated: Callable[[str], Any]) -> storage.Client:
+    def _new_client(self, scope: str) -> storage.Client:
         try:
             if not self.impersonate_service_account:
                 return storage.Client()
             # project=None: objects need no project (and ADC may name none).
-            credentials = impersonated(self.impersonate_service_account)
+            credentials = impersonated(self.impersonate_service_account, scope)
             return storage.Client(credentials=credentials, project=None)
         except google.auth.exceptions.DefaultCredentialsError as exc:
             raise DagsterPipesExecutionError(
@@ -648,19 +637,18 @@ class GcsMessageReader(PipesMessageReader):
         key = str(params["key_prefix"])
         with self._sessions_lock:
             self._sessions[key] = streams
-        poller = _Poller(streams)
-        poller.start()
+        streams.poller.start()
         try:
             yield params
         except Exception:
-            poller.stop()
+            streams.join_poller()
             streams.after_failure()
             raise
         except BaseException:  # run terminated (KeyboardInterrupt, Dagster's interrupt)
-            poller.stop()
+            streams.join_poller()
             raise
         else:
-            poller.stop()
+            streams.join_poller()
             streams.after_success()
         finally:
             with self._sessions_lock:
