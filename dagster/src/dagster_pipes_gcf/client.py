@@ -42,7 +42,7 @@ Context = AssetExecutionContext | OpExecutionContext
 MAX_RESUME_CHAIN = 100  # ancestors looked up for a chain of from-failure re-executions
 
 
-def idempotency_run_id(run: DagsterRun, instance: DagsterInstance | None = None) -> str:
+def idempotency_run_id(run: DagsterRun, instance: DagsterInstance) -> str:
     """The run whose work ``run`` continues: itself, unless it re-executes from failure.
 
     A from-failure re-execution (tag ``dagster/is_resume_retry`` or
@@ -57,7 +57,7 @@ def idempotency_run_id(run: DagsterRun, instance: DagsterInstance | None = None)
     seen: set[str] = set()
     while resumes_its_parent(run) and run.parent_run_id and len(seen) < MAX_RESUME_CHAIN:
         seen.add(run.run_id)
-        parent = instance.get_run_by_id(run.parent_run_id) if instance else None
+        parent = instance.get_run_by_id(run.parent_run_id)
         if parent is None or parent.run_id in seen:
             return run.root_run_id or run.parent_run_id
         run = parent
@@ -218,8 +218,8 @@ class PipesCloudFunctionClient(GcpPipesClient):
         context_injector: how the Pipes context travels; defaults to inline in the body.
         invoker: HTTP invocation (auth, timeouts, retries); defaults to
             :class:`CloudFunctionInvoker` with its default policy.
-        function_location: project/region/service of the function for the Cloud Logging
-            link of each call, where its URL does not say (``run.app`` URLs lack the project).
+        function_location: the function's project, for each call's Cloud Logging link where
+            its URL does not name it (a ``run.app`` URL).
         forward_termination: when the run is terminated while the call waits, or the call
             fails while the function may still be working on it, ask the function to cancel
             (marker ``<key_prefix>/cancel``, see :mod:`dagster_pipes_gcf.cancellation`);

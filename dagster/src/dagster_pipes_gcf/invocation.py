@@ -236,11 +236,10 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 
 
 def classify_exception(exc: requests.RequestException) -> Outcome | None:
-    """How a transport error may be retried; None: not retried (e.g. a read timeout)."""
+    """How a transport error may be retried; None: not retried (e.g. a read timeout: the
+    function may still be working)."""
     if isinstance(exc, requests.ConnectTimeout):
         return Outcome.NOT_REACHED
-    if isinstance(exc, requests.ReadTimeout):
-        return None  # the function may still be working
     if isinstance(exc, requests.ConnectionError):
         # Refused / unresolvable: no connection, so no request. Anything else (reset,
         # aborted, closed without response) happened after the request was sent.

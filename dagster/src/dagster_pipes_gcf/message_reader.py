@@ -506,28 +506,26 @@ class PipesAttemptStreams(MessageStreams):
 
 
 class AttemptStreams(Protocol):
-    """The HTTP attempts of one open Pipes session, as the function client drives them."""
+    """The HTTP attempts of one open Pipes session, as the function client drives them: the
+    params to send attempt ``number`` (after the first, its predecessor was abandoned),
+    whether an attempt's handler ran (None: cannot tell), asking the attempts that may still
+    run to stop (None: cannot ask), and that the live attempt answered. After the answer,
+    ``closed_with_exception`` says whether its ``closed`` carried the function's exception
+    (Dagster showed it in the run)."""
 
     @property
-    def closed_with_exception(self) -> bool:
-        """The answering attempt's ``closed`` carried the function's exception, which Dagster
-        showed in the run (with its remote stack)."""
+    def closed_with_exception(self) -> bool: ...
 
     @property
-    def handler_started(self) -> HandlerStarted | None:
-        """Whether attempt ``n``'s handler ran; None when that cannot be told."""
+    def handler_started(self) -> HandlerStarted | None: ...
 
-    def begin_attempt(self, number: int, abandoned_because: str | None = None) -> PipesParams:
-        """The messages params to send attempt ``number`` (after attempt 1: its predecessor
-        was abandoned)."""
+    def begin_attempt(self, number: int, abandoned_because: str | None = None) -> PipesParams: ...
 
     def cancel(
         self, reason: Mapping[str, str], *, abandoned_only: bool = False
-    ) -> CancelOutcome | None:
-        """Ask the attempts that may still run to stop (None: it cannot be asked)."""
+    ) -> CancelOutcome | None: ...
 
-    def answered(self) -> None:
-        """The live attempt answered the call: its results are the call's."""
+    def answered(self) -> None: ...
 
 
 class PipesAttemptMessageReader(PipesMessageReader):

@@ -23,7 +23,6 @@ from dagster_pipes_gcf import (
 from dagster_pipes_gcf import message_reader as reader_module
 from dagster_pipes_gcf.cancellation import (
     CancelOutcome,
-    cancel_marker_key,
     forwarding_termination,
     write_cancel_markers,
 )
@@ -57,7 +56,6 @@ def test_markers_are_created_once_per_prefix_in_order(gcs: FakeClient) -> None:
     assert outcome.ok and "asked the function to cancel" in outcome.describe()
     assert json.loads(gcs.objects[BUCKET]["p/s/2/cancel"]) == REASON
     assert gcs.objects[BUCKET]["p/s/1/cancel"] == "{}"  # never overwritten
-    assert cancel_marker_key("p/s/2") == "p/s/2/cancel"
 
 
 def test_a_refused_marker_is_reported_not_raised(gcs: FakeClient) -> None:
