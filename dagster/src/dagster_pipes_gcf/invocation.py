@@ -285,7 +285,8 @@ def _response_error(
 
 
 class CloudFunctionInvoker:
-    """POSTs a JSON payload to a function URL with an ID token, timeouts and retries."""
+    """How the client calls a function: its :class:`InvocationPolicy` (timeouts, retries),
+    ID tokens and HTTP session; :meth:`start` begins one call."""
 
     def __init__(
         self,
@@ -303,25 +304,6 @@ class CloudFunctionInvoker:
         """A call to ``url`` whose attempts the caller drives (see :class:`Call`);
         ``timeout`` overrides the policy's per-attempt timeout."""
         return Call(self, url, headers or {}, timeout or self.policy.timeout)
-
-    def invoke(
-        self,
-        url: str,
-        payload: Mapping[str, Any],
-        *,
-        headers: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        handler_started: HandlerStarted | None = None,
-    ) -> FunctionResponse:
-        """Call the function with one JSON body for every attempt; return its 2xx response
-        or raise :class:`CloudFunctionError`. ``handler_started`` tells whether an
-        attempt's handler ran; without it a platform 429/503 is always taken as never reached.
-        """
-        call = self.start(url, headers=headers, timeout=timeout)
-        for attempt in call.attempts():
-            with attempt:
-                call.post(payload, handler_started)
-        return call.result()
 
 
 class Call:
