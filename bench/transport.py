@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from unittest import mock
 
 import dagster as dg
@@ -39,9 +39,15 @@ from google.cloud import storage
 
 from bench import console
 from bench.report import Row
-from dagster_pipes_gcf import PipesCloudFunctionClient, PipesCloudStorageMessageReader
+from dagster_pipes_gcf import (
+    PipesCloudFunctionClient,
+    PipesCloudStorageMessageReader,
+    PipesSharedLocationReader,
+)
+from dagster_pipes_gcf.message_reader import PipesAttemptMessageReader
 from devstack.stack import local_stack
 
+Reader = TypeVar("Reader", bound=PipesMessageReader)
 STREAMER = Path(__file__).parent / "functions" / "streamer.py"
 BUCKET = "bench-pipes"
 # Every key Dagster's context data has, as Dagster sends it.
@@ -74,7 +80,7 @@ class Tap:
         return getattr(self.handler, name)
 
 
-def tapped(reader: PipesMessageReader, taps: list[Tap]) -> PipesMessageReader:
+def tapped(reader: Reader, taps: list[Tap]) -> Reader:
     """``reader`` with every session's messages recorded in a new :class:`Tap`."""
     inner = reader.read_messages
 
@@ -179,18 +185,18 @@ def bench_stack() -> Iterator[str]:
         yield stack.function_url
 
 
-Impl = tuple[str, Callable[[], PipesMessageReader]]
+Impl = tuple[str, Callable[[], PipesAttemptMessageReader]]
 
 
 def implementations() -> list[Impl]:
+    stock = PipesGCSMessageReader  # dagster-gcp's own reader at its defaults (10 s polls)
     return [
         ("ours", lambda: PipesCloudStorageMessageReader(bucket=BUCKET)),
-        # dagster-gcp's own reader at its defaults (10 s polls).
-        ("stock", lambda: PipesGCSMessageReader(bucket=BUCKET, client=storage.Client())),
+        ("stock", lambda: PipesSharedLocationReader(stock(bucket=BUCKET, client=storage.Client()))),
     ]
 
 
-def _client(reader: PipesMessageReader) -> PipesCloudFunctionClient:
+def _client(reader: PipesAttemptMessageReader) -> PipesCloudFunctionClient:
     return PipesCloudFunctionClient(message_reader=reader)
 
 

@@ -123,7 +123,11 @@ def test_the_demo_retries_an_answer_the_platform_lost(
     """Its function is idempotent on the invocation id, so the demo opts in to retrying
     outcomes where the function may have run; the library's default would fail the step."""
     url, posts = loses_first_answer
-    response = demo_client(function_url=url).invoker.invoke(url, {})
+    call = demo_client(function_url=url).invoker.start(url)
+    for attempt in call.attempts():
+        with attempt:
+            call.post({})
+    response = call.result()
     assert response.status == 200 and response.attempts == 2 and len(posts) == 2
 
 

@@ -23,6 +23,7 @@ from dagster_pipes_gcf.invocation import (
 from dagster_pipes_gcf.message_reader import (
     LogCoalescing,
     PipesCloudStorageMessageReader,
+    PipesSharedLocationReader,
     PollingPolicy,
 )
 from dagster_pipes_gcf.task_messages import PipesCloudRunTaskMessageReader
@@ -47,6 +48,7 @@ __all__ = [
     "PipesCloudRunJobClient",
     "PipesCloudRunTaskMessageReader",
     "PipesCloudStorageMessageReader",
+    "PipesSharedLocationReader",
     "PollingPolicy",
     "event_args",
     "needs_id_token",

@@ -84,7 +84,7 @@ def default_id_token_credentials(audience: str) -> Any:
     return id_token.fetch_id_token_credentials(audience, request=request)  # type: ignore[no-untyped-call]
 
 
-def _impersonated(target_principal: str, scope: str) -> Any:
+def impersonated(target_principal: str, scope: str) -> Any:
     """Credentials of ``target_principal`` with ``scope``, minted from the caller's
     application-default credentials (they need roles/iam.serviceAccountTokenCreator on it)."""
     source, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
@@ -96,21 +96,10 @@ def _impersonated(target_principal: str, scope: str) -> Any:
 def impersonated_id_token_credentials(target_principal: str, audience: str) -> Any:
     """ID tokens of ``target_principal`` for ``audience``, minted from the caller's credentials."""
     return impersonated_credentials.IDTokenCredentials(  # type: ignore[no-untyped-call]
-        _impersonated(target_principal, CLOUD_PLATFORM_SCOPE),
+        impersonated(target_principal, CLOUD_PLATFORM_SCOPE),
         target_audience=audience,
         include_email=True,
     )
-
-
-def impersonated_storage_credentials(target_principal: str) -> Any:
-    """Read-only GCS credentials of ``target_principal`` (for the Pipes reader)."""
-    return _impersonated(target_principal, DEVSTORAGE_READ_ONLY_SCOPE)
-
-
-def impersonated_marker_credentials(target_principal: str) -> Any:
-    """Read-write GCS credentials of ``target_principal``, used only to create cancellation
-    markers (IAM lets the orchestrator create objects named ``*/cancel`` and nothing else)."""
-    return _impersonated(target_principal, DEVSTORAGE_READ_WRITE_SCOPE)
 
 
 class TokenTimeout(google.auth.exceptions.TransportError):

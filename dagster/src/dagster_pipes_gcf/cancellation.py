@@ -27,11 +27,6 @@ from dagster_pipes_gcf.invocation import CloudFunctionError
 CANCEL_TIMEOUT_S = 1.5
 
 
-def cancel_marker_key(key_prefix: str) -> str:
-    """Object name of the cancellation marker of the attempt writing under ``key_prefix``."""
-    return f"{key_prefix}/cancel"
-
-
 @dataclass(frozen=True)
 class CancelOutcome:
     """Which markers were written, and what went wrong with the others."""
@@ -73,7 +68,7 @@ def write_cancel_markers(
             problems.append(f"no client for the Pipes bucket ({type(exc).__name__}: {exc})")
             return
         for prefix in key_prefixes:
-            key = cancel_marker_key(prefix)
+            key = f"{prefix}/cancel"
             try:
                 target.blob(key).upload_from_string(
                     json.dumps(dict(reason)),

@@ -29,11 +29,7 @@ from dagster_pipes import DAGSTER_PIPES_MESSAGES_ENV_VAR, PipesExtras, PipesPara
 from dagster_pipes_gcf.cancellation import CancelOutcome, forwarding_termination
 from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
 from dagster_pipes_gcf.invocation import Call, CloudFunctionError, CloudFunctionInvoker
-from dagster_pipes_gcf.message_reader import (
-    PipesAttemptStreams,
-    SharedMessages,
-    attempt_streams,
-)
+from dagster_pipes_gcf.message_reader import AttemptStreams, PipesAttemptMessageReader
 from dagster_pipes_gcf.partition_range import PipesPartitionRangeInjector, is_direct_invocation
 from dagster_pipes_gcf.tracing import CallTrace, FunctionLocation
 
@@ -46,7 +42,7 @@ Context = AssetExecutionContext | OpExecutionContext
 MAX_RESUME_CHAIN = 100  # ancestors looked up for a chain of from-failure re-executions
 
 
-def idempotency_run_id(run: DagsterRun, instance: DagsterInstance | None = None) -> str:
+def idempotency_run_id(run: DagsterRun, instance: DagsterInstance) -> str:
     """The run whose work ``run`` continues: itself, unless it re-executes from failure.
 
     A from-failure re-execution (tag ``dagster/is_resume_retry`` or
@@ -61,7 +57,7 @@ def idempotency_run_id(run: DagsterRun, instance: DagsterInstance | None = None)
     seen: set[str] = set()
     while resumes_its_parent(run) and run.parent_run_id and len(seen) < MAX_RESUME_CHAIN:
         seen.add(run.run_id)
-        parent = instance.get_run_by_id(run.parent_run_id) if instance else None
+        parent = instance.get_run_by_id(run.parent_run_id)
         if parent is None or parent.run_id in seen:
             return run.root_run_id or run.parent_run_id
         run = parent
@@ -216,12 +212,14 @@ class PipesCloudFunctionClient(GcpPipesClient):
     names each call with ``call_key`` instead, unique within the step.
 
     Args:
-        message_reader: where the function's messages are read from.
+        message_reader: where the function's messages are read from:
+            :class:`PipesCloudStorageMessageReader`, or any other Pipes reader wrapped in
+            :class:`PipesSharedLocationReader`.
         context_injector: how the Pipes context travels; defaults to inline in the body.
         invoker: HTTP invocation (auth, timeouts, retries); defaults to
             :class:`CloudFunctionInvoker` with its default policy.
-        function_location: project/region/service of the function for the Cloud Logging
-            link of each call, where its URL does not say (``run.app`` URLs lack the project).
+        function_location: the function's project, for each call's Cloud Logging link where
+            its URL does not name it (a ``run.app`` URL).
         forward_termination: when the run is terminated while the call waits, or the call
             fails while the function may still be working on it, ask the function to cancel
             (marker ``<key_prefix>/cancel``, see :mod:`dagster_pipes_gcf.cancellation`);
@@ -229,9 +227,11 @@ class PipesCloudFunctionClient(GcpPipesClient):
             :class:`PipesCloudStorageMessageReader` only.
     """
 
+    message_reader: PipesAttemptMessageReader
+
     def __init__(
         self,
-        message_reader: PipesMessageReader,
+        message_reader: PipesAttemptMessageReader,
         context_injector: PipesContextInjector | None = None,
         invoker: CloudFunctionInvoker | None = None,
         function_location: FunctionLocation | None = None,
@@ -270,10 +270,10 @@ class PipesCloudFunctionClient(GcpPipesClient):
             partition_key=partition_of(context),
             location=self.function_location,
         )
-        streams: PipesAttemptStreams | SharedMessages | None = None
+        attempts: AttemptStreams | None = None
         try:
             with self.open_session(context, extras, call_key) as (session, invocation_id):
-                streams = attempt_streams(self.message_reader, session.message_reader_params)
+                attempts = self.message_reader.attempts(session.message_reader_params)
                 context.log.info(
                     f"[pipes] invoking Cloud Function {function_url} ({invocation_id}); "
                     f"{trace.describe()}"
@@ -281,7 +281,7 @@ class PipesCloudFunctionClient(GcpPipesClient):
                 reason = {"run_id": context.run_id, "invocation_id": invocation_id}
                 with (
                     trace.annotating_failures(),
-                    forwarding_termination(self._canceller(streams, reason), context.log.warning),
+                    forwarding_termination(self._canceller(attempts, reason), context.log.warning),
                 ):
                     call = self.invoker.start(
                         function_url,
@@ -291,19 +291,19 @@ class PipesCloudFunctionClient(GcpPipesClient):
                     body = {**(event or {}), **session.get_bootstrap_env_vars()}
                     for attempt in call.attempts():
                         with attempt:
-                            params = self._begin_attempt(call, streams, reason, context)
+                            params = self._begin_attempt(call, attempts, reason, context)
                             call.post(
                                 {**body, DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param(params)},
-                                streams.handler_started,
+                                attempts.handler_started,
                             )
                     response = call.result()
-                streams.answered()
+                attempts.answered()
                 context.log.info(
                     f"[pipes] Cloud Function answered HTTP {response.status} in "
                     f"{response.elapsed_s:.2f}s ({response.attempts} attempt(s))"
                 )
         except CloudFunctionError as error:
-            if streams is not None and streams.closed_with_exception:
+            if attempts is not None and attempts.closed_with_exception:
                 error.traceback_shown_elsewhere(CLOSED_EVENT)
             raise
         metadata = {
@@ -318,29 +318,23 @@ class PipesCloudFunctionClient(GcpPipesClient):
         return PipesCloudFunctionCompletedInvocation(session, metadata=metadata)
 
     def _canceller(
-        self, streams: PipesAttemptStreams | SharedMessages, reason: Mapping[str, str]
+        self, attempts: AttemptStreams, reason: Mapping[str, str]
     ) -> Callable[[str], CancelOutcome | None] | None:
         """How to ask the function to stop this call (told why), if this client may."""
         if not self.forward_termination:
             return None
-        return lambda why: streams.cancel({"reason": why, **reason})
+        return lambda why: attempts.cancel({"reason": why, **reason})
 
     def _begin_attempt(
-        self,
-        call: Call,
-        streams: PipesAttemptStreams | SharedMessages,
-        reason: Mapping[str, str],
-        context: Context,
+        self, call: Call, attempts: AttemptStreams, reason: Mapping[str, str], context: Context
     ) -> PipesParams:
         """The messages params of the attempt about to be sent. The attempt given up before
         it, if it may have reached the handler, is asked to stop: two copies of one call then
         never work side by side for long."""
         abandoned = call.abandoned
-        if abandoned is None:
-            return streams.params()
-        params = streams.begin_attempt(call.number, abandoned.reason)
-        if abandoned.may_have_run and self.forward_termination:
+        params = attempts.begin_attempt(call.number, abandoned.reason if abandoned else None)
+        if abandoned and abandoned.may_have_run and self.forward_termination:
             why = f"attempt {call.number - 1} abandoned ({abandoned.reason})"
-            if outcome := streams.cancel({"reason": why, **reason}, abandoned_only=True):
+            if outcome := attempts.cancel({"reason": why, **reason}, abandoned_only=True):
                 context.log.info(f"[pipes] before attempt {call.number}: {outcome.describe()}")
         return params

@@ -159,18 +159,9 @@ HandlerStarted = Callable[[int], bool]
 class _FailedAttempt(Exception):
     """An attempt that may be retried, depending on its outcome and the policy."""
 
-    def __init__(
-        self,
-        outcome: Outcome,
-        reason: str,
-        response: requests.Response | None = None,
-        error: Exception | None = None,
-    ):
+    def __init__(self, outcome: Outcome, reason: str, response: requests.Response | None = None):
         super().__init__(reason)
-        self.outcome = outcome
-        self.reason = reason
-        self.response = response
-        self.error = error
+        self.outcome, self.reason, self.response = outcome, reason, response
         self.refused_locally = False  # see _backoff
 
     def rechecked(
@@ -183,17 +174,15 @@ class _FailedAttempt(Exception):
         if not refusal or handler_started is None:
             return self
         try:
-            started = call_within(seconds_left, lambda: handler_started(attempt))
+            if not call_within(seconds_left, lambda: handler_started(attempt)):
+                return self
+            reason = f"{self.reason} after the handler had started (its Pipes messages exist)"
         except TimedOut:
             reason = (
                 f"{self.reason}; whether its handler had started is unknown (the call's "
                 "deadline passed before its Pipes messages could be checked)"
             )
-            return _FailedAttempt(Outcome.AMBIGUOUS, reason, self.response, self.error)
-        if not started:
-            return self
-        reason = f"{self.reason} after the handler had started (its Pipes messages exist)"
-        return _FailedAttempt(Outcome.AMBIGUOUS, reason, self.response, self.error)
+        return _FailedAttempt(Outcome.AMBIGUOUS, reason, self.response)
 
 
 class _DeadlinePassed(Exception):
@@ -247,11 +236,10 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 
 
 def classify_exception(exc: requests.RequestException) -> Outcome | None:
-    """How a transport error may be retried; None: not retried (e.g. a read timeout)."""
+    """How a transport error may be retried; None: not retried (e.g. a read timeout: the
+    function may still be working)."""
     if isinstance(exc, requests.ConnectTimeout):
         return Outcome.NOT_REACHED
-    if isinstance(exc, requests.ReadTimeout):
-        return None  # the function may still be working
     if isinstance(exc, requests.ConnectionError):
         # Refused / unresolvable: no connection, so no request. Anything else (reset,
         # aborted, closed without response) happened after the request was sent.
@@ -296,22 +284,9 @@ def _response_error(
     )
 
 
-class _Clock:
-    """The overall deadline of one call."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.started = time.monotonic()
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def remaining(self) -> float:
-        return max(0.0, self.seconds - self.elapsed())
-
-
 class CloudFunctionInvoker:
-    """POSTs a JSON payload to a function URL with an ID token, timeouts and retries."""
+    """How the client calls a function: its :class:`InvocationPolicy` (timeouts, retries),
+    ID tokens and HTTP session; :meth:`start` begins one call."""
 
     def __init__(
         self,
@@ -329,25 +304,6 @@ class CloudFunctionInvoker:
         """A call to ``url`` whose attempts the caller drives (see :class:`Call`);
         ``timeout`` overrides the policy's per-attempt timeout."""
         return Call(self, url, headers or {}, timeout or self.policy.timeout)
-
-    def invoke(
-        self,
-        url: str,
-        payload: Mapping[str, Any],
-        *,
-        headers: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        handler_started: HandlerStarted | None = None,
-    ) -> FunctionResponse:
-        """Call the function with one JSON body for every attempt; return its 2xx response
-        or raise :class:`CloudFunctionError`. ``handler_started`` tells whether an
-        attempt's handler ran; without it a platform 429/503 is always taken as never reached.
-        """
-        call = self.start(url, headers=headers, timeout=timeout)
-        for attempt in call.attempts():
-            with attempt:
-                call.post(payload, handler_started)
-        return call.result()
 
 
 class Call:
@@ -374,18 +330,26 @@ class Call:
         self.policy = invoker.policy
         self.attempt_timeout = attempt_timeout
         deadline = self.policy.deadline
-        self.clock = _Clock(
+        self.deadline_s = (
             attempt_timeout + DEFAULT_RETRY_ALLOWANCE_S if deadline is None else deadline
         )
+        self.started = time.monotonic()
         self.number = 0  # the attempt being made, from 1
         self.abandoned: AbandonedAttempt | None = None  # why the previous attempt was given up
         self._ambiguous = False  # an abandoned attempt may still be running
         self._response: requests.Response | None = None
 
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def remaining(self) -> float:
+        """Seconds left of the call's overall deadline."""
+        return max(0.0, self.deadline_s - self.elapsed())
+
     def attempts(self) -> Iterator[AttemptManager]:
-        policy, clock, url = self.policy, self.clock, self.url
+        policy, url = self.policy, self.url
         retrying = Retrying(
-            stop=stop_after_attempt(policy.attempts) | stop_before_delay(clock.seconds),
+            stop=stop_after_attempt(policy.attempts) | stop_before_delay(self.deadline_s),
             wait=_backoff(policy),
             retry=retry_if_exception(
                 lambda exc: isinstance(exc, _FailedAttempt) and policy.allows(exc.outcome)
@@ -402,8 +366,8 @@ class Call:
         except _DeadlinePassed as passed:
             description = (
                 f"the call to the Cloud Function at {url} ran out of time: its deadline of "
-                f"{clock.seconds:g}s passed {passed} (attempt {self.number}, "
-                f"{clock.elapsed():.1f}s after the call began)"
+                f"{self.deadline_s:g}s passed {passed} (attempt {self.number}, "
+                f"{self.elapsed():.1f}s after the call began)"
             )
             raise _may_still_run(CloudFunctionError(description), self._ambiguous) from None
         except _Unanswered as unanswered:
@@ -411,7 +375,7 @@ class Call:
             if unanswered.cut_by_deadline:
                 description = (
                     f"Cloud Function at {url} did not answer before the call's deadline of "
-                    f"{clock.seconds:g}s ({unanswered.waited:.1f}s of it were left for the "
+                    f"{self.deadline_s:g}s ({unanswered.waited:.1f}s of it were left for the "
                     "last attempt); it may still be working"
                 )
             raise _may_still_run(CloudFunctionError(description)) from unanswered.__cause__
@@ -426,7 +390,7 @@ class Call:
         try:
             self._response = self._send(json.dumps(payload))
         except _FailedAttempt as refused:
-            failed = refused.rechecked(self.number, handler_started, self.clock.remaining())
+            failed = refused.rechecked(self.number, handler_started, self.remaining())
             self.abandoned = AbandonedAttempt(failed.reason, failed.outcome is Outcome.AMBIGUOUS)
             self._ambiguous = self._ambiguous or self.abandoned.may_have_run
             if failed is refused:
@@ -442,7 +406,7 @@ class Call:
         return FunctionResponse(
             status=response.status_code,
             body=_json_body(response) or {},
-            elapsed_s=self.clock.elapsed(),
+            elapsed_s=self.elapsed(),
             attempts=self.number,
         )
 
@@ -450,7 +414,7 @@ class Call:
         """One attempt, within what is left of the deadline: the token, connecting, the answer."""
         url = self.url
         auth_headers = self._auth_headers()
-        wait = min(self.attempt_timeout, self.clock.remaining())
+        wait = min(self.attempt_timeout, self.remaining())
         if wait <= 0:
             raise _DeadlinePassed("before the attempt could be sent")
         try:
@@ -474,7 +438,7 @@ class Call:
             outcome = classify_exception(exc)
             if outcome is None:
                 raise
-            failed = _FailedAttempt(outcome, _describe_exception(url, exc), error=exc)
+            failed = _FailedAttempt(outcome, _describe_exception(url, exc))
             failed.refused_locally = is_loopback(url) and _caused_by(exc, ConnectionRefusedError)
             raise failed from exc
         if (outcome := classify_response(response)) is not None:
@@ -490,16 +454,16 @@ class Call:
         """The ID token header; a token that google-auth could not get is an attempt that
         never reached the function (retried if google-auth says the error is transient)."""
         try:
-            return self.invoker.auth.headers_for(self.url, timeout=self.clock.remaining())
+            return self.invoker.auth.headers_for(self.url, timeout=self.remaining())
         except TokenTimeout as exc:
             raise _DeadlinePassed(f"while waiting for an ID token ({exc})") from exc
         except google.auth.exceptions.TransportError as exc:
             reason = f"no ID token: google-auth could not reach its token service ({exc})"
-            raise _FailedAttempt(Outcome.NOT_REACHED, reason, error=exc) from exc
+            raise _FailedAttempt(Outcome.NOT_REACHED, reason) from exc
         except google.auth.exceptions.GoogleAuthError as exc:
             if isinstance(exc, google.auth.exceptions.RefreshError) and exc.retryable:
                 reason = f"no ID token: google-auth's refresh failed transiently ({exc})"
-                raise _FailedAttempt(Outcome.NOT_REACHED, reason, error=exc) from exc
+                raise _FailedAttempt(Outcome.NOT_REACHED, reason) from exc
             cause = (
                 missing_credentials_hint(exc)
                 + " ID tokens come from a service account: with a user's credentials, set "
@@ -513,7 +477,7 @@ class Call:
             ) from None
 
     def _failure(self, failed: _FailedAttempt) -> CloudFunctionError:
-        url, attempts, clock = self.url, self.number, self.clock
+        url, attempts = self.url, self.number
         if not self.policy.allows(failed.outcome):
             description = (
                 f"ambiguous outcome calling the Cloud Function at {url} (attempt {attempts}): "
@@ -524,9 +488,9 @@ class Call:
             if failed.response is not None:
                 return _response_error(url, failed.response, before=f"{description}\n\n")
             return CloudFunctionError(description, {"function_url": MetadataValue.url(url)})
-        gave_up = f"gave up after {attempts} attempt(s) in {clock.elapsed():.1f}s"
-        if clock.remaining() <= 0 or attempts < self.policy.attempts:
-            gave_up += f" (deadline {clock.seconds:g}s)"
+        gave_up = f"gave up after {attempts} attempt(s) in {self.elapsed():.1f}s"
+        if self.remaining() <= 0 or attempts < self.policy.attempts:
+            gave_up += f" (deadline {self.deadline_s:g}s)"
         if failed.response is not None:
             return _response_error(url, failed.response, after=f"\n({gave_up})")
         return CloudFunctionError(

@@ -14,16 +14,17 @@ import re
 import threading
 import time
 import uuid
+from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import google.auth.exceptions
-from dagster import PipesMessageHandler, PipesMessageReader
+from dagster import PipesLaunchedData, PipesMessageHandler, PipesMessageReader
 from dagster._core.errors import DagsterPipesExecutionError
-from dagster_pipes import PipesParams
+from dagster_pipes import PipesOpenedData, PipesParams
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
@@ -37,11 +38,13 @@ from tenacity import (
 )
 
 from dagster_pipes_gcf.auth import (
-    impersonated_marker_credentials,
-    impersonated_storage_credentials,
+    DEVSTORAGE_READ_ONLY_SCOPE,
+    DEVSTORAGE_READ_WRITE_SCOPE,
+    impersonated,
     missing_credentials_hint,
 )
 from dagster_pipes_gcf.cancellation import CancelOutcome, write_cancel_markers
+from dagster_pipes_gcf.invocation import HandlerStarted
 
 logger = logging.getLogger(__name__)
 
@@ -264,8 +267,10 @@ class MessageStreams:
         self.policy, self.coalescing = policy, coalescing
         self.background_error: BaseException | None = None
         self.handler_error: PipesHandlerError | None = None
-        self.stop_polling: Callable[[], None] = lambda: None  # set while the poller runs
         self._reading = threading.Lock()  # one reader at a time: poller or final read
+        self._stop = threading.Event()
+        self._stop_asked: float | None = None
+        self.poller = threading.Thread(target=self._poll, name="pipes-gcs-reader", daemon=True)
 
     def chunks(self, key_prefix: str) -> ChunkStream:
         return ChunkStream(self.bucket, key_prefix, self.policy, self.coalescing)
@@ -312,52 +317,37 @@ class MessageStreams:
             )
         self.background_error = exc
 
+    def stop_polling(self) -> None:
+        """Ask the poller to stop, without waiting for it."""
+        self._stop_asked = self._stop_asked or time.monotonic()
+        self._stop.set()
+
+    def join_poller(self) -> None:
+        """Stop polling, waiting at most :data:`STOP_JOIN_TIMEOUT_S` since the stop was first
+        asked for: a request in flight ends on its own timeout."""
+        self.stop_polling()
+        waited = time.monotonic() - (self._stop_asked or 0.0)
+        self.poller.join(timeout=max(0.0, STOP_JOIN_TIMEOUT_S - waited))
+
+    def _poll(self) -> None:
+        interval = self.policy.min_interval
+        while not self._stop.is_set():
+            try:
+                found = self.read_available(self._stop)
+            except Exception as exc:  # noqa: BLE001 - reported in the run, read again after
+                if self._stop.is_set():
+                    return
+                self.record_background_error(exc)
+                found, interval = 0, self.policy.max_interval
+            interval = self.policy.next_interval(interval, found)
+            self._stop.wait(interval)
+
     def note(self, level: int, text: str) -> None:
         """A line in the run's log, or in this module's logger outside a step."""
         # PipesMessageHandler keeps the step context privately; Dagster's threaded readers
         # report their background errors through it the same way.
         context = getattr(self.handler, "_context", None)
         (context.log if context is not None else logger).log(level, text)
-
-
-class _Poller:
-    """Background thread that reads a session's streams while the call runs."""
-
-    def __init__(self, streams: MessageStreams):
-        self._streams = streams
-        self._stop = threading.Event()
-        self._stop_asked: float | None = None
-        self._thread = threading.Thread(target=self._run, name="pipes-gcs-reader", daemon=True)
-
-    def start(self) -> None:
-        self._streams.stop_polling = self.signal_stop
-        self._thread.start()
-
-    def signal_stop(self) -> None:
-        """Ask the thread to stop, without waiting for it."""
-        self._stop_asked = self._stop_asked or time.monotonic()
-        self._stop.set()
-
-    def stop(self) -> None:
-        """Stop, waiting at most :data:`STOP_JOIN_TIMEOUT_S` since the stop was first asked
-        for: a request in flight ends on its own timeout."""
-        self.signal_stop()
-        waited = time.monotonic() - (self._stop_asked or 0.0)
-        self._thread.join(timeout=max(0.0, STOP_JOIN_TIMEOUT_S - waited))
-
-    def _run(self) -> None:
-        policy = self._streams.policy
-        interval = policy.min_interval
-        while not self._stop.is_set():
-            try:
-                found = self._streams.read_available(self._stop)
-            except Exception as exc:  # noqa: BLE001 - reported in the run, read again after
-                if self._stop.is_set():
-                    return
-                self._streams.record_background_error(exc)
-                found, interval = 0, policy.max_interval
-            interval = policy.next_interval(interval, found)
-            self._stop.wait(interval)
 
 
 @dataclass
@@ -515,26 +505,36 @@ class PipesAttemptStreams(MessageStreams):
                 self.read_until(lambda: self.done, min(self.policy.drain_timeout, 5.0))
 
 
-@dataclass(frozen=True)
-class SharedMessages:
-    """The attempts of a session read by another reader (e.g. Dagster's own): all share the
-    session's one message location, and no cancel marker can be written."""
+class AttemptStreams(Protocol):
+    """The HTTP attempts of one open Pipes session, as the function client drives them: the
+    params to send attempt ``number`` (after the first, its predecessor was abandoned),
+    whether an attempt's handler ran (None: cannot tell), asking the attempts that may still
+    run to stop (None: cannot ask), and that the live attempt answered. After the answer,
+    ``closed_with_exception`` says whether its ``closed`` carried the function's exception
+    (Dagster showed it in the run)."""
 
-    session_params: PipesParams
-    closed_with_exception = False
-    handler_started = None
+    @property
+    def closed_with_exception(self) -> bool: ...
 
-    def params(self) -> PipesParams:
-        return self.session_params
+    @property
+    def handler_started(self) -> HandlerStarted | None: ...
 
-    def begin_attempt(self, number: int, abandoned_because: str | None = None) -> PipesParams:
-        return self.session_params
+    def begin_attempt(self, number: int, abandoned_because: str | None = None) -> PipesParams: ...
 
-    def cancel(self, reason: Mapping[str, str], *, abandoned_only: bool = False) -> None:
-        return None
+    def cancel(
+        self, reason: Mapping[str, str], *, abandoned_only: bool = False
+    ) -> CancelOutcome | None: ...
 
-    def answered(self) -> None:
-        pass
+    def answered(self) -> None: ...
+
+
+class PipesAttemptMessageReader(PipesMessageReader):
+    """A message reader that tells :class:`~dagster_pipes_gcf.PipesCloudFunctionClient`
+    where each HTTP attempt of a session writes its messages."""
+
+    @abstractmethod
+    def attempts(self, params: PipesParams) -> AttemptStreams:
+        """The attempts of the open session that yielded ``params``."""
 
 
 def validated_prefix(prefix: str) -> str:
@@ -585,25 +585,26 @@ class GcsMessageReader(PipesMessageReader):
     def client(self) -> storage.Client:
         """The client that reads messages (read-only scoped under impersonation)."""
         if self._client is None:
-            self._client = self._new_client(impersonated_storage_credentials)
+            self._client = self._new_client(DEVSTORAGE_READ_ONLY_SCOPE)
         return self._client
 
     @property
     def marker_client(self) -> storage.Client:
-        """The client that writes cancellation markers: one that may create objects."""
+        """The client that writes cancellation markers: one that may create objects (IAM lets
+        the orchestrator create objects named ``*/cancel`` and nothing else)."""
         if self._marker_client is None:
             if self.impersonate_service_account:
-                self._marker_client = self._new_client(impersonated_marker_credentials)
+                self._marker_client = self._new_client(DEVSTORAGE_READ_WRITE_SCOPE)
             else:
                 self._marker_client = self.client  # default scopes include read-write
         return self._marker_client
 
-    def _new_client(self, impersonated: Callable[[str], Any]) -> storage.Client:
+    def _new_client(self, scope: str) -> storage.Client:
         try:
             if not self.impersonate_service_account:
                 return storage.Client()
             # project=None: objects need no project (and ADC may name none).
-            credentials = impersonated(self.impersonate_service_account)
+            credentials = impersonated(self.impersonate_service_account, scope)
             return storage.Client(credentials=credentials, project=None)
         except google.auth.exceptions.DefaultCredentialsError as exc:
             raise DagsterPipesExecutionError(
@@ -634,26 +635,25 @@ class GcsMessageReader(PipesMessageReader):
         key = str(params["key_prefix"])
         with self._sessions_lock:
             self._sessions[key] = streams
-        poller = _Poller(streams)
-        poller.start()
+        streams.poller.start()
         try:
             yield params
         except Exception:
-            poller.stop()
+            streams.join_poller()
             streams.after_failure()
             raise
         except BaseException:  # run terminated (KeyboardInterrupt, Dagster's interrupt)
-            poller.stop()
+            streams.join_poller()
             raise
         else:
-            poller.stop()
+            streams.join_poller()
             streams.after_success()
         finally:
             with self._sessions_lock:
                 self._sessions.pop(key, None)
 
 
-class PipesCloudStorageMessageReader(GcsMessageReader):
+class PipesCloudStorageMessageReader(GcsMessageReader, PipesAttemptMessageReader):
     """Reads Pipes messages that the Cloud Function writes to a GCS bucket.
 
     Each session yields the params of its attempt 1; a client that retries HTTP calls gets
@@ -689,15 +689,6 @@ class PipesCloudStorageMessageReader(GcsMessageReader):
         streams: PipesAttemptStreams = self._session(params)
         return streams
 
-    def request_cancellation(
-        self, params: PipesParams, reason: dict[str, str], *, abandoned_only: bool = False
-    ) -> CancelOutcome:
-        """:meth:`PipesAttemptStreams.cancel` of the open session that yielded ``params``."""
-        try:
-            return self.attempts(params).cancel(reason, abandoned_only=abandoned_only)
-        except DagsterPipesExecutionError as exc:
-            return CancelOutcome((), (str(exc),))
-
     def no_messages_debug_text(self) -> str:
         return (
             f"Attempted to read messages from GCS bucket {self.bucket}. Expected the function "
@@ -706,11 +697,49 @@ class PipesCloudStorageMessageReader(GcsMessageReader):
         )
 
 
-def attempt_streams(
-    reader: PipesMessageReader, params: PipesParams
-) -> PipesAttemptStreams | SharedMessages:
-    """The per-attempt streams of the session ``reader`` opened with ``params``: its own with
-    :class:`PipesCloudStorageMessageReader`, one shared location with any other reader."""
-    if isinstance(reader, PipesCloudStorageMessageReader):
-        return reader.attempts(params)
-    return SharedMessages(params)
+class PipesSharedLocationReader(PipesAttemptMessageReader):
+    """Any Pipes message reader (e.g. dagster-gcp's ``PipesGCSMessageReader``), made usable
+    by :class:`~dagster_pipes_gcf.PipesCloudFunctionClient`.
+
+    Every HTTP attempt of a call is sent the session's one message location, so the messages
+    of a retried call's attempts are not told apart, and no cancellation marker can be
+    written (the client forwards no termination).
+    """
+
+    def __init__(self, reader: PipesMessageReader):
+        self.reader = reader
+
+    @contextmanager
+    def read_messages(self, handler: PipesMessageHandler) -> Iterator[PipesParams]:
+        with self.reader.read_messages(handler) as params:
+            yield params
+
+    def on_opened(self, opened_payload: PipesOpenedData) -> None:
+        self.reader.on_opened(opened_payload)
+
+    def on_launched(self, launched_payload: PipesLaunchedData) -> None:
+        self.reader.on_launched(launched_payload)
+
+    def no_messages_debug_text(self) -> str:
+        return self.reader.no_messages_debug_text()
+
+    def attempts(self, params: PipesParams) -> AttemptStreams:
+        return _SharedLocation(params)
+
+
+@dataclass(frozen=True)
+class _SharedLocation:
+    """The attempts of a session read by another reader: one location, nothing to cancel."""
+
+    session_params: PipesParams
+    closed_with_exception = False
+    handler_started = None
+
+    def begin_attempt(self, number: int, abandoned_because: str | None = None) -> PipesParams:
+        return self.session_params
+
+    def cancel(self, reason: Mapping[str, str], *, abandoned_only: bool = False) -> None:
+        return None
+
+    def answered(self) -> None:
+        pass

@@ -99,8 +99,11 @@ result = dg.materialize(
     [people], resources={"client": PipesCloudFunctionClient(reader)}, raise_on_error=False
 )
 (failure,) = [e for e in result.all_events if e.is_step_failure]
+call = PipesCloudFunctionClient(reader).invoker.start(URL)
 try:
-    PipesCloudFunctionClient(reader).invoker.invoke(URL, {})
+    for attempt in call.attempts():
+        with attempt:
+            call.post({})
 except CloudFunctionError as error:
     invoker = str(error.description)
 json.dump({"reader": failure.step_failure_data.error.to_string(), "invoker": invoker}, sys.stdout)

@@ -9,7 +9,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._core.errors import DagsterExecutionInterruptedError, DagsterPipesExecutionError
 from google.api_core import exceptions as gexc
 
 from dagster_pipes_gcf import (
@@ -23,7 +23,6 @@ from dagster_pipes_gcf import (
 from dagster_pipes_gcf import message_reader as reader_module
 from dagster_pipes_gcf.cancellation import (
     CancelOutcome,
-    cancel_marker_key,
     forwarding_termination,
     write_cancel_markers,
 )
@@ -57,7 +56,6 @@ def test_markers_are_created_once_per_prefix_in_order(gcs: FakeClient) -> None:
     assert outcome.ok and "asked the function to cancel" in outcome.describe()
     assert json.loads(gcs.objects[BUCKET]["p/s/2/cancel"]) == REASON
     assert gcs.objects[BUCKET]["p/s/1/cancel"] == "{}"  # never overwritten
-    assert cancel_marker_key("p/s/2") == "p/s/2/cancel"
 
 
 def test_a_refused_marker_is_reported_not_raised(gcs: FakeClient) -> None:
@@ -172,9 +170,10 @@ def test_every_attempt_that_may_still_run_gets_a_marker_the_live_one_first(
     reader = PipesCloudStorageMessageReader(bucket=BUCKET, client=gcs)  # type: ignore[arg-type]
     reader.new_key_prefix = lambda: "p/s"  # type: ignore[method-assign]
     with reader.read_messages(Handler()) as params:  # type: ignore[arg-type]
-        reader.attempts(params).begin_attempt(2, "connection reset after sending")
-        outcome = reader.request_cancellation(params, REASON)
-        reader.attempts(params).answered()  # (the drain then ends the session quickly)
+        attempts = reader.attempts(params)
+        attempts.begin_attempt(2, "connection reset after sending")
+        outcome = attempts.cancel(REASON)
+        attempts.answered()  # (the drain then ends the session quickly)
         gcs.objects[BUCKET]["p/s/2/1.json"] = json.dumps({"method": "closed", "params": {}})
     assert outcome.written == ("gs://pipes/p/s/2/cancel", "gs://pipes/p/s/1/cancel")
     assert markers(gcs) == ["p/s/1/cancel", "p/s/2/cancel"]
@@ -190,7 +189,7 @@ def test_a_retry_cancels_only_the_abandoned_attempts_and_reading_goes_on(
         attempts = reader.attempts(params)
         attempts.begin_attempt(2, "connection reset after sending")
         attempts.begin_attempt(3, "HTTP 502 from the platform")
-        outcome = reader.request_cancellation(params, REASON, abandoned_only=True)
+        outcome = attempts.cancel(REASON, abandoned_only=True)
         gcs.objects[BUCKET]["p/s/3/1.json"] = json.dumps({"method": "closed", "params": {}})
         deadline = time.monotonic() + 5
         while not attempts.stream.closed_seen and time.monotonic() < deadline:
@@ -201,10 +200,11 @@ def test_a_retry_cancels_only_the_abandoned_attempts_and_reading_goes_on(
     assert markers(gcs) == ["p/s/1/cancel", "p/s/2/cancel"]
 
 
-def test_an_unknown_session_is_reported_not_raised(gcs: FakeClient) -> None:
+def test_an_unknown_session_has_no_attempts_to_cancel(gcs: FakeClient) -> None:
     reader = PipesCloudStorageMessageReader(bucket=BUCKET, client=gcs)  # type: ignore[arg-type]
-    outcome = reader.request_cancellation({"bucket": BUCKET, "key_prefix": "nope"}, REASON)
-    assert not outcome.ok and "no open Pipes session" in outcome.describe()
+    with pytest.raises(DagsterPipesExecutionError, match="no open Pipes session"):
+        reader.attempts({"bucket": BUCKET, "key_prefix": "nope"})
+    assert markers(gcs) == []
 
 
 ORCHESTRATOR = "orchestrator@p.iam.gserviceaccount.com"
@@ -231,13 +231,14 @@ def test_under_impersonation_the_session_reads_read_only_and_the_marker_is_writt
         if operation == "upload":
             raise gexc.Forbidden("insufficient scope: the token is read-only")
 
-    monkeypatch.setattr(auth, "_impersonated", impersonated)
+    monkeypatch.setattr(reader_module, "impersonated", impersonated)
     monkeypatch.setattr(reader_module.storage, "Client", client_for)
     reader = PipesCloudStorageMessageReader(bucket=BUCKET, impersonate_service_account=ORCHESTRATOR)
     reader.new_key_prefix = lambda: "p/s"  # type: ignore[method-assign]
     with reader.read_messages(Handler()) as params:  # type: ignore[arg-type]
-        outcome = reader.request_cancellation(params, REASON)
-        reader.attempts(params).answered()
+        attempts = reader.attempts(params)
+        outcome = attempts.cancel(REASON)
+        attempts.answered()
         gcs.objects[BUCKET]["p/s/1/1.json"] = json.dumps({"method": "closed", "params": {}})
     assert outcome == CancelOutcome(("gs://pipes/p/s/1/cancel",), ())
     assert markers(gcs) == ["p/s/1/cancel"]

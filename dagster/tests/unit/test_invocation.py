@@ -5,23 +5,33 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import dagster as dg
 import google.auth.credentials
 import google.auth.exceptions
 import pytest
 import requests
+from dagster_pipes import DAGSTER_PIPES_MESSAGES_ENV_VAR
 from urllib3.exceptions import NewConnectionError, ProtocolError
 
 from dagster_pipes_gcf import (
     CloudFunctionError,
     CloudFunctionInvoker,
+    FunctionResponse,
     IdTokenAuth,
     InvocationPolicy,
+    PipesCloudFunctionClient,
+    PipesSharedLocationReader,
 )
-from dagster_pipes_gcf.invocation import AbandonedAttempt, Outcome, classify_exception
+from dagster_pipes_gcf.invocation import (
+    AbandonedAttempt,
+    HandlerStarted,
+    Outcome,
+    classify_exception,
+)
 from devstack.net import free_port
 
 FAST = InvocationPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05, timeout=5)
@@ -76,6 +86,21 @@ class ScriptedServer:
         self.httpd.server_close()
 
 
+def invoke(
+    invoker: CloudFunctionInvoker,
+    url: str,
+    payload: Mapping[str, Any],
+    handler_started: HandlerStarted | None = None,
+    **start: Any,
+) -> FunctionResponse:
+    """One call whose every attempt sends ``payload``, driven as the client drives it."""
+    call = invoker.start(url, **start)
+    for attempt in call.attempts():
+        with attempt:
+            call.post(payload, handler_started)
+    return call.result()
+
+
 @pytest.fixture
 def invoker() -> Iterator[CloudFunctionInvoker]:
     yield CloudFunctionInvoker(policy=FAST)
@@ -83,7 +108,7 @@ def invoker() -> Iterator[CloudFunctionInvoker]:
 
 def test_success_returns_the_json_body_and_sends_headers(invoker: CloudFunctionInvoker) -> None:
     with ScriptedServer([(200, {"status": "ok", "duration_s": 0.1})]) as server:
-        response = invoker.invoke(server.url, {"x": 1}, headers={"X-Dagster-Invocation-Id": "abc"})
+        response = invoke(invoker, server.url, {"x": 1}, headers={"X-Dagster-Invocation-Id": "abc"})
     assert response.status == 200 and response.body["duration_s"] == 0.1 and response.attempts == 1
     (request,) = server.requests
     assert request["body"] == {"x": 1}
@@ -96,7 +121,7 @@ def test_platform_refusals_are_retried_by_default(
     invoker: CloudFunctionInvoker, status: int
 ) -> None:
     with ScriptedServer([(status, "<html>busy</html>"), (200, {"status": "ok"})]) as server:
-        response = invoker.invoke(server.url, {})
+        response = invoke(invoker, server.url, {})
     assert response.attempts == 2 and len(server.requests) == 2
 
 
@@ -113,7 +138,7 @@ def test_a_platform_refusal_after_the_handler_started_is_ambiguous(status: int) 
     script = [(status, "<html>busy</html>"), (200, {"status": "ok"})]
     strict = CloudFunctionInvoker(policy=InvocationPolicy(attempts=3, initial_backoff=0.01))
     with ScriptedServer(script) as server, pytest.raises(CloudFunctionError) as error:
-        strict.invoke(server.url, {}, handler_started=handler_started)
+        invoke(strict, server.url, {}, handler_started=handler_started)
     assert len(server.requests) == 1 and asked == [1]
     description = str(error.value.description)
     assert "ambiguous outcome" in description and "after the handler had started" in description
@@ -121,8 +146,8 @@ def test_a_platform_refusal_after_the_handler_started_is_ambiguous(status: int) 
 
     opted_in = InvocationPolicy(attempts=3, initial_backoff=0.01, retry_ambiguous=True)
     with ScriptedServer(script) as server:
-        response = CloudFunctionInvoker(policy=opted_in).invoke(
-            server.url, {}, handler_started=handler_started
+        response = invoke(
+            CloudFunctionInvoker(policy=opted_in), server.url, {}, handler_started=handler_started
         )
     assert response.attempts == 2 and len(server.requests) == 2
 
@@ -135,7 +160,7 @@ def test_ambiguous_platform_errors_fail_naming_the_ambiguity_without_the_opt_in(
         ScriptedServer([(status, "<html>oops</html>"), (200, {"status": "ok"})]) as server,
         pytest.raises(CloudFunctionError) as error,
     ):
-        invoker.invoke(server.url, {})
+        invoke(invoker, server.url, {})
     assert len(server.requests) == 1, "the function may have run: not retried by default"
     description = str(error.value.description)
     assert "ambiguous outcome" in description and f"HTTP {status}" in description
@@ -151,7 +176,7 @@ def test_ambiguous_platform_errors_fail_naming_the_ambiguity_without_the_opt_in(
 def test_ambiguous_platform_errors_are_retried_with_the_opt_in(status: int) -> None:
     invoker = CloudFunctionInvoker(policy=AMBIGUOUS_OK)
     with ScriptedServer([(status, "<html>oops</html>"), (200, {"status": "ok"})]) as server:
-        response = invoker.invoke(server.url, {})
+        response = invoke(invoker, server.url, {})
     assert response.attempts == 2 and len(server.requests) == 2
 
 
@@ -160,7 +185,7 @@ def test_a_connection_dropped_after_sending_is_ambiguous(invoker: CloudFunctionI
         ScriptedServer([(200, DROP), (200, {"status": "ok"})]) as server,
         pytest.raises(CloudFunctionError) as error,
     ):
-        invoker.invoke(server.url, {})
+        invoke(invoker, server.url, {})
     assert len(server.requests) == 1
     description = str(error.value.description)
     assert "ambiguous outcome" in description and "connection lost after the request" in description
@@ -170,13 +195,13 @@ def test_a_connection_dropped_after_sending_is_ambiguous(invoker: CloudFunctionI
 def test_a_connection_dropped_after_sending_is_retried_with_the_opt_in() -> None:
     invoker = CloudFunctionInvoker(policy=AMBIGUOUS_OK)
     with ScriptedServer([(200, DROP), (200, {"status": "ok"})]) as server:
-        response = invoker.invoke(server.url, {})
+        response = invoke(invoker, server.url, {})
     assert response.attempts == 2 and len(server.requests) == 2
 
 
 def test_a_refused_connection_is_retried_by_default(invoker: CloudFunctionInvoker) -> None:
     with pytest.raises(CloudFunctionError) as error:
-        invoker.invoke(f"http://127.0.0.1:{free_port()}", {})
+        invoke(invoker, f"http://127.0.0.1:{free_port()}", {})
     description = str(error.value.description)
     assert "could not reach the Cloud Function" in description
     assert "after 3 attempt(s)" in description
@@ -217,7 +242,7 @@ def test_the_deadline_bounds_all_attempts_and_backoffs() -> None:
     invoker = CloudFunctionInvoker(policy=policy)
     started = time.monotonic()
     with ScriptedServer([(503, "busy")]) as server, pytest.raises(CloudFunctionError) as error:
-        invoker.invoke(server.url, {})
+        invoke(invoker, server.url, {})
     assert time.monotonic() - started < 2.5
     assert 2 <= len(server.requests) < 10
     assert "deadline 1s" in str(error.value.description)
@@ -236,7 +261,7 @@ def test_retries_stop_after_the_configured_attempts(invoker: CloudFunctionInvoke
         ScriptedServer([(503, "unavailable")]) as server,
         pytest.raises(CloudFunctionError) as error,
     ):
-        invoker.invoke(server.url, {})
+        invoke(invoker, server.url, {})
     assert len(server.requests) == 3
     assert "HTTP 503" in str(error.value.description) and "unavailable" in str(
         error.value.description
@@ -250,7 +275,7 @@ def test_a_handler_error_is_not_retried_and_names_the_remote_exception(
         ScriptedServer([(500, HANDLER_ERROR)]) as server,
         pytest.raises(CloudFunctionError) as error,
     ):
-        invoker.invoke(server.url, {})
+        invoke(invoker, server.url, {})
     assert len(server.requests) == 1, "the function ran; retrying would run it again"
     description = str(error.value.description)
     assert "HTTP 500: ValueError: bad" in description and "Remote traceback:\nTB" in description
@@ -266,7 +291,7 @@ def test_a_client_error_names_status_field_and_is_not_retried(
         "error": {"type": "RequestError", "message": "bad", "field": "num_rows"},
     }
     with ScriptedServer([(400, body)]) as server, pytest.raises(CloudFunctionError) as error:
-        invoker.invoke(server.url, {})
+        invoke(invoker, server.url, {})
     assert len(server.requests) == 1
     assert "HTTP 400: RequestError: bad (field: num_rows)" in str(error.value.description)
 
@@ -288,7 +313,7 @@ def test_deployed_urls_get_an_id_token_for_the_base_url() -> None:
 def test_a_read_timeout_may_leave_the_function_running() -> None:
     invoker = CloudFunctionInvoker(policy=InvocationPolicy(timeout=0.3, attempts=3))
     with ScriptedServer([(200, SLOW)]) as server, pytest.raises(CloudFunctionError) as error:
-        invoker.invoke(server.url, {})
+        invoke(invoker, server.url, {})
     assert len(server.requests) == 1 and "did not answer within 0.3s" in str(error.value)
     assert error.value.function_may_still_run
 
@@ -298,13 +323,13 @@ def test_a_final_answer_leaves_nothing_running_unless_an_earlier_attempt_was_amb
         ScriptedServer([(400, HANDLER_ERROR)]) as server,
         pytest.raises(CloudFunctionError) as refused,
     ):
-        CloudFunctionInvoker(policy=FAST).invoke(server.url, {})
+        invoke(CloudFunctionInvoker(policy=FAST), server.url, {})
     assert not refused.value.function_may_still_run
     with (
         ScriptedServer([(502, "<html>lost</html>"), (400, HANDLER_ERROR)]) as server,
         pytest.raises(CloudFunctionError) as after_retry,
     ):
-        CloudFunctionInvoker(policy=AMBIGUOUS_OK).invoke(server.url, {})
+        invoke(CloudFunctionInvoker(policy=AMBIGUOUS_OK), server.url, {})
     assert after_retry.value.function_may_still_run  # attempt 1 may still be working
 
 
@@ -348,7 +373,7 @@ def test_a_token_refresh_counts_against_the_deadline_and_is_named_as_the_cause()
         ScriptedServer([(200, {"status": "ok"})]) as server,
         pytest.raises(CloudFunctionError) as error,
     ):
-        invoker.invoke(server.url, {})
+        invoke(invoker, server.url, {})
     assert time.monotonic() - started < 1.5
     assert server.requests == [], "no attempt was sent"
     description = str(error.value.description)
@@ -361,7 +386,7 @@ def test_a_transport_error_getting_the_token_is_retried_as_never_reached() -> No
     flaky = ScriptedCredentials(errors=[google.auth.exceptions.TransportError("metadata down")])
     invoker = CloudFunctionInvoker(policy=FAST, auth=token_auth(flaky))
     with ScriptedServer([(200, {"status": "ok"})]) as server:
-        response = invoker.invoke(server.url, {})
+        response = invoke(invoker, server.url, {})
     assert response.attempts == 2 and len(server.requests) == 1
     assert server.requests[0]["headers"]["Authorization"] == "Bearer token-2"
 
@@ -372,7 +397,7 @@ def test_a_transient_refresh_error_is_retried_and_a_permanent_one_fails_the_call
         policy=FAST, auth=token_auth(ScriptedCredentials(errors=[transient]))
     )
     with ScriptedServer([(200, {"status": "ok"})]) as server:
-        assert invoker.invoke(server.url, {}).attempts == 2
+        assert invoke(invoker, server.url, {}).attempts == 2
 
     denied = google.auth.exceptions.RefreshError(
         "Permission 'iam.serviceAccounts.getOpenIdToken' denied"
@@ -383,7 +408,7 @@ def test_a_transient_refresh_error_is_retried_and_a_permanent_one_fails_the_call
         ScriptedServer([(200, {"status": "ok"})]) as server,
         pytest.raises(CloudFunctionError) as error,
     ):
-        invoker.invoke(server.url, {})
+        invoke(invoker, server.url, {})
     assert server.requests == [] and credentials.refreshes == 1, "not retried"
     assert "no ID token" in str(error.value.description)
     assert "getOpenIdToken" in str(error.value.description)
@@ -393,7 +418,7 @@ def test_a_transient_refresh_error_is_retried_and_a_permanent_one_fails_the_call
 def test_a_deadline_shorter_than_the_attempt_timeout_is_named_when_it_cuts_the_wait() -> None:
     invoker = CloudFunctionInvoker(policy=InvocationPolicy(timeout=5, deadline=0.5))
     with ScriptedServer([(200, SLOW)]) as server, pytest.raises(CloudFunctionError) as error:
-        invoker.invoke(server.url, {})
+        invoke(invoker, server.url, {})
     description = str(error.value.description)
     assert "did not answer before the call's deadline of 0.5s" in description
     assert error.value.function_may_still_run
@@ -426,7 +451,7 @@ def test_the_handler_started_check_is_bounded_by_the_deadline() -> None:
     policy = InvocationPolicy(attempts=3, initial_backoff=0.01, deadline=0.5)
     started = time.monotonic()
     with ScriptedServer([(503, "busy")]) as server, pytest.raises(CloudFunctionError) as error:
-        CloudFunctionInvoker(policy=policy).invoke(server.url, {}, handler_started=slow_check)
+        invoke(CloudFunctionInvoker(policy=policy), server.url, {}, handler_started=slow_check)
     assert time.monotonic() - started < 1.5
     assert len(server.requests) == 1
     assert "whether its handler had started is unknown" in str(error.value.description)
@@ -447,7 +472,7 @@ def test_an_interrupt_leaves_the_shared_session_open_for_the_other_calls() -> No
             for attempt in invoker.start(server.url).attempts():
                 with attempt:
                     raise KeyboardInterrupt
-        assert invoker.invoke(server.url, {}).status == 200
+        assert invoke(invoker, server.url, {}).status == 200
     assert closed == []
 
 
@@ -478,8 +503,10 @@ def test_an_interrupt_drops_its_own_connection_at_once() -> None:
     signal.setitimer(signal.ITIMER_REAL, 0.3)
     try:
         with pytest.raises(Interrupt):
-            CloudFunctionInvoker(policy=InvocationPolicy(timeout=10)).invoke(
-                f"http://127.0.0.1:{listener.getsockname()[1]}", {}
+            invoke(
+                CloudFunctionInvoker(policy=InvocationPolicy(timeout=10)),
+                f"http://127.0.0.1:{listener.getsockname()[1]}",
+                {},
             )
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -487,3 +514,29 @@ def test_an_interrupt_drops_its_own_connection_at_once() -> None:
     server.join(5)
     listener.close()
     assert seen["closed_after"] < 1.0
+
+
+def test_any_reader_wrapped_sends_every_attempt_the_sessions_one_location() -> None:
+    """Through PipesSharedLocationReader, a reader that knows nothing of attempts serves the
+    client: each retry is sent the session's messages params, and no cancel is asked for."""
+    inner = dg.PipesTempFileMessageReader()
+    reader = PipesSharedLocationReader(inner)
+    assert reader.no_messages_debug_text() == inner.no_messages_debug_text()
+    client = PipesCloudFunctionClient(
+        message_reader=reader, invoker=CloudFunctionInvoker(policy=AMBIGUOUS_OK)
+    )
+    # A lost answer (the function may have run: the abandoned attempt would be cancelled),
+    # then a refusal (never reached it), then the answer.
+    with ScriptedServer([(502, "lost"), (503, "busy"), (200, {"status": "ok"})]) as server:
+
+        @dg.asset
+        def people(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+            return client.run(context=context, function_url=server.url).get_materialize_result()
+
+        instance = dg.DagsterInstance.ephemeral()
+        result = dg.materialize([people], instance=instance, raise_on_error=False)
+    assert result.success
+    sent = [request["body"][DAGSTER_PIPES_MESSAGES_ENV_VAR] for request in server.requests]
+    assert len(sent) == 3 and len(set(sent)) == 1
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert not any("cancel" in line for line in logs), logs

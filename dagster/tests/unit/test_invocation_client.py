@@ -25,6 +25,7 @@ from dagster_pipes_gcf import (
     IdTokenAuth,
     PipesCloudFunctionClient,
     PipesCloudFunctionEventContextInjector,
+    PipesSharedLocationReader,
 )
 from dagster_pipes_gcf.invocation import Call
 
@@ -76,7 +77,7 @@ INJECTORS = {
 
 def client_with(function: FakeFunction, injector: str = "inline") -> PipesCloudFunctionClient:
     return PipesCloudFunctionClient(
-        message_reader=dg.PipesTempFileMessageReader(),
+        message_reader=PipesSharedLocationReader(dg.PipesTempFileMessageReader()),
         context_injector=INJECTORS[injector](),
         invoker=function,
     )
@@ -202,7 +203,7 @@ class TokenForEveryUrl(IdTokenAuth):
 def test_a_refused_token_fails_the_step_as_a_call_failure_with_its_trace() -> None:
     errors: list[CloudFunctionError] = []
     client = PipesCloudFunctionClient(
-        message_reader=dg.PipesTempFileMessageReader(),
+        message_reader=PipesSharedLocationReader(dg.PipesTempFileMessageReader()),
         invoker=CloudFunctionInvoker(
             auth=TokenForEveryUrl(default_factory=lambda _: RefusingCredentials())
         ),

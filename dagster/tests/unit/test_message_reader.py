@@ -252,12 +252,13 @@ def test_impersonation_makes_the_reader_read_as_the_orchestrator_account(
     minted: list[str] = []
     credentials = AnonymousCredentials()
 
-    def fake_mint(target: str) -> AnonymousCredentials:
+    def fake_mint(target: str, scope: str) -> AnonymousCredentials:
         minted.append(target)
+        assert scope == message_reader.DEVSTORAGE_READ_ONLY_SCOPE
         return credentials
 
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    monkeypatch.setattr(message_reader, "impersonated_storage_credentials", fake_mint)
+    monkeypatch.setattr(message_reader, "impersonated", fake_mint)
     reader = PipesCloudStorageMessageReader(
         bucket=BUCKET, impersonate_service_account="orchestrator@p.iam.gserviceaccount.com"
     )
@@ -457,17 +458,17 @@ def test_a_handler_error_while_the_poller_stops_still_fails_the_step(
     Dagster's handler refuses the chunk's first message: that message is consumed, so the
     step must fail as for any other handler error (it used to succeed)."""
     stopping = threading.Event()
-    signal_stop = reader_module._Poller.signal_stop
+    stop_polling = reader_module.MessageStreams.stop_polling
 
-    def signal_stop_and_note(poller: Any) -> None:
-        signal_stop(poller)
+    def stop_polling_and_note(streams: Any) -> None:
+        stop_polling(streams)
         stopping.set()
 
     def download_once_stopping(operation: str, key: str) -> None:
         if operation == "download" and key.endswith("/1/1.json"):
             stopping.wait(5)  # the download in flight when the stop is asked for
 
-    monkeypatch.setattr(reader_module._Poller, "signal_stop", signal_stop_and_note)
+    monkeypatch.setattr(reader_module.MessageStreams, "stop_polling", stop_polling_and_note)
     client.fault = download_once_stopping
     reader = reader_for(client)
 
