@@ -313,7 +313,11 @@ def test_the_audience_is_the_clients() -> None:
     assert smoke.token_audience(local) == "- (no token)"
 
 
-def test_a_custom_domain_without_an_audience_fails_before_the_call() -> None:
+def test_a_custom_domain_without_an_audience_fails_before_the_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A shell or an earlier test's .env may set it; the emulator rule would answer first.
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     settings = cloud_settings(function_url="https://people.example.com")
     finding = smoke.check_settings(settings)
     assert finding is not None and "cannot tell the ID-token audience" in finding.problem

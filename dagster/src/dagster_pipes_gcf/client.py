@@ -237,6 +237,11 @@ class PipesCloudFunctionClient(GcpPipesClient):
         function_location: FunctionLocation | None = None,
         forward_termination: bool = True,
     ):
+        if not isinstance(message_reader, PipesAttemptMessageReader):  # typed, but told at once
+            raise TypeError(
+                f"{type(message_reader).__name__} cannot give each HTTP attempt its own message "
+                "location: wrap it, PipesSharedLocationReader(reader)"
+            )
         self.message_reader = message_reader
         self.context_injector = context_injector or PipesCloudFunctionEventContextInjector()
         self.invoker = invoker or CloudFunctionInvoker()

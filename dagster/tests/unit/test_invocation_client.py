@@ -83,6 +83,11 @@ def client_with(function: FakeFunction, injector: str = "inline") -> PipesCloudF
     )
 
 
+def test_a_reader_that_knows_nothing_of_attempts_is_refused_naming_the_wrapper() -> None:
+    with pytest.raises(TypeError, match=r"PipesTempFileMessageReader .*PipesSharedLocationReader"):
+        PipesCloudFunctionClient(message_reader=dg.PipesTempFileMessageReader())  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("injector", INJECTORS)
 def test_a_range_run_of_an_asset_carries_its_keys_and_window_through_any_injector(
     injector: str,
