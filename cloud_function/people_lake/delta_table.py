@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import deltalake  # imported before polars anywhere both are used (crash at exit otherwise)
 import polars as pl
@@ -120,11 +121,13 @@ class TableWrite:
 
 @dataclass(frozen=True)
 class _Commit:
-    """One commit as its log file records it: its commitInfo and the txn app ids it set."""
+    """One commit as its log file records it: its commitInfo, the txn app ids it set and the
+    data files it added (paths relative to the table)."""
 
     version: int
     info: Mapping[str, Any]
     app_ids: frozenset[str]
+    added: frozenset[str] = frozenset()
 
 
 # delta-rs (1.6) can deadlock when requests of one process use it at once: a call that waits
@@ -166,12 +169,12 @@ def app_id_for(invocation_id: str) -> str:
     return APP_ID_PREFIX + invocation_id
 
 
-def open_table(table: TableRef, version: int | None = None) -> DeltaTable | None:
-    """The table (at ``version``, else the latest), or None when there is none yet."""
+def open_table(table: TableRef) -> DeltaTable | None:
+    """The table's latest version, or None when there is none yet."""
     if table.is_local and Path(table.uri).exists() and not Path(table.uri).is_dir():
         raise NotADirectoryError(f"{table.uri} exists and is not a directory (not a table)")
     try:  # one look at the log (asking is_deltatable first would read it twice)
-        return DeltaTable(table.uri, version=version, storage_options=table.storage_options)
+        return DeltaTable(table.uri, storage_options=table.storage_options)
     except TableNotFoundError:
         return None
 
@@ -232,7 +235,8 @@ def _read_commit(log: DeltaFileSystemHandler, version: int) -> _Commit | None:
     infos = [action["commitInfo"] for action in actions if "commitInfo" in action]
     info: Mapping[str, Any] = infos[0] if infos else {}
     app_ids = frozenset(action["txn"]["appId"] for action in actions if "txn" in action)
-    return _Commit(version, info, app_ids)
+    added = frozenset(unquote(action["add"]["path"]) for action in actions if "add" in action)
+    return _Commit(version, info, app_ids, added)
 
 
 def _commits_down_from(table: TableRef, newest: int) -> Iterator[_Commit | None]:
@@ -327,17 +331,32 @@ class CommitFiles:
 def commit_files(table: TableRef, version: int) -> CommitFiles:
     """The data files at ``version``: those its commit added, and all the others.
 
-    One log replay: the table is loaded at the version before, then brought forward by the
-    one commit (opening both versions afresh would read the log twice).
+    The commit's own log entry says which files it added, and only ``version`` is loaded: the
+    version before it may be gone (a checkpoint at ``version`` lets log cleanup delete the
+    entries below it), while a snapshot of ``version`` and its entry stay within retention.
     """
-    options = table.storage_options
-    delta = DeltaTable(table.uri, version=max(version - 1, 0), storage_options=options)
-    before = set(delta.file_uris()) if version > 0 else set()
-    if version > 0:
-        delta.load_as_version(version)
+    commit = _read_commit(DeltaFileSystemHandler(table.uri, table.storage_options), version)
+    try:
+        if commit is None:
+            raise TableNotFoundError(f"no log entry for version {version}")
+        delta = DeltaTable(table.uri, version=version, storage_options=table.storage_options)
+    except TableNotFoundError:
+        raise RequestError(
+            f"version {version} of {table.uri} has expired from the Delta log, so what its "
+            "commit wrote cannot be read back",
+            field="invocation_id",
+            status=409,
+        ) from None
     files = delta.file_uris()
-    added = [uri for uri in files if uri not in before]
-    return CommitFiles(table, delta, added, [uri for uri in files if uri in before])
+    root = table.uri.rstrip("/") + "/"
+    added = [uri for uri in files if unquote(uri.removeprefix(root)) in commit.added]
+    if len(added) != len(commit.added):  # never another commit's files taken for its own
+        raise RuntimeError(
+            f"version {version} of {table.uri} added {len(commit.added)} files, of which "
+            f"{len(added)} are in its snapshot"
+        )
+    mine = set(added)
+    return CommitFiles(table, delta, added, [uri for uri in files if uri not in mine])
 
 
 def _scan(table: TableRef, uris: list[str]) -> pl.LazyFrame:

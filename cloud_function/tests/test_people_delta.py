@@ -488,3 +488,31 @@ def test_a_repeat_whose_commit_record_expired_is_refused_not_given_another_commi
     assert pl.read_delta(table.uri).height == 9
     later = previous_write(table, "b")
     assert later is not None and (later.version, later.rows_written) == (2, 5)
+
+
+def clean_up_log_below_newest(uri: str, days_old: int = 90) -> None:
+    """What delta-rs does to a table older than its log retention when a write checkpoints:
+    the log entries below the checkpoint go."""
+    old = time.time() - days_old * 86_400
+    for entry in (Path(uri) / "_delta_log").glob("*.json"):
+        os.utime(entry, (old, old))
+    snapshot = deltalake.DeltaTable(uri)
+    snapshot.create_checkpoint()
+    snapshot.cleanup_metadata()
+
+
+def test_a_commit_is_read_back_after_the_log_below_it_was_cleaned_up(tmp_path: Path) -> None:
+    table = TableRef(str(tmp_path / "people"))
+    for n in (1, 2, 3):
+        write_people_table(people(10 * n, seed=n), table, invocation_id=f"inv-{n}")
+    clean_up_log_below_newest(table.uri)
+    assert not (tmp_path / "people" / "_delta_log" / f"{2:020d}.json").exists()
+
+    files = delta_table.commit_files(table, 3)  # its own entry and snapshot remain
+    assert files.added_rows().collect().height == 30
+    assert files.other_rows().collect().height == 30
+    again = write_people_table(people(30, seed=3), table, invocation_id="inv-3")
+    assert (again.version, again.repeated, again.rows_written) == (3, True, 30)
+    with pytest.raises(RequestError, match="expired from the Delta log") as expired:
+        delta_table.commit_files(table, 2)
+    assert expired.value.status == 409
