@@ -37,6 +37,7 @@ from gcf_pipes import (
     Cancellation,
     PipesBootstrap,
     PipesCloudStorageMessageWriter,
+    RequestCancelled,
     RequestError,
     install_logging_bridge,
     open_request_pipes,
@@ -178,6 +179,11 @@ class TerminableCancellation(Cancellation):
 
     def terminate(self) -> None:
         self._event.set()  # the same state the marker sets: checked before the commit
+
+    def _error(self) -> RequestCancelled:
+        return RequestCancelled(
+            "Cloud Run stopped this task (SIGTERM: its execution was cancelled) before its commit"
+        )
 
 
 def run_task(argv: Sequence[str], env: Mapping[str, str]) -> int:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from devstack.fake_gcs import FakeClient
-from gcf_pipes import PipesBootstrap, RequestError
+from gcf_pipes import PipesBootstrap, RequestCancelled, RequestError
 from gcf_pipes.bootstrap import PIPES_PARAM_KEYS
 from people_lake import task as task_module
 from people_lake.task import CloudRunTask, month_windows, rows_share, run_task, task_share
@@ -104,3 +104,12 @@ def test_a_task_looks_for_no_cancel_marker(
     assert looked == []
     closed = [m for m in messages(gcs, "t/1/task-0/attempt-0") if m["method"] == "closed"]
     assert closed and "exception" not in (closed[0].get("params") or {})
+
+
+def test_a_task_stopped_by_sigterm_says_cloud_run_stopped_it() -> None:
+    cancellation = task_module.TerminableCancellation(None, "t/1/task-0/attempt-0")
+    cancellation.terminate()
+    with pytest.raises(RequestCancelled) as stopped:
+        cancellation.raise_if_cancelled(fresh=True)
+    assert "Cloud Run stopped this task (SIGTERM" in str(stopped.value)
+    assert "orchestrator" not in str(stopped.value) and "gs://" not in str(stopped.value)
