@@ -16,7 +16,7 @@ import time
 import uuid
 from abc import abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -163,10 +163,15 @@ class ChunkStream:
     def key(self, index: int) -> str:
         return f"{self.key_prefix}/{index}.json"
 
-    def next_message(self, stop: threading.Event) -> Any | None:
-        """The next message, or None when the next chunk is not there (yet) or after ``closed``."""
+    def next_message(
+        self, stop: threading.Event, listed: Container[str] | None = None
+    ) -> Any | None:
+        """The next message, or None when the next chunk is not there (yet) or after ``closed``;
+        with ``listed`` (the names a listing showed), a chunk not among them is not looked for."""
         while not self._messages:
-            if self.closed_seen or (text := self._download(stop)) is None:
+            if self.closed_seen or (listed is not None and self.key(self.next_index) not in listed):
+                return None
+            if (text := self._download(stop)) is None:
                 return None
             self._messages = deque(self._parse(text))
             self.next_index += 1

@@ -4,7 +4,7 @@ Every task writes under ``<session prefix>/task-<index>/attempt-<attempt>``, so 
 task never meets its earlier attempt's chunks. The reader finds the streams by listing the
 session prefix and streams every log line into Dagster, tagged with its task; a stream is
 downloaded from only when that listing shows its next chunk (or it has messages left), so a
-poll costs one listing, not a request per running task. Results are
+poll costs one listing and a download per new chunk, not a request per running task. Results are
 held back: once the execution is over, only the attempt of each task that succeeded counts,
 each must end with ``closed``, and the tasks' results are merged into one per asset (and
 check).
@@ -52,7 +52,6 @@ class TaskStream:
     attempt: int
     stream: ChunkStream
     results: list[Any] = field(default_factory=list)
-    drained: bool = False  # the last read ended at a chunk not there yet (or after `closed`)
 
     @property
     def tag(self) -> str:
@@ -106,13 +105,10 @@ class TaskStreams(MessageStreams):
                 deadline=self.policy.list_deadline if patient else self.policy.max_interval
             )
             for task in sorted(self.tasks.values(), key=lambda t: (t.index, t.attempt)):
-                if task.drained and task.stream.key(task.stream.next_index) not in listed:
-                    continue  # nothing new: no download to find that out
-                task.drained = False
-                while not stop.is_set():
-                    if (message := task.stream.next_message(stop)) is None:
-                        task.drained = True
-                        break
+                while (
+                    not stop.is_set()
+                    and (message := task.stream.next_message(stop, listed)) is not None
+                ):
                     self._deliver(task, message)
                     read += 1
         return read
