@@ -4,9 +4,16 @@ Most tests wait on servers, so several workers share the cores well. A test file
 worker (its module fixtures start once). Files that start a whole ``dagster dev`` or devstack
 run one after another on one worker: several at once would only compete for the cores and
 stretch their start-up past the timeouts a user's machine meets.
+
+Each test also leaves the process environment as it found it: the demo's settings load the
+repository's ``.env`` into ``os.environ`` (as ``dagster dev`` does), which would otherwise
+reach every later test on that worker.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -28,3 +35,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         path = item.path.relative_to(config.rootpath).as_posix()
         group = "whole-stack" if path in WHOLE_STACK_FILES else path
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(autouse=True)
+def _environment_left_as_found() -> Iterator[None]:
+    before = dict(os.environ)
+    yield
+    # Put back key by key (no clearing): servers of module fixtures may read it meanwhile.
+    for key in os.environ.keys() - before.keys():
+        del os.environ[key]
+    for key, value in before.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
