@@ -57,24 +57,12 @@ resource "google_cloud_run_v2_job" "people" {
   depends_on = [google_project_service.required]
 }
 
-# --- the job's runtime: the function runtime's grants, for its own account -----------------
+# --- the job's runtime: create Pipes chunks, use the lake (no marker: SIGTERM cancels a task)
 
 resource "google_storage_bucket_iam_member" "job_pipes_writer" {
   bucket = google_storage_bucket.pipes.name
   role   = "roles/storage.objectCreator"
   member = "serviceAccount:${google_service_account.job.email}"
-}
-
-resource "google_storage_bucket_iam_member" "job_cancel_reader" {
-  bucket = google_storage_bucket.pipes.name
-  role   = "roles/storage.objectViewer"
-  member = "serviceAccount:${google_service_account.job.email}"
-
-  condition {
-    title       = "cancel-markers-only"
-    description = "Only objects named */cancel: the orchestrator's cancellation markers."
-    expression  = local.cancel_marker_condition
-  }
 }
 
 resource "google_storage_bucket_iam_member" "job_data_lake_user" {

@@ -561,7 +561,8 @@ def check_iam_grants(
     Runtime: create Pipes chunks, read cancel markers, use the lake's objects (not admin them).
     Orchestrator: invoke the function, read Pipes chunks, create cancel markers, run the
     people job with overrides (and watch and cancel its executions).
-    Job: the runtime's grants, for the Cloud Run job's own account.
+    Job: the runtime's grants but the marker read, for the Cloud Run job's own account (Cloud
+    Run cancels a task with SIGTERM; no marker is written for it).
     """
     function_name, _ = the_function(tf)
     pipes = f"google_storage_bucket.{output_bucket(tf, env_from_outputs['PIPES_BUCKET'])}.name"
@@ -605,7 +606,6 @@ def check_iam_grants(
             "job" if "job" in tf.resources.get("google_service_account", {}) else None,
             {
                 (bucket_member, pipes, "roles/storage.objectCreator", ""),
-                (bucket_member, pipes, "roles/storage.objectViewer", cancel_only),
                 (bucket_member, lake, "roles/storage.objectUser", ""),
             },
         ),
