@@ -50,13 +50,19 @@ def test_tasks_reuse_the_bytecode_compiled_at_start(
     ]  # reused, not compiled again
 
 
+def one_attempt_record(tmp_path: Path, code: str) -> dict[str, float]:
+    """The side-channel record of one task attempt running ``python -c code``."""
+    job = {"command": [sys.executable, "-c", code], "max_retries": 0}
+    with running_stand_in(tmp_path, {"one": job}) as address:
+        api = CloudRunJobsApi.local(address)
+        assert wait(api, run(api, "one").name).succeeded_count == 1
+    [record] = peak_memory_records(tmp_path / "tasks")
+    return record
+
+
 def test_each_attempt_reports_its_cpu_and_wall_seconds(tmp_path: Path) -> None:
     spin = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
-    job = {"command": [sys.executable, "-c", spin], "max_retries": 0}
-    with running_stand_in(tmp_path, {"spin": job}) as address:
-        api = CloudRunJobsApi.local(address)
-        assert wait(api, run(api, "spin").name).succeeded_count == 1
-    [record] = peak_memory_records(tmp_path / "tasks")
+    record = one_attempt_record(tmp_path, spin)
     assert record["cpu_s"] >= 0.3 and record["wall_s"] >= record["cpu_s"] * 0.5
 
 
@@ -64,11 +70,7 @@ def test_each_attempt_reports_its_peak_above_the_stand_in_s_own_size(tmp_path: P
     """ru_maxrss survives exec: a task's reading is at least the stand-in's size, which the
     record names so that a reading of only that is told apart."""
     grow = "held = bytearray(400 * 2**20)\nheld[::4096] = b'x' * len(held[::4096])"
-    job = {"command": [sys.executable, "-c", grow], "max_retries": 0}
-    with running_stand_in(tmp_path, {"grow": job}) as address:
-        api = CloudRunJobsApi.local(address)
-        assert wait(api, run(api, "grow").name).succeeded_count == 1
-    [record] = peak_memory_records(tmp_path / "tasks")
+    record = one_attempt_record(tmp_path, grow)
     assert 0 < record["starter_peak_bytes"] < 200 * 2**20 < 400 * 2**20 < record["peak_rss_bytes"]
 
 
