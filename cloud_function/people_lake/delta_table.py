@@ -17,7 +17,7 @@
   all written in one commit: nothing is committed unless the whole stream was written.
 
 Every commit records the invocation and the caller's metadata in its ``commitInfo``, so a
-repeat reports what the first attempt wrote; :func:`committed_rows` reads that commit's rows.
+repeat reports what the first attempt wrote; :func:`commit_files` finds that commit's rows.
 """
 
 from __future__ import annotations
@@ -328,6 +328,14 @@ class CommitFiles:
         return _scan(self.table, self.others)
 
 
+def _snapshot_at(table: TableRef, version: int) -> DeltaTable | None:
+    """The table at ``version``, or None when the log no longer reaches it."""
+    try:
+        return DeltaTable(table.uri, version=version, storage_options=table.storage_options)
+    except TableNotFoundError:
+        return None
+
+
 def commit_files(table: TableRef, version: int) -> CommitFiles:
     """The data files at ``version``: those its commit added, and all the others.
 
@@ -336,17 +344,14 @@ def commit_files(table: TableRef, version: int) -> CommitFiles:
     entries below it), while a snapshot of ``version`` and its entry stay within retention.
     """
     commit = _read_commit(DeltaFileSystemHandler(table.uri, table.storage_options), version)
-    try:
-        if commit is None:
-            raise TableNotFoundError(f"no log entry for version {version}")
-        delta = DeltaTable(table.uri, version=version, storage_options=table.storage_options)
-    except TableNotFoundError:
+    delta = None if commit is None else _snapshot_at(table, version)
+    if commit is None or delta is None:
         raise RequestError(
             f"version {version} of {table.uri} has expired from the Delta log, so what its "
             "commit wrote cannot be read back",
             field="invocation_id",
             status=409,
-        ) from None
+        )
     files = delta.file_uris()
     root = table.uri.rstrip("/") + "/"
     added = [uri for uri in files if unquote(uri.removeprefix(root)) in commit.added]
@@ -367,16 +372,6 @@ def _scan(table: TableRef, uris: list[str]) -> pl.LazyFrame:
         storage_options=table.storage_options,
         hive_partitioning=any(f"/{PARTITION_COLUMN}=" in uri for uri in uris),
     )
-
-
-def committed_rows(table: TableRef, version: int) -> pl.LazyFrame:
-    """The rows the commit at ``version`` added: its own data files, read lazily."""
-    return commit_files(table, version).added_rows()
-
-
-def rows_beside_commit(table: TableRef, version: int) -> pl.LazyFrame:
-    """The table's rows at ``version`` that its commit did not add, read lazily."""
-    return commit_files(table, version).other_rows()
 
 
 def with_partition(df: pl.DataFrame, day: dt.date | None) -> pl.DataFrame:

@@ -20,7 +20,7 @@ from people_lake import delta_table
 from people_lake.delta_table import (
     PARTITION_COLUMN,
     app_id_for,
-    committed_rows,
+    commit_files,
     previous_write,
     with_partition,
     write_people_table,
@@ -211,7 +211,7 @@ def test_racing_first_writes_of_distinct_invocations_all_commit(tmp_path: Path) 
     writes = [o for o in outcomes if isinstance(o, delta_table.TableWrite) and not o.repeated]
     assert len(writes) == RACERS, outcomes
     assert sorted(w.version for w in writes) == list(range(1, RACERS + 1))
-    assert all(committed_rows(table, w.version).collect().height == 3 for w in writes)
+    assert all(commit_files(table, w.version).added_rows().collect().height == 3 for w in writes)
     assert len(data_commits(table.uri)) == RACERS
     assert pl.read_delta(table.uri).height == 3 * RACERS
 
@@ -290,7 +290,7 @@ def test_commits_landing_while_the_log_is_read_do_not_shift_versions(
     assert earlier is not None and (earlier.version, earlier.rows_written) == (1, 4)
     commits = {c["version"]: c for c in deltalake.DeltaTable(table.uri).history()}
     assert commits[ours.version]["dagster_pipes_gcf.marker"] == "ours"
-    assert committed_rows(table, ours.version).collect().height == 5
+    assert commit_files(table, ours.version).added_rows().collect().height == 5
 
 
 def test_a_window_of_days_is_replaced_in_one_commit(tmp_path: Path) -> None:
@@ -310,7 +310,7 @@ def test_a_window_of_days_is_replaced_in_one_commit(tmp_path: Path) -> None:
         str(day): 4 + i for i, day in enumerate(window.each_day())
     }
     assert counts_by_day(table.uri) == expected
-    added = committed_rows(table, written.version).collect()
+    added = commit_files(table, written.version).added_rows().collect()
     assert sorted(added["id"]) == sorted(rows["id"])  # the commit's own rows, no neighbours
     assert set(added[PARTITION_COLUMN].cast(pl.String)) == {str(d) for d in window.each_day()}
 
@@ -336,7 +336,7 @@ def test_a_stream_of_batches_is_one_commit(tmp_path: Path) -> None:
 
     assert made == [0, 1, 2, 3, 4]
     assert written.rows_written == 500 and len(data_commits(table.uri)) == 1
-    assert committed_rows(table, written.version).collect().height == 500
+    assert commit_files(table, written.version).added_rows().collect().height == 500
 
 
 def test_a_stream_that_fails_midway_commits_nothing(tmp_path: Path) -> None:
@@ -508,11 +508,11 @@ def test_a_commit_is_read_back_after_the_log_below_it_was_cleaned_up(tmp_path: P
     clean_up_log_below_newest(table.uri)
     assert not (tmp_path / "people" / "_delta_log" / f"{2:020d}.json").exists()
 
-    files = delta_table.commit_files(table, 3)  # its own entry and snapshot remain
+    files = commit_files(table, 3)  # its own entry and snapshot remain
     assert files.added_rows().collect().height == 30
     assert files.other_rows().collect().height == 30
     again = write_people_table(people(30, seed=3), table, invocation_id="inv-3")
     assert (again.version, again.repeated, again.rows_written) == (3, True, 30)
     with pytest.raises(RequestError, match="expired from the Delta log") as expired:
-        delta_table.commit_files(table, 2)
+        commit_files(table, 2)
     assert expired.value.status == 409
