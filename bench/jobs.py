@@ -133,10 +133,9 @@ def run_per_day_s(backfill: Backfill) -> float:
     return (backfill.wall_s - backfill.daemon_wait_s) / backfill.days
 
 
-def task_cpu_s(task_logs: Path) -> float:
-    """Mean CPU seconds of the task attempts so far (the stand-in's side channel): a task's
+def task_cpu_s(records: Sequence[Mapping[str, float]]) -> float:
+    """Mean CPU seconds of task attempts (the stand-in's side-channel records): a task's
     fixed cost (interpreter, imports, clients) next to its share of the work."""
-    records = peak_memory_records(task_logs)
     return statistics.mean(r["cpu_s"] for r in records) if records else 0.0
 
 
@@ -272,7 +271,7 @@ def run() -> list[Row]:
                 lake = lake_of(stack)  # gs:// (the default)
                 exact = exact_days(lake, "daily_people_job", year, DEFAULT_ROWS_PER_DAY)
                 records = peak_memory_records(jobs_work / "tasks")  # the backfill's tasks
-                cpu_s = task_cpu_s(jobs_work / "tasks")
+                cpu_s = task_cpu_s(records)
                 bare_s, bare_cpu_s = bare_task_starts(jobs_work, people_job, MIN_TASKS)
                 floor = Floor(
                     call_s=function_call_s(api, function.runs[0].run_id),

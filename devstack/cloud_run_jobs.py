@@ -360,7 +360,8 @@ class ExecutionRun:
             "attempt": task.attempt,
             "exit_code": exit_code,
             "peak_rss_bytes": usage.ru_maxrss * 1024,  # ru_maxrss is in KiB on Linux
-            # What ru_maxrss cannot go below: this process's size when it started the task.
+            # Its peak so far, at least its size when it started the task: what the task's
+            # ru_maxrss cannot go below (Linux keeps it across exec).
             "starter_peak_bytes": own_peak_bytes(),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
             "wall_s": round(time.monotonic() - task.started_at, 3),
