@@ -20,6 +20,7 @@ from itertools import groupby
 from typing import Any, cast
 
 import google.auth.exceptions
+import tenacity
 from dagster import PipesLaunchedData, PipesMessageHandler, PipesMessageReader
 from dagster._core.errors import DagsterPipesExecutionError
 from dagster_pipes import PipesOpenedData, PipesParams
@@ -27,20 +28,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 from requests import exceptions as rexc
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_when_event_set,
-    wait_exponential_jitter,
-)
 
-from dagster_pipes_gcf.auth import (
-    DEVSTORAGE_READ_ONLY_SCOPE,
-    DEVSTORAGE_READ_WRITE_SCOPE,
-    impersonated,
-    missing_credentials_hint,
-)
+from dagster_pipes_gcf import auth
 from dagster_pipes_gcf.cancellation import CancelOutcome, write_cancel_markers
 from dagster_pipes_gcf.invocation import HandlerStarted
 
@@ -163,8 +152,7 @@ class ChunkStream:
     def next_message(
         self, stop: threading.Event, listed: Container[str] | None = None
     ) -> Any | None:
-        """The next message, or None when the next chunk is not there (yet) or after ``closed``;
-        with ``listed`` (the names a listing showed), a chunk not among them is not looked for."""
+        """The next message, or None (no next chunk yet, or not in ``listed``, or ``closed``)."""
         while not self._messages:
             if self.closed_seen or (listed is not None and self.key(self.next_index) not in listed):
                 return None
@@ -189,11 +177,12 @@ class ChunkStream:
         return coalesce_logs(messages, self.coalescing)
 
     def _download(self, stop: threading.Event) -> str | None:
-        retrying = Retrying(
-            stop=stop_after_attempt(self.policy.download_attempts) | stop_when_event_set(stop),
-            wait=wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1),
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.policy.download_attempts)
+            | tenacity.stop_when_event_set(stop),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1),
             sleep=stop.wait,  # type: ignore[arg-type]  # (its bool is unused)
-            retry=retry_if_exception_type(TRANSIENT_GCS_ERRORS),
+            retry=tenacity.retry_if_exception_type(TRANSIENT_GCS_ERRORS),
             reraise=True,
         )
         download = self.bucket.blob(self.key(self.next_index)).download_as_text
@@ -311,8 +300,7 @@ class MessageStreams(ABC):
         self._stop.set()
 
     def join_poller(self) -> None:
-        """Stop polling, waiting at most :data:`STOP_JOIN_TIMEOUT_S` since the stop was first
-        asked for: a request in flight ends on its own timeout."""
+        # A request in flight ends on its own timeout: the step waits for it only so long.
         self.stop_polling()
         waited = time.monotonic() - (self._stop_asked or 0.0)
         self.poller.join(timeout=max(0.0, STOP_JOIN_TIMEOUT_S - waited))
@@ -339,13 +327,10 @@ class MessageStreams(ABC):
 
 
 class AttemptStreams:
-    """The HTTP attempts of one open Pipes session, as the function client drives them. This
-    base sends every attempt the session's params, cannot tell whether a handler ran, and has
-    nothing to cancel (:meth:`cancel` returns None)."""
+    """The HTTP attempts of one open Pipes session, as the function client drives them; this
+    base sends each the session's params, and can neither tell a handler ran nor cancel."""
 
-    # The answering attempt's `closed` carried the function's exception: Dagster showed it
-    # (with its remote stack) in the run's "pipes closed with exception" event.
-    closed_with_exception = False
+    closed_with_exception = False  # the answer's `closed` carried an exception Dagster showed
     handler_started: HandlerStarted | None = None
 
     def __init__(self, session_params: PipesParams):
@@ -375,11 +360,9 @@ class _Attempt:
 
 
 class PipesAttemptStreams(MessageStreams, AttemptStreams):
-    """The message streams of one session's HTTP attempts; attempt ``n`` writes under
-    ``<session prefix>/<n>``. Logs stream live; results (materializations, checks, custom
-    messages, ``closed``) wait until their attempt :meth:`answered`. An abandoned attempt is
-    read no more and its results are dropped. Without a client driving the attempts, attempt 1
-    answers when the call returns."""
+    """Attempt ``n`` of a session writes under ``<session prefix>/<n>``. Logs stream live;
+    results (:data:`RESULT_METHODS`) wait until their attempt :meth:`answered`, and are
+    dropped if it is abandoned. Undriven, attempt 1 answers when the call returns."""
 
     def __init__(self, reader: GcsMessageReader, handler: PipesMessageHandler):
         super().__init__(reader, handler)
@@ -416,8 +399,8 @@ class PipesAttemptStreams(MessageStreams, AttemptStreams):
         return self._attempts[number - 1].stream.written()
 
     def cancel(self, reason: Mapping[str, str], *, abandoned_only: bool = False) -> CancelOutcome:
-        """Write ``<prefix>/cancel`` for each attempt that may still run, newest first, and stop
-        reading (with ``abandoned_only``, read on). Bounded in time; never raises."""
+        """Mark each attempt that may still run, newest first; stop reading unless only the
+        abandoned ones are. Bounded in time; never raises."""
         if not abandoned_only:
             self.stop_polling()  # it winds down while the markers are written
         with self._state:
@@ -482,8 +465,7 @@ class PipesAttemptStreams(MessageStreams, AttemptStreams):
         self.answered()
         stream, timeout = self.live.stream, self.policy.drain_timeout
         if failed:
-            # An attempt that wrote no chunk never ran Pipes (refused, unreachable, 429s): no
-            # `closed` can come, so there is nothing to wait for.
+            # An attempt that wrote no chunk never ran Pipes: no `closed` can come.
             if stream.written():
                 with suppress(Exception):
                     self.read_until(lambda: self.done, min(timeout, 5.0))
@@ -498,8 +480,7 @@ class PipesAttemptStreams(MessageStreams, AttemptStreams):
 
 
 class PipesAttemptMessageReader(PipesMessageReader):
-    """A message reader that tells :class:`~dagster_pipes_gcf.PipesCloudFunctionClient`
-    where each HTTP attempt of a session writes its messages."""
+    """A message reader that gives each HTTP attempt of a session its message location."""
 
     @abstractmethod
     def attempts(self, params: PipesParams) -> AttemptStreams:
@@ -507,7 +488,6 @@ class PipesAttemptMessageReader(PipesMessageReader):
 
 
 def validated_prefix(prefix: str) -> str:
-    """``prefix`` without outer slashes, if the function accepts it (see the error)."""
     stripped = prefix.strip("/")
     segments = stripped.split("/") if stripped else []
     if len(stripped) > MAX_READER_PREFIX or not all(
@@ -521,8 +501,7 @@ def validated_prefix(prefix: str) -> str:
 
 
 class GcsMessageReader(PipesMessageReader):
-    """What this package's GCS readers share: the bucket and its clients, a unique key prefix
-    per session under ``prefix``, and the session's poller (arguments: see
+    """The bucket, its clients and a key prefix per session under ``prefix`` (arguments: see
     :class:`PipesCloudStorageMessageReader`)."""
 
     default_prefix = "dagster-pipes"
@@ -550,27 +529,26 @@ class GcsMessageReader(PipesMessageReader):
     @cached_property
     def client(self) -> storage.Client:
         """The client that reads messages (read-only scoped under impersonation)."""
-        return self._given_client or self._new_client(DEVSTORAGE_READ_ONLY_SCOPE)
+        return self._given_client or self._new_client(auth.DEVSTORAGE_READ_ONLY_SCOPE)
 
     @cached_property
     def marker_client(self) -> storage.Client:
-        """The client that writes cancellation markers (IAM lets it create ``*/cancel`` only):
-        under impersonation one scoped read-write, created when first needed."""
+        """The client that writes cancel markers: read-write scoped under impersonation."""
         if self._given_client or not self.impersonate_service_account:
             return self.client
-        return self._new_client(DEVSTORAGE_READ_WRITE_SCOPE)
+        return self._new_client(auth.DEVSTORAGE_READ_WRITE_SCOPE)
 
     def _new_client(self, scope: str) -> storage.Client:
         try:
             if not self.impersonate_service_account:
                 return storage.Client()
             # project=None: objects need no project (and ADC may name none).
-            credentials = impersonated(self.impersonate_service_account, scope)
+            credentials = auth.impersonated(self.impersonate_service_account, scope)
             return storage.Client(credentials=credentials, project=None)
         except google.auth.exceptions.DefaultCredentialsError as exc:
             raise DagsterPipesExecutionError(
                 f"cannot read Pipes messages from gs://{self.bucket}: "
-                f"{missing_credentials_hint(exc)}"
+                f"{auth.missing_credentials_hint(exc)}"
             ) from None
 
     def new_key_prefix(self) -> str:
@@ -612,8 +590,7 @@ class GcsMessageReader(PipesMessageReader):
 class PipesCloudStorageMessageReader(GcsMessageReader, PipesAttemptMessageReader):
     """Reads Pipes messages that the Cloud Function writes to a GCS bucket.
 
-    Each session yields the params of its attempt 1; a client that retries HTTP calls gets
-    the session's :class:`PipesAttemptStreams` with :meth:`attempts`.
+    Each session yields the params of its attempt 1; :meth:`attempts` gives the others.
 
     Args:
         bucket: name of the Pipes bucket (the orchestrator needs object read on it; list too
@@ -647,9 +624,8 @@ class PipesSharedLocationReader(PipesAttemptMessageReader):
     """Any Pipes message reader (e.g. dagster-gcp's ``PipesGCSMessageReader``), made usable
     by :class:`~dagster_pipes_gcf.PipesCloudFunctionClient`.
 
-    Every HTTP attempt of a call is sent the session's one message location, so the messages
-    of a retried call's attempts are not told apart, and no cancellation marker can be
-    written (the client forwards no termination).
+    Every HTTP attempt of a call is sent the one location, so a retried call's attempts are
+    not told apart, and no termination is forwarded (no cancel marker can be written).
     """
 
     def __init__(self, reader: PipesMessageReader):

@@ -231,7 +231,7 @@ def test_under_impersonation_the_session_reads_read_only_and_the_marker_is_writt
         if operation == "upload":
             raise gexc.Forbidden("insufficient scope: the token is read-only")
 
-    monkeypatch.setattr(reader_module, "impersonated", impersonated)
+    monkeypatch.setattr(auth, "impersonated", impersonated)
     monkeypatch.setattr(reader_module.storage, "Client", client_for)
     reader = PipesCloudStorageMessageReader(bucket=BUCKET, impersonate_service_account=ORCHESTRATOR)
     reader.new_key_prefix = lambda: "p/s"  # type: ignore[method-assign]
