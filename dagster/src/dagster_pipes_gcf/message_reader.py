@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -14,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Container, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from itertools import groupby
 from typing import Any, cast
@@ -52,7 +53,8 @@ RESULT_METHODS = frozenset(
 # How long stopping the background poller may block the step (a terminated run must end fast).
 STOP_JOIN_TIMEOUT_S = 1.0
 _CHUNK_NAME = re.compile(r"/?(\d+)\.json$")
-_PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+# What the function accepts: '/'-separated segments of [A-Za-z0-9._-]+, none '.' or '..'.
+_PREFIX = re.compile(r"((?!\.\.?(/|$))[A-Za-z0-9._-]+(/|$))*")
 # The function accepts key prefixes up to 512 characters: room for "/<32 hex>/<attempt>".
 MAX_READER_PREFIX = 512 - 1 - 32 - 1 - 6
 NEVER = threading.Event()  # a stop that is never asked for (reads after the call)
@@ -80,9 +82,6 @@ class PollingPolicy:
     download_attempts: int = 5
     request_timeout: float = 10.0
     list_deadline: float = 10.0
-
-    def next_interval(self, interval: float, found: int) -> float:
-        return self.min_interval if found else min(interval * self.backoff, self.max_interval)
 
 
 @dataclass(frozen=True)
@@ -266,15 +265,27 @@ class MessageStreams(ABC):
     def read_to_end(self, failed: bool) -> None:
         """The call returned (or ``failed``: best effort, the call's error wins)."""
 
-    def read_until(self, done: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        interval = self.policy.min_interval
-        while True:
-            found = self.read_available(NEVER)
+    def read_until(
+        self, done: Callable[[], bool], timeout: float, stop: threading.Event = NEVER
+    ) -> None:
+        """Read, polling with backoff, until ``done()``, ``timeout`` or ``stop``; the poller
+        (given ``stop``) reports its errors in the run and reads on."""
+        deadline, interval = time.monotonic() + timeout, self.policy.min_interval
+        while not stop.is_set():
+            try:
+                found = self.read_available(stop)
+            except Exception as exc:
+                if stop is NEVER:
+                    raise
+                if stop.is_set():
+                    return
+                self.record_background_error(exc)
+                found, interval = 0, self.policy.max_interval
             if done() or time.monotonic() >= deadline:
                 return
-            interval = self.policy.next_interval(interval, found)
-            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            backoff = min(interval * self.policy.backoff, self.policy.max_interval)
+            interval = self.policy.min_interval if found else backoff
+            stop.wait(min(interval, max(0.0, deadline - time.monotonic())))
 
     def record_background_error(self, exc: BaseException) -> None:
         """Report an error of the background poller in the run (once per kind of error)."""
@@ -306,17 +317,7 @@ class MessageStreams(ABC):
         self.poller.join(timeout=max(0.0, STOP_JOIN_TIMEOUT_S - waited))
 
     def _poll(self) -> None:
-        interval = self.policy.min_interval
-        while not self._stop.is_set():
-            try:
-                found = self.read_available(self._stop)
-            except Exception as exc:  # noqa: BLE001 - reported in the run, read again after
-                if self._stop.is_set():
-                    return
-                self.record_background_error(exc)
-                found, interval = 0, self.policy.max_interval
-            interval = self.policy.next_interval(interval, found)
-            self._stop.wait(interval)
+        self.read_until(lambda: False, math.inf, self._stop)
 
     def note(self, level: int, text: str) -> None:
         """A line in the run's log, or in this module's logger outside a step."""
@@ -350,53 +351,44 @@ class AttemptStreams:
         """The live attempt answered the call: its results are the call's results."""
 
 
-@dataclass
-class _Attempt:
-    number: int
-    stream: ChunkStream
-    answered: bool = False
-    abandoned: bool = False
-    deferred: deque[Any] = field(default_factory=deque)
-
-
 class PipesAttemptStreams(MessageStreams, AttemptStreams):
     """Attempt ``n`` of a session writes under ``<session prefix>/<n>``. Logs stream live;
-    results (:data:`RESULT_METHODS`) wait until their attempt :meth:`answered`, and are
+    results (:data:`RESULT_METHODS`) wait until the live attempt :meth:`answered`, and are
     dropped if it is abandoned. Undriven, attempt 1 answers when the call returns."""
 
     def __init__(self, reader: GcsMessageReader, handler: PipesMessageHandler):
         super().__init__(reader, handler)
-        self._attempts = [_Attempt(1, self.chunks(f"{self.session_prefix}/1"))]
+        self._attempts = [self.chunks(f"{self.session_prefix}/1")]  # attempt n at [n - 1]
+        self._answered = False
+        self._deferred: deque[Any] = deque()  # the live attempt's results until it answered
         self._opened_delivered = False
         self._state = threading.Lock()  # attempt switches vs. delivery of one message
 
     @property
-    def live(self) -> _Attempt:
+    def live(self) -> ChunkStream:
         return self._attempts[-1]
 
     def params(self) -> PipesParams:
-        return {"bucket": self.bucket.name, "key_prefix": self.live.stream.key_prefix}
+        return {"bucket": self.bucket.name, "key_prefix": self.live.key_prefix}
 
     def begin_attempt(self, number: int, abandoned_because: str | None = None) -> PipesParams:
         with self._state:
-            live = self.live
-            if number == live.number:
+            if number == len(self._attempts):
                 return self.params()
-            if number != live.number + 1 or live.answered:
-                raise DagsterPipesExecutionError(f"attempt {number} cannot follow {live.number}")
-            live.abandoned = True
-            live.deferred.clear()
-            self._attempts.append(_Attempt(number, self.chunks(f"{self.session_prefix}/{number}")))
+            if number != len(self._attempts) + 1 or self._answered:
+                raise DagsterPipesExecutionError(f"attempt {number} cannot follow the live one")
+            self._deferred.clear()
+            self._attempts.append(self.chunks(f"{self.session_prefix}/{number}"))
         self.note(
             logging.WARNING,
-            f"[pipes] attempt {live.number} abandoned ({abandoned_because or 'retried'}); "
-            f"following attempt {number} under {self.live.stream.location}",
+            f"[pipes] attempt {number - 1} abandoned ({abandoned_because or 'retried'}); "
+            f"following attempt {number} under {self.live.location}",
         )
         return self.params()
 
     def handler_started(self, number: int) -> bool:
         """Whether attempt ``number``'s handler ran: it wrote Pipes messages."""
-        return self._attempts[number - 1].stream.written()
+        return self._attempts[number - 1].written()
 
     def cancel(self, reason: Mapping[str, str], *, abandoned_only: bool = False) -> CancelOutcome:
         """Mark each attempt that may still run, newest first; stop reading unless only the
@@ -404,47 +396,43 @@ class PipesAttemptStreams(MessageStreams, AttemptStreams):
         if not abandoned_only:
             self.stop_polling()  # it winds down while the markers are written
         with self._state:
-            prefixes = [
-                a.stream.key_prefix
-                for a in reversed(self._attempts)
-                if not a.answered and (a.abandoned or not abandoned_only)
-            ]
+            running = self._attempts[:-1] if abandoned_only or self._answered else self._attempts
         bucket = lambda: self.reader.marker_client.bucket(self.reader.bucket)  # noqa: E731
+        prefixes = [stream.key_prefix for stream in reversed(running)]
         return write_cancel_markers(bucket, prefixes, reason=reason)
 
     def answered(self) -> None:
         with self._state:
-            self.live.answered = True
+            self._answered = True
 
     @property
     def done(self) -> bool:
         """The answering attempt's ``closed`` was read and every held-back result delivered."""
-        live = self.live
-        return live.answered and live.stream.closed_seen and not live.deferred
+        return self._answered and self.live.closed_seen and not self._deferred
 
     def read_available(self, stop: threading.Event) -> int:
         # A handler error is recorded (the step fails after the call) and reading goes on.
         delivered = 0
         with self._reading:
-            attempt = self.live
-            while not stop.is_set() and not attempt.abandoned:
-                if attempt.answered and attempt.deferred:
-                    message = attempt.deferred.popleft()
-                elif (message := attempt.stream.next_message(stop)) is None:
+            stream = self.live
+            while not stop.is_set() and stream is self.live:
+                if self._answered and self._deferred:  # (then no attempt follows)
+                    message = self._deferred.popleft()
+                elif (message := stream.next_message(stop)) is None:
                     break
                 try:
-                    delivered += self._deliver(attempt, message)
+                    delivered += self._deliver(stream, message)
                 except PipesHandlerError as exc:  # recorded whoever reads: the step must fail
                     self.record_background_error(exc)
         return delivered
 
-    def _deliver(self, attempt: _Attempt, message: Any) -> int:
+    def _deliver(self, stream: ChunkStream, message: Any) -> int:
         method = message.get("method")
         with self._state:
-            if attempt.abandoned:
+            if stream is not self.live:  # abandoned
                 return 0
-            if method in RESULT_METHODS and not attempt.answered:
-                attempt.deferred.append(message)
+            if method in RESULT_METHODS and not self._answered:
+                self._deferred.append(message)
                 return 0
             if method == "opened":
                 if self._opened_delivered:  # a retry opens again; Dagster needs it once
@@ -455,7 +443,7 @@ class PipesAttemptStreams(MessageStreams, AttemptStreams):
             except Exception as exc:
                 raise PipesHandlerError(
                     f"Dagster could not handle the Pipes message {method!r} of attempt "
-                    f"{attempt.number} ({attempt.stream.location}): {type(exc).__name__}: {exc}"
+                    f"{len(self._attempts)} ({stream.location}): {type(exc).__name__}: {exc}"
                 ) from exc
             if method == "closed" and (message.get("params") or {}).get("exception"):
                 self.closed_with_exception = True
@@ -463,7 +451,7 @@ class PipesAttemptStreams(MessageStreams, AttemptStreams):
 
     def read_to_end(self, failed: bool) -> None:
         self.answered()
-        stream, timeout = self.live.stream, self.policy.drain_timeout
+        stream, timeout = self.live, self.policy.drain_timeout
         if failed:
             # An attempt that wrote no chunk never ran Pipes: no `closed` can come.
             if stream.written():
@@ -487,19 +475,6 @@ class PipesAttemptMessageReader(PipesMessageReader):
         """The attempts of the open session that yielded ``params``."""
 
 
-def validated_prefix(prefix: str) -> str:
-    stripped = prefix.strip("/")
-    segments = stripped.split("/") if stripped else []
-    if len(stripped) > MAX_READER_PREFIX or not all(
-        _PREFIX_SEGMENT.fullmatch(segment) and segment not in (".", "..") for segment in segments
-    ):
-        raise ValueError(
-            f"Pipes message prefix {prefix!r} must be at most {MAX_READER_PREFIX} characters "
-            "of '/'-separated segments of letters, digits, '.', '_' or '-' (not '.' or '..')"
-        )
-    return stripped
-
-
 class GcsMessageReader(PipesMessageReader):
     """The bucket, its clients and a key prefix per session under ``prefix`` (arguments: see
     :class:`PipesCloudStorageMessageReader`)."""
@@ -518,7 +493,12 @@ class GcsMessageReader(PipesMessageReader):
         impersonate_service_account: str | None = None,
     ):
         self.bucket = bucket
-        self.prefix = validated_prefix(self.default_prefix if prefix is None else prefix)
+        self.prefix = (self.default_prefix if prefix is None else prefix).strip("/")
+        if len(self.prefix) > MAX_READER_PREFIX or not _PREFIX.fullmatch(self.prefix):
+            raise ValueError(
+                f"Pipes message prefix {prefix!r} must be at most {MAX_READER_PREFIX} characters "
+                "of '/'-separated segments of letters, digits, '.', '_' or '-' (not '.' or '..')"
+            )
         self.polling = polling or PollingPolicy()
         self.log_coalescing = log_coalescing
         self.impersonate_service_account = impersonate_service_account
