@@ -129,8 +129,7 @@ def list_names(bucket: storage.Bucket, prefix: str, policy: PollingPolicy, deadl
 
 @dataclass
 class ChunkStream:
-    """The chunks under one key prefix, read message by message: each is handed over once,
-    even when handling one raises."""
+    """The chunks under one key prefix, read message by message, each handed over once."""
 
     bucket: storage.Bucket
     key_prefix: str
@@ -236,8 +235,7 @@ class ChunkStream:
 
 
 class MessageStreams(ABC):
-    """The chunk streams of one Pipes session, polled in the background while the call runs,
-    then read to the end."""
+    """One Pipes session's chunk streams: polled while the call runs, then read to the end."""
 
     def __init__(self, reader: GcsMessageReader, handler: PipesMessageHandler):
         self.reader, self.handler, self.policy = reader, handler, reader.polling
@@ -268,8 +266,7 @@ class MessageStreams(ABC):
     def read_until(
         self, done: Callable[[], bool], timeout: float, stop: threading.Event = NEVER
     ) -> None:
-        """Read, polling with backoff, until ``done()``, ``timeout`` or ``stop``; the poller
-        (given ``stop``) reports its errors in the run and reads on."""
+        """Poll until ``done()``, ``timeout`` or ``stop`` (the poller's: it reports errors)."""
         deadline, interval = time.monotonic() + timeout, self.policy.min_interval
         while not stop.is_set():
             try:
@@ -391,10 +388,9 @@ class PipesAttemptStreams(MessageStreams, AttemptStreams):
         return self._attempts[number - 1].written()
 
     def cancel(self, reason: Mapping[str, str], *, abandoned_only: bool = False) -> CancelOutcome:
-        """Mark each attempt that may still run, newest first; stop reading unless only the
-        abandoned ones are. Bounded in time; never raises."""
+        """Mark the attempts that may still run (or only the abandoned ones), newest first."""
         if not abandoned_only:
-            self.stop_polling()  # it winds down while the markers are written
+            self.stop_polling()  # reading ends; the poller winds down while markers are written
         with self._state:
             running = self._attempts[:-1] if abandoned_only or self._answered else self._attempts
         bucket = lambda: self.reader.marker_client.bucket(self.reader.bucket)  # noqa: E731
@@ -504,7 +500,6 @@ class GcsMessageReader(PipesMessageReader):
         self.impersonate_service_account = impersonate_service_account
         self._given_client = client
         self._sessions: dict[str, MessageStreams] = {}  # open sessions by key prefix
-        self._sessions_lock = threading.Lock()
 
     @cached_property
     def client(self) -> storage.Client:
@@ -536,21 +531,16 @@ class GcsMessageReader(PipesMessageReader):
         return f"{self.prefix}/{uuid.uuid4().hex}" if self.prefix else uuid.uuid4().hex
 
     def _session(self, params: PipesParams) -> MessageStreams:
-        with self._sessions_lock:
-            streams = self._sessions.get(str(params.get("key_prefix")))
-        if streams is None:
-            raise DagsterPipesExecutionError(
-                f"no open Pipes session of this reader has the params {dict(params)}"
-            )
-        return streams
+        if streams := self._sessions.get(str(params.get("key_prefix"))):
+            return streams
+        raise DagsterPipesExecutionError(f"no open Pipes session has the params {dict(params)}")
 
     @contextmanager
     def read_messages(self, handler: PipesMessageHandler) -> Iterator[PipesParams]:
         streams = self.streams_type(self, handler)
         params = streams.params()
         key = str(params["key_prefix"])
-        with self._sessions_lock:
-            self._sessions[key] = streams
+        self._sessions[key] = streams
         streams.poller.start()
         error: BaseException | None = None
         try:
@@ -560,8 +550,7 @@ class GcsMessageReader(PipesMessageReader):
             raise
         finally:
             streams.join_poller()
-            with self._sessions_lock:
-                del self._sessions[key]
+            del self._sessions[key]
             # A terminated run (KeyboardInterrupt, Dagster's interrupt) reads nothing more.
             if error is None or isinstance(error, Exception):
                 streams.read_to_end(failed=error is not None)
@@ -573,15 +562,12 @@ class PipesCloudStorageMessageReader(GcsMessageReader, PipesAttemptMessageReader
     Each session yields the params of its attempt 1; :meth:`attempts` gives the others.
 
     Args:
-        bucket: name of the Pipes bucket (the orchestrator needs object read on it; list too
-            for :class:`~dagster_pipes_gcf.PipesCloudRunTaskMessageReader`).
+        bucket: the Pipes bucket (the orchestrator reads objects; the task reader also lists).
         client: a ``google.cloud.storage.Client``; created on first use when omitted.
-        impersonate_service_account: when the client is created here, read as this service
-            account (the orchestrator's), minted from the caller's credentials. Cancellation
-            markers are then written with a read-write-scoped client of the same account
-            (created when a run is terminated; IAM limits it to objects named ``*/cancel``).
-        prefix: folder under which each session gets a unique key prefix (by default
-            ``dagster-pipes``).
+        impersonate_service_account: when the client is created here, read as this account
+            (the orchestrator's), minted from the caller's credentials; cancel markers are then
+            written by a read-write-scoped client of it (IAM allows only ``*/cancel``).
+        prefix: folder of each session's unique key prefix (by default ``dagster-pipes``).
         polling: polling and drain settings.
         log_coalescing: how log floods are delivered (``None``: one entry per line always).
     """
