@@ -587,12 +587,9 @@ class PipesCloudStorageMessageReader(GcsMessageReader, PipesAttemptMessageReader
 
 
 class PipesSharedLocationReader(PipesAttemptMessageReader):
-    """Any Pipes message reader (e.g. dagster-gcp's ``PipesGCSMessageReader``), made usable
-    by :class:`~dagster_pipes_gcf.PipesCloudFunctionClient`.
-
-    Every HTTP attempt of a call is sent the one location, so a retried call's attempts are
-    not told apart, and no termination is forwarded (no cancel marker can be written).
-    """
+    """Any Pipes message reader (e.g. dagster-gcp's ``PipesGCSMessageReader``) for
+    :class:`~dagster_pipes_gcf.PipesCloudFunctionClient`: every HTTP attempt of a call gets the
+    one location, so retries are not told apart, and no termination is forwarded."""
 
     def __init__(self, reader: PipesMessageReader):
         self.reader = reader
