@@ -1,18 +1,12 @@
-"""Forwarding a run's termination to the function: the marker ``<key_prefix>/cancel``.
-
-Dropping an HTTP connection does not stop a Cloud Function. So when Dagster terminates a run
-while the client waits, the client writes ``<key_prefix>/cancel`` next to the Pipes chunks of
-every attempt that may still be running; the function's Pipes layer sees it within about half
-a second and its business logic stops at its next check, committing nothing
-(``gcf_pipes.cancel``). IAM lets the orchestrator create objects named ``*/cancel`` only.
-"""
+"""Forwarding a run's termination: dropping the HTTP connection does not stop a Cloud Function,
+so the client writes ``<key_prefix>/cancel`` beside each running attempt's Pipes chunks, which the
+function's Pipes layer (``gcf_pipes.cancel``) stops at. IAM lets it create only ``*/cancel``."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import dagster as dg
@@ -22,9 +16,10 @@ from google.cloud import storage
 from dagster_pipes_gcf.bounded import TimedOut, call_within
 from dagster_pipes_gcf.invocation import CloudFunctionError
 
-# Bound on writing the markers (client creation and token refresh included): a terminated
-# run stops waiting within 2 s; the reader's poller winds down meanwhile (within 1 s).
+# Bound on writing the markers, client creation included: a terminated run stops waiting
+# within 2 s (the reader's poller winds down meanwhile, within 1 s).
 CANCEL_TIMEOUT_S = 1.5
+JSON = "application/json"
 
 
 @dataclass(frozen=True)
@@ -55,9 +50,8 @@ def write_cancel_markers(
     reason: Mapping[str, str],
     timeout: float = CANCEL_TIMEOUT_S,
 ) -> CancelOutcome:
-    """Create ``<prefix>/cancel`` once for each prefix, in order, within ``timeout`` overall
-    (``bucket`` makes the bucket handle inside that bound). A marker that exists already counts
-    as written. Nothing is retried and nothing raises: failures are in ``problems``."""
+    """Create ``<prefix>/cancel`` for each prefix in order (one there already counts), within
+    ``timeout`` overall with ``bucket()`` made inside it; never retries, never raises."""
     written: list[str] = []
     problems: list[str] = []
 
@@ -68,21 +62,15 @@ def write_cancel_markers(
             problems.append(f"no client for the Pipes bucket ({type(exc).__name__}: {exc})")
             return
         for prefix in key_prefixes:
-            key = f"{prefix}/cancel"
+            location, body = f"gs://{target.name}/{prefix}/cancel", json.dumps(dict(reason))
             try:
-                target.blob(key).upload_from_string(
-                    json.dumps(dict(reason)),
-                    content_type="application/json",
-                    if_generation_match=0,
-                    timeout=timeout,
-                    retry=None,
-                )
-            except gexc.PreconditionFailed:
-                pass  # cancelled before: the marker is there
+                with suppress(gexc.PreconditionFailed):  # cancelled before: the marker is there
+                    target.blob(f"{prefix}/cancel").upload_from_string(
+                        body, content_type=JSON, if_generation_match=0, timeout=timeout, retry=None
+                    )
+                written.append(location)
             except Exception as exc:  # noqa: BLE001 - reported, never raised
-                problems.append(f"gs://{target.name}/{key}: {type(exc).__name__}: {exc}")
-                continue
-            written.append(f"gs://{target.name}/{key}")
+                problems.append(f"{location}: {type(exc).__name__}: {exc}")
 
     try:
         call_within(timeout, write_all)
@@ -95,13 +83,11 @@ def write_cancel_markers(
 def forwarding_termination(
     cancel: Callable[[str], CancelOutcome | None] | None, report: Callable[[str], None]
 ) -> Iterator[None]:
-    """When the run is terminated inside the block (Dagster's interrupt, or Ctrl-C), or the
-    call fails while the function may still be working (a read timeout, a connection lost
-    after sending), ``cancel`` with the reason and ``report`` its outcome; the interrupt or
-    the call's error goes on unchanged."""
+    """``cancel`` (told why) and ``report`` its outcome when the run is terminated in the block,
+    or the call fails while the function may still run; the interrupt or error goes on."""
 
     def ask(why: str) -> None:
-        with contextlib.suppress(Exception):  # the error that ended the call must propagate
+        with suppress(Exception):  # the error that ended the call must propagate
             if cancel is not None and (outcome := cancel(why)):
                 report(f"[pipes] {why}: {outcome.describe()}")
 

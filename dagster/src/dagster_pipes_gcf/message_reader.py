@@ -1,27 +1,27 @@
-"""Pipes message readers for the JSON-lines chunks ``<key_prefix>/1.json``, ``2.json``, ...
-that the function's (or task's) message writer uploads to GCS.
-
-Unlike the stock ``PipesBlobStoreMessageReader``, these read every available chunk per
-poll, adapt their polling rate, hand each message over once, report background errors in
-the run, and fail the step when ``closed`` is missing or a chunk is skipped.
-"""
+"""Pipes message readers for the JSON-lines chunks ``<key_prefix>/1.json``, ``2.json``, ... in
+GCS: every available chunk per poll, each message handed over once, background errors shown in
+the run, and the step fails when ``closed`` is missing or a chunk is skipped."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
 import uuid
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Container, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from functools import cached_property
+from itertools import groupby
+from typing import Any, cast
 
 import google.auth.exceptions
+import tenacity
 from dagster import PipesLaunchedData, PipesMessageHandler, PipesMessageReader
 from dagster._core.errors import DagsterPipesExecutionError
 from dagster_pipes import PipesOpenedData, PipesParams
@@ -29,20 +29,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 from requests import exceptions as rexc
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_when_event_set,
-    wait_exponential_jitter,
-)
 
-from dagster_pipes_gcf.auth import (
-    DEVSTORAGE_READ_ONLY_SCOPE,
-    DEVSTORAGE_READ_WRITE_SCOPE,
-    impersonated,
-    missing_credentials_hint,
-)
+from dagster_pipes_gcf import auth
 from dagster_pipes_gcf.cancellation import CancelOutcome, write_cancel_markers
 from dagster_pipes_gcf.invocation import HandlerStarted
 
@@ -65,7 +53,8 @@ RESULT_METHODS = frozenset(
 # How long stopping the background poller may block the step (a terminated run must end fast).
 STOP_JOIN_TIMEOUT_S = 1.0
 _CHUNK_NAME = re.compile(r"/?(\d+)\.json$")
-_PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+# What the function accepts: '/'-separated segments of [A-Za-z0-9._-]+, none '.' or '..'.
+_PREFIX = re.compile(r"((?!\.\.?(/|$))[A-Za-z0-9._-]+(/|$))*")
 # The function accepts key prefixes up to 512 characters: room for "/<32 hex>/<attempt>".
 MAX_READER_PREFIX = 512 - 1 - 32 - 1 - 6
 NEVER = threading.Event()  # a stop that is never asked for (reads after the call)
@@ -82,9 +71,8 @@ class PollingPolicy:
         drain_timeout: seconds to wait for the ``closed`` message after the call returned.
         download_attempts: attempts per chunk download on transient GCS errors.
         request_timeout: seconds one GCS request may take.
-        list_deadline: seconds a listing of chunks is retried on transient GCS errors
-            (google-cloud-storage's own default, 120 s, would hold a failing step for two
-            minutes); then the step fails naming the listing.
+        list_deadline: seconds a listing of chunks is retried on transient GCS errors (not
+            google-cloud-storage's 120 s); then the step fails naming the listing.
     """
 
     min_interval: float = 0.05
@@ -95,14 +83,10 @@ class PollingPolicy:
     request_timeout: float = 10.0
     list_deadline: float = 10.0
 
-    def next_interval(self, interval: float, found: int) -> float:
-        return self.min_interval if found else min(interval * self.backoff, self.max_interval)
-
 
 @dataclass(frozen=True)
 class LogCoalescing:
-    """Delivery of log floods: Dagster stores one event per log call (~6 ms on the SQLite
-    storage of ``dagster dev``), so 10,000 lines would stall the step.
+    """Delivery of log floods (Dagster stores one event per log call, ~6 ms each on SQLite).
 
     When one chunk holds more than ``threshold`` log messages, consecutive lines of the same
     level are delivered as one multi-line entry of at most ``max_lines`` lines, in order.
@@ -117,24 +101,16 @@ def coalesce_logs(messages: list[Any], rule: LogCoalescing | None) -> list[Any]:
     if rule is None or sum(m.get("method") == "log" for m in messages) <= rule.threshold:
         return messages
     out: list[Any] = []
-    run: list[Any] = []
-
-    def flush() -> None:
-        if run:
-            lines = "\n".join(str(m["params"].get("message", "")) for m in run)
-            out.append({**run[0], "params": {**run[0]["params"], "message": lines}})
-            run.clear()
-
-    for message in messages:
-        if message.get("method") != "log":
-            flush()
-            out.append(message)
+    for is_log, group in groupby(messages, key=lambda m: m.get("method") == "log"):
+        if not is_log:
+            out += group
             continue
-        level = (message.get("params") or {}).get("level")
-        if run and (run[0]["params"].get("level") != level or len(run) >= rule.max_lines):
-            flush()
-        run.append({**message, "params": message.get("params") or {}})
-    flush()
+        for _, same_level in groupby(group, key=lambda m: (m.get("params") or {}).get("level")):
+            run = list(same_level)
+            for batch in (run[i : i + rule.max_lines] for i in range(0, len(run), rule.max_lines)):
+                params = [m.get("params") or {} for m in batch]
+                lines = "\n".join(str(p.get("message", "")) for p in params)
+                out.append({**batch[0], "params": {**params[0], "message": lines}})
     return out
 
 
@@ -142,10 +118,18 @@ class PipesHandlerError(DagsterPipesExecutionError):
     """Dagster's message handler raised on a message (which is not delivered again)."""
 
 
+def list_names(bucket: storage.Bucket, prefix: str, policy: PollingPolicy, deadline: float) -> Any:
+    """The names of the objects under ``prefix``, a failing listing retried for ``deadline``."""
+    retry = DEFAULT_RETRY.with_timeout(deadline)
+    blobs = bucket.client.list_blobs(
+        bucket, prefix=prefix, timeout=policy.request_timeout, retry=retry
+    )
+    return [blob.name for blob in blobs]
+
+
 @dataclass
 class ChunkStream:
-    """The chunks under one key prefix, read message by message: each is handed over once,
-    even when handling one raises (the chunk is neither re-read nor re-delivered)."""
+    """The chunks under one key prefix, read message by message, each handed over once."""
 
     bucket: storage.Bucket
     key_prefix: str
@@ -166,8 +150,7 @@ class ChunkStream:
     def next_message(
         self, stop: threading.Event, listed: Container[str] | None = None
     ) -> Any | None:
-        """The next message, or None when the next chunk is not there (yet) or after ``closed``;
-        with ``listed`` (the names a listing showed), a chunk not among them is not looked for."""
+        """The next message, or None (no next chunk yet, or not in ``listed``, or ``closed``)."""
         while not self._messages:
             if self.closed_seen or (listed is not None and self.key(self.next_index) not in listed):
                 return None
@@ -192,37 +175,36 @@ class ChunkStream:
         return coalesce_logs(messages, self.coalescing)
 
     def _download(self, stop: threading.Event) -> str | None:
-        retrying = Retrying(
-            stop=stop_after_attempt(self.policy.download_attempts) | stop_when_event_set(stop),
-            wait=wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1),
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.policy.download_attempts)
+            | tenacity.stop_when_event_set(stop),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1),
             sleep=stop.wait,  # type: ignore[arg-type]  # (its bool is unused)
-            retry=retry_if_exception_type(TRANSIENT_GCS_ERRORS),
+            retry=tenacity.retry_if_exception_type(TRANSIENT_GCS_ERRORS),
             reraise=True,
         )
-        blob = self.bucket.blob(self.key(self.next_index))
+        download = self.bucket.blob(self.key(self.next_index)).download_as_text
         try:
-            text = retrying(blob.download_as_text, retry=None, timeout=self.policy.request_timeout)
-            return str(text)
-        except gexc.NotFound as exc:
-            if "bucket" in str(exc).lower() and "does not exist" in str(exc).lower():
-                raise DagsterPipesExecutionError(
-                    f"Pipes bucket gs://{self.bucket.name} does not exist: {exc}"
-                ) from None
-            return None
-        except gexc.Forbidden as exc:
-            raise DagsterPipesExecutionError(
-                f"no permission to read Pipes messages at {self.location}: the orchestrator "
-                f"needs storage.objects.get on bucket {self.bucket.name} ({exc})"
-            ) from None
+            return str(retrying(download, retry=None, timeout=self.policy.request_timeout))
         except GCS_ERRORS as exc:  # quoted below: chained, it would be printed twice
-            raise DagsterPipesExecutionError(
-                f"could not read Pipes messages from {self.location} after "
-                f"{self.policy.download_attempts} attempt(s): {type(exc).__name__}: {exc}"
-            ) from None
+            if isinstance(exc, gexc.NotFound):
+                if "bucket" not in str(exc).lower() or "does not exist" not in str(exc).lower():
+                    return None  # not written yet
+                problem = f"Pipes bucket gs://{self.bucket.name} does not exist"
+            elif isinstance(exc, gexc.Forbidden):
+                problem = (
+                    f"no permission to read Pipes messages at {self.location}: the orchestrator "
+                    f"needs storage.objects.get on bucket {self.bucket.name}"
+                )
+            else:
+                problem = (
+                    f"could not read Pipes messages from {self.location} after "
+                    f"{self.policy.download_attempts} attempt(s)"
+                )
+            raise DagsterPipesExecutionError(f"{problem}: {type(exc).__name__}: {exc}") from None
 
     def written(self) -> bool:
-        """Whether the writer stored any chunk; an unknown answer counts as yes (callers
-        use it to decide that work may have started)."""
+        """Whether the writer stored any chunk (unknown counts as yes: work may have started)."""
         if self.next_index > 1 or self._messages:
             return True
         try:
@@ -233,15 +215,12 @@ class ChunkStream:
     def incomplete(self, timeout: float) -> str:
         """Why the stream ended without ``closed``: a gap, or a last chunk that never came."""
         try:
-            blobs = self.bucket.client.list_blobs(
-                self.bucket,
-                prefix=f"{self.key_prefix}/",
-                timeout=self.policy.request_timeout,
-                retry=DEFAULT_RETRY.with_timeout(self.policy.list_deadline),
+            names = list_names(
+                self.bucket, f"{self.key_prefix}/", self.policy, self.policy.list_deadline
             )
-            present = [int(m.group(1)) for b in blobs if (m := _CHUNK_NAME.search(b.name))]
         except Exception:  # noqa: BLE001 - a diagnosis: it never replaces the error it explains
-            present = []
+            names = []
+        present = [int(match.group(1)) for match in filter(None, map(_CHUNK_NAME.search, names))]
         if later := sorted(i for i in present if i > self.next_index):
             return (
                 f"chunk {self.next_index} is missing while chunk(s) {later[:10]} exist at "
@@ -255,21 +234,14 @@ class ChunkStream:
         )
 
 
-class MessageStreams:
-    """The chunk streams of one Pipes session, read by a background poller while the call
-    runs, then read to the end."""
+class MessageStreams(ABC):
+    """One Pipes session's chunk streams: polled while the call runs, then read to the end."""
 
-    def __init__(
-        self,
-        *,
-        bucket: storage.Bucket,
-        session_prefix: str,
-        handler: PipesMessageHandler,
-        policy: PollingPolicy,
-        coalescing: LogCoalescing | None,
-    ):
-        self.bucket, self.session_prefix, self.handler = bucket, session_prefix, handler
-        self.policy, self.coalescing = policy, coalescing
+    def __init__(self, reader: GcsMessageReader, handler: PipesMessageHandler):
+        self.reader, self.handler, self.policy = reader, handler, reader.polling
+        # client.bucket() makes no request: reading objects needs no bucket-level permission.
+        self.bucket = reader.client.bucket(reader.bucket)
+        self.session_prefix = reader.new_key_prefix()
         self.background_error: BaseException | None = None
         self.handler_error: PipesHandlerError | None = None
         self._reading = threading.Lock()  # one reader at a time: poller or final read
@@ -278,30 +250,39 @@ class MessageStreams:
         self.poller = threading.Thread(target=self._poll, name="pipes-gcs-reader", daemon=True)
 
     def chunks(self, key_prefix: str) -> ChunkStream:
-        return ChunkStream(self.bucket, key_prefix, self.policy, self.coalescing)
+        return ChunkStream(self.bucket, key_prefix, self.policy, self.reader.log_coalescing)
 
     def params(self) -> PipesParams:
         return {"bucket": self.bucket.name, "key_prefix": self.session_prefix}
 
+    @abstractmethod
     def read_available(self, stop: threading.Event) -> int:
         """Deliver what is there now; return how many messages were delivered."""
-        raise NotImplementedError
 
-    def read_until(self, done: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        interval = self.policy.min_interval
-        while True:
-            found = self.read_available(NEVER)
+    @abstractmethod
+    def read_to_end(self, failed: bool) -> None:
+        """The call returned (or ``failed``: best effort, the call's error wins)."""
+
+    def read_until(
+        self, done: Callable[[], bool], timeout: float, stop: threading.Event = NEVER
+    ) -> None:
+        """Poll until ``done()``, ``timeout`` or ``stop`` (the poller's: it reports errors)."""
+        deadline, interval = time.monotonic() + timeout, self.policy.min_interval
+        while not stop.is_set():
+            try:
+                found = self.read_available(stop)
+            except Exception as exc:
+                if stop is NEVER:
+                    raise
+                if stop.is_set():
+                    return
+                self.record_background_error(exc)
+                found, interval = 0, self.policy.max_interval
             if done() or time.monotonic() >= deadline:
                 return
-            interval = self.policy.next_interval(interval, found)
-            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-
-    def after_success(self) -> None:
-        """The call returned: read what it wrote to the end."""
-
-    def after_failure(self) -> None:
-        """The call failed: deliver what is left, best effort (the call's error wins)."""
+            backoff = min(interval * self.policy.backoff, self.policy.max_interval)
+            interval = self.policy.min_interval if found else backoff
+            stop.wait(min(interval, max(0.0, deadline - time.monotonic())))
 
     def record_background_error(self, exc: BaseException) -> None:
         """Report an error of the background poller in the run (once per kind of error)."""
@@ -312,15 +293,14 @@ class MessageStreams:
             if self.handler_error is None:
                 self.handler_error = exc
                 self.note(logging.WARNING, f"[pipes] {exc}; the step fails after the call")
-            return
-        if self.background_error is None:
+        elif self.background_error is None:
+            self.background_error = exc
             self.note(
                 logging.WARNING,
                 f"[pipes] reading messages from gs://{self.bucket.name}/{self.session_prefix} "
                 f"failed in the background: {type(exc).__name__}: {exc}; retrying, and again "
                 "after the call",
             )
-        self.background_error = exc
 
     def stop_polling(self) -> None:
         """Ask the poller to stop, without waiting for it."""
@@ -328,24 +308,13 @@ class MessageStreams:
         self._stop.set()
 
     def join_poller(self) -> None:
-        """Stop polling, waiting at most :data:`STOP_JOIN_TIMEOUT_S` since the stop was first
-        asked for: a request in flight ends on its own timeout."""
+        # A request in flight ends on its own timeout: the step waits for it only so long.
         self.stop_polling()
         waited = time.monotonic() - (self._stop_asked or 0.0)
         self.poller.join(timeout=max(0.0, STOP_JOIN_TIMEOUT_S - waited))
 
     def _poll(self) -> None:
-        interval = self.policy.min_interval
-        while not self._stop.is_set():
-            try:
-                found = self.read_available(self._stop)
-            except Exception as exc:  # noqa: BLE001 - reported in the run, read again after
-                if self._stop.is_set():
-                    return
-                self.record_background_error(exc)
-                found, interval = 0, self.policy.max_interval
-            interval = self.policy.next_interval(interval, found)
-            self._stop.wait(interval)
+        self.read_until(lambda: False, math.inf, self._stop)
 
     def note(self, level: int, text: str) -> None:
         """A line in the run's log, or in this module's logger outside a step."""
@@ -355,125 +324,111 @@ class MessageStreams:
         (context.log if context is not None else logger).log(level, text)
 
 
-@dataclass
-class _Attempt:
-    number: int
-    stream: ChunkStream
-    answered: bool = False
-    abandoned: bool = False
-    deferred: deque[Any] = field(default_factory=deque)
+class AttemptStreams:
+    """The HTTP attempts of one open Pipes session, as the function client drives them; this
+    base sends each the session's params, and can neither tell a handler ran nor cancel."""
 
+    closed_with_exception = False  # the answer's `closed` carried an exception Dagster showed
+    handler_started: HandlerStarted | None = None
 
-class PipesAttemptStreams(MessageStreams):
-    """The attempt-scoped message streams of one Pipes session.
-
-    Attempt ``n`` writes under ``<session prefix>/<n>``. Logs stream live from the running
-    attempt; results (materializations, checks, custom messages, ``closed``) are held back
-    until their attempt :meth:`answered`. :meth:`begin_attempt` abandons the live attempt:
-    it is no longer read, its held-back results are dropped, and a line in the run says so.
-    A client that never calls these methods gets attempt 1, answering when the call returns.
-    """
-
-    def __init__(self, *, marker_bucket: Callable[[], storage.Bucket], **streams: Any):
-        super().__init__(**streams)
-        self.marker_bucket = marker_bucket
-        self._attempts = [_Attempt(1, self.chunks(f"{self.session_prefix}/1"))]
-        self._opened_delivered = False
-        self._state = threading.Lock()  # attempt switches vs. delivery of one message
-        # The answering attempt's `closed` carried the function's exception: Dagster showed
-        # it (with its remote stack) in the run's "pipes closed with exception" event.
-        self.closed_with_exception = False
-
-    @property
-    def live(self) -> _Attempt:
-        return self._attempts[-1]
-
-    @property
-    def stream(self) -> ChunkStream:
-        """The chunk stream of the live attempt."""
-        return self.live.stream
-
-    def params(self) -> PipesParams:
-        """``DAGSTER_PIPES_MESSAGES`` params of the live attempt."""
-        return {"bucket": self.bucket.name, "key_prefix": self.stream.key_prefix}
+    def __init__(self, session_params: PipesParams):
+        self.session_params = session_params
 
     def begin_attempt(self, number: int, abandoned_because: str | None = None) -> PipesParams:
-        """Make attempt ``number`` the live one (abandoning attempt ``number - 1``) and
-        return the params it must be sent."""
+        """The params to send attempt ``number`` (abandoning attempt ``number - 1``)."""
+        return self.session_params
+
+    def cancel(
+        self, reason: Mapping[str, str], *, abandoned_only: bool = False
+    ) -> CancelOutcome | None:
+        """Ask the attempts that may still run (only abandoned ones: ``abandoned_only``) to stop."""
+        return None
+
+    def answered(self) -> None:
+        """The live attempt answered the call: its results are the call's results."""
+
+
+class PipesAttemptStreams(MessageStreams, AttemptStreams):
+    """Attempt ``n`` of a session writes under ``<session prefix>/<n>``. Logs stream live;
+    results (:data:`RESULT_METHODS`) wait until the live attempt :meth:`answered`, and are
+    dropped if it is abandoned. Undriven, attempt 1 answers when the call returns."""
+
+    def __init__(self, reader: GcsMessageReader, handler: PipesMessageHandler):
+        super().__init__(reader, handler)
+        self._attempts = [self.chunks(f"{self.session_prefix}/1")]  # attempt n at [n - 1]
+        self._answered = False
+        self._deferred: deque[Any] = deque()  # the live attempt's results until it answered
+        self._opened_delivered = False
+        self._state = threading.Lock()  # attempt switches vs. delivery of one message
+
+    @property
+    def live(self) -> ChunkStream:
+        return self._attempts[-1]
+
+    def params(self) -> PipesParams:
+        return {"bucket": self.bucket.name, "key_prefix": self.live.key_prefix}
+
+    def begin_attempt(self, number: int, abandoned_because: str | None = None) -> PipesParams:
         with self._state:
-            live = self.live
-            if number == live.number:
+            if number == len(self._attempts):
                 return self.params()
-            if number != live.number + 1 or live.answered:
-                raise DagsterPipesExecutionError(
-                    f"attempt {number} cannot follow attempt {live.number}"
-                    + (" (it answered)" if live.answered else "")
-                )
-            live.abandoned = True
-            live.deferred.clear()
-            self._attempts.append(_Attempt(number, self.chunks(f"{self.session_prefix}/{number}")))
+            if number != len(self._attempts) + 1 or self._answered:
+                raise DagsterPipesExecutionError(f"attempt {number} cannot follow the live one")
+            self._deferred.clear()
+            self._attempts.append(self.chunks(f"{self.session_prefix}/{number}"))
         self.note(
             logging.WARNING,
-            f"[pipes] attempt {live.number} abandoned ({abandoned_because or 'retried'}); "
-            f"following attempt {number} under {self.stream.location}",
+            f"[pipes] attempt {number - 1} abandoned ({abandoned_because or 'retried'}); "
+            f"following attempt {number} under {self.live.location}",
         )
         return self.params()
 
     def handler_started(self, number: int) -> bool:
         """Whether attempt ``number``'s handler ran: it wrote Pipes messages."""
-        with self._state:
-            attempt = next(a for a in self._attempts if a.number == number)
-        return attempt.stream.written()
+        return self._attempts[number - 1].written()
 
     def cancel(self, reason: Mapping[str, str], *, abandoned_only: bool = False) -> CancelOutcome:
-        """Write ``<prefix>/cancel`` for every attempt that may still be running (the live one
-        first) and stop reading; with ``abandoned_only``, only for the attempts given up for
-        a retry (newest first), reading on. Bounded in time; never raises."""
+        """Mark the attempts that may still run (or only the abandoned ones), newest first."""
         if not abandoned_only:
-            self.stop_polling()  # it winds down while the markers are written
+            self.stop_polling()  # reading ends; the poller winds down while markers are written
         with self._state:
-            prefixes = [
-                a.stream.key_prefix
-                for a in reversed(self._attempts)
-                if not a.answered and (a.abandoned or not abandoned_only)
-            ]
-        return write_cancel_markers(self.marker_bucket, prefixes, reason=reason)
+            running = self._attempts[:-1] if abandoned_only or self._answered else self._attempts
+        bucket = lambda: self.reader.marker_client.bucket(self.reader.bucket)  # noqa: E731
+        prefixes = [stream.key_prefix for stream in reversed(running)]
+        return write_cancel_markers(bucket, prefixes, reason=reason)
 
     def answered(self) -> None:
-        """The live attempt answered the call: its results are the call's results."""
         with self._state:
-            self.live.answered = True
+            self._answered = True
 
     @property
     def done(self) -> bool:
         """The answering attempt's ``closed`` was read and every held-back result delivered."""
-        live = self.live
-        return live.answered and live.stream.closed_seen and not live.deferred
+        return self._answered and self.live.closed_seen and not self._deferred
 
     def read_available(self, stop: threading.Event) -> int:
-        """A handler error is recorded (the step fails after the call) and reading goes on:
-        the message is consumed and not delivered again."""
+        # A handler error is recorded (the step fails after the call) and reading goes on.
         delivered = 0
         with self._reading:
-            attempt = self.live
-            while not stop.is_set() and not attempt.abandoned:
-                if attempt.answered and attempt.deferred:
-                    message = attempt.deferred.popleft()
-                elif (message := attempt.stream.next_message(stop)) is None:
+            stream = self.live
+            while not stop.is_set() and stream is self.live:
+                if self._answered and self._deferred:  # (then no attempt follows)
+                    message = self._deferred.popleft()
+                elif (message := stream.next_message(stop)) is None:
                     break
                 try:
-                    delivered += self._deliver(attempt, message)
+                    delivered += self._deliver(stream, message)
                 except PipesHandlerError as exc:  # recorded whoever reads: the step must fail
                     self.record_background_error(exc)
         return delivered
 
-    def _deliver(self, attempt: _Attempt, message: Any) -> int:
+    def _deliver(self, stream: ChunkStream, message: Any) -> int:
         method = message.get("method")
         with self._state:
-            if attempt.abandoned:
+            if stream is not self.live:  # abandoned
                 return 0
-            if method in RESULT_METHODS and not attempt.answered:
-                attempt.deferred.append(message)
+            if method in RESULT_METHODS and not self._answered:
+                self._deferred.append(message)
                 return 0
             if method == "opened":
                 if self._opened_delivered:  # a retry opens again; Dagster needs it once
@@ -484,85 +439,44 @@ class PipesAttemptStreams(MessageStreams):
             except Exception as exc:
                 raise PipesHandlerError(
                     f"Dagster could not handle the Pipes message {method!r} of attempt "
-                    f"{attempt.number} ({attempt.stream.location}): {type(exc).__name__}: {exc}"
+                    f"{len(self._attempts)} ({stream.location}): {type(exc).__name__}: {exc}"
                 ) from exc
             if method == "closed" and (message.get("params") or {}).get("exception"):
                 self.closed_with_exception = True
         return 1
 
-    def after_success(self) -> None:
-        self.answered()  # a client that does not drive attempts: attempt 1 answered
-        timeout = self.policy.drain_timeout
+    def read_to_end(self, failed: bool) -> None:
+        self.answered()
+        stream, timeout = self.live, self.policy.drain_timeout
+        if failed:
+            # An attempt that wrote no chunk never ran Pipes: no `closed` can come.
+            if stream.written():
+                with suppress(Exception):
+                    self.read_until(lambda: self.done, min(timeout, 5.0))
+            return
         self.read_until(lambda: self.done, timeout)
         if not self.done:
             raise DagsterPipesExecutionError(
-                f"Pipes messages are incomplete: {self.stream.incomplete(timeout)}"
+                f"Pipes messages are incomplete: {stream.incomplete(timeout)}"
             )
         if self.handler_error is not None:
             raise self.handler_error
 
-    def after_failure(self) -> None:
-        # An attempt that wrote no chunk never ran Pipes (refused, unreachable, 429s): no
-        # `closed` can come, so there is nothing to wait for.
-        self.answered()
-        if self.stream.written():
-            with suppress(Exception):
-                self.read_until(lambda: self.done, min(self.policy.drain_timeout, 5.0))
-
-
-class AttemptStreams(Protocol):
-    """The HTTP attempts of one open Pipes session, as the function client drives them: the
-    params to send attempt ``number`` (after the first, its predecessor was abandoned),
-    whether an attempt's handler ran (None: cannot tell), asking the attempts that may still
-    run to stop (None: cannot ask), and that the live attempt answered. After the answer,
-    ``closed_with_exception`` says whether its ``closed`` carried the function's exception
-    (Dagster showed it in the run)."""
-
-    @property
-    def closed_with_exception(self) -> bool: ...
-
-    @property
-    def handler_started(self) -> HandlerStarted | None: ...
-
-    def begin_attempt(self, number: int, abandoned_because: str | None = None) -> PipesParams: ...
-
-    def cancel(
-        self, reason: Mapping[str, str], *, abandoned_only: bool = False
-    ) -> CancelOutcome | None: ...
-
-    def answered(self) -> None: ...
-
 
 class PipesAttemptMessageReader(PipesMessageReader):
-    """A message reader that tells :class:`~dagster_pipes_gcf.PipesCloudFunctionClient`
-    where each HTTP attempt of a session writes its messages."""
+    """A message reader that gives each HTTP attempt of a session its message location."""
 
     @abstractmethod
     def attempts(self, params: PipesParams) -> AttemptStreams:
         """The attempts of the open session that yielded ``params``."""
 
 
-def validated_prefix(prefix: str) -> str:
-    """``prefix`` without outer slashes, if the function accepts it as the start of a key
-    prefix (segments of ``[A-Za-z0-9._-]``, not ``.`` or ``..``; room for session and attempt)."""
-    stripped = prefix.strip("/")
-    segments = stripped.split("/") if stripped else []
-    if len(stripped) > MAX_READER_PREFIX or not all(
-        _PREFIX_SEGMENT.fullmatch(segment) and segment not in (".", "..") for segment in segments
-    ):
-        raise ValueError(
-            f"Pipes message prefix {prefix!r} must be at most {MAX_READER_PREFIX} characters "
-            "of '/'-separated segments of letters, digits, '.', '_' or '-' (not '.' or '..')"
-        )
-    return stripped
-
-
 class GcsMessageReader(PipesMessageReader):
-    """What this package's GCS readers share: the bucket and its clients, a unique key
-    prefix per session under ``prefix``, and the session's poller (arguments: see
+    """The bucket, its clients and a key prefix per session under ``prefix`` (arguments: see
     :class:`PipesCloudStorageMessageReader`)."""
 
     default_prefix = "dagster-pipes"
+    streams_type: type[MessageStreams]
 
     def __init__(
         self,
@@ -575,124 +489,94 @@ class GcsMessageReader(PipesMessageReader):
         impersonate_service_account: str | None = None,
     ):
         self.bucket = bucket
-        self.prefix = validated_prefix(self.default_prefix if prefix is None else prefix)
+        self.prefix = (self.default_prefix if prefix is None else prefix).strip("/")
+        if len(self.prefix) > MAX_READER_PREFIX or not _PREFIX.fullmatch(self.prefix):
+            raise ValueError(
+                f"Pipes message prefix {prefix!r} must be at most {MAX_READER_PREFIX} characters "
+                "of '/'-separated segments of letters, digits, '.', '_' or '-' (not '.' or '..')"
+            )
         self.polling = polling or PollingPolicy()
         self.log_coalescing = log_coalescing
         self.impersonate_service_account = impersonate_service_account
-        self._client = client
-        # A given client reads and writes markers; one created here under impersonation reads
-        # with a read-only token, so markers then need a read-write client of their own.
-        self._marker_client = client
-        self._sessions: dict[str, Any] = {}  # open sessions by key prefix
-        self._sessions_lock = threading.Lock()
+        self._given_client = client
+        self._sessions: dict[str, MessageStreams] = {}  # open sessions by key prefix
 
-    @property
+    @cached_property
     def client(self) -> storage.Client:
         """The client that reads messages (read-only scoped under impersonation)."""
-        if self._client is None:
-            self._client = self._new_client(DEVSTORAGE_READ_ONLY_SCOPE)
-        return self._client
+        return self._given_client or self._new_client(auth.DEVSTORAGE_READ_ONLY_SCOPE)
 
-    @property
+    @cached_property
     def marker_client(self) -> storage.Client:
-        """The client that writes cancellation markers: one that may create objects (IAM lets
-        the orchestrator create objects named ``*/cancel`` and nothing else)."""
-        if self._marker_client is None:
-            if self.impersonate_service_account:
-                self._marker_client = self._new_client(DEVSTORAGE_READ_WRITE_SCOPE)
-            else:
-                self._marker_client = self.client  # default scopes include read-write
-        return self._marker_client
+        """The client that writes cancel markers: read-write scoped under impersonation."""
+        if self._given_client or not self.impersonate_service_account:
+            return self.client
+        return self._new_client(auth.DEVSTORAGE_READ_WRITE_SCOPE)
 
     def _new_client(self, scope: str) -> storage.Client:
         try:
             if not self.impersonate_service_account:
                 return storage.Client()
             # project=None: objects need no project (and ADC may name none).
-            credentials = impersonated(self.impersonate_service_account, scope)
+            credentials = auth.impersonated(self.impersonate_service_account, scope)
             return storage.Client(credentials=credentials, project=None)
         except google.auth.exceptions.DefaultCredentialsError as exc:
             raise DagsterPipesExecutionError(
                 f"cannot read Pipes messages from gs://{self.bucket}: "
-                f"{missing_credentials_hint(exc)}"
+                f"{auth.missing_credentials_hint(exc)}"
             ) from None
 
     def new_key_prefix(self) -> str:
         """A new session prefix ``<prefix>/<32 hex>``; attempts or tasks write below it."""
         return f"{self.prefix}/{uuid.uuid4().hex}" if self.prefix else uuid.uuid4().hex
 
-    def _streams(self, handler: PipesMessageHandler) -> MessageStreams:
-        raise NotImplementedError
-
-    def _session(self, params: PipesParams) -> Any:
-        with self._sessions_lock:
-            streams = self._sessions.get(str(params.get("key_prefix")))
-        if streams is None:
-            raise DagsterPipesExecutionError(
-                f"no open Pipes session of this reader has the params {dict(params)}"
-            )
-        return streams
+    def _session(self, params: PipesParams) -> MessageStreams:
+        if streams := self._sessions.get(str(params.get("key_prefix"))):
+            return streams
+        raise DagsterPipesExecutionError(f"no open Pipes session has the params {dict(params)}")
 
     @contextmanager
     def read_messages(self, handler: PipesMessageHandler) -> Iterator[PipesParams]:
-        streams = self._streams(handler)
+        streams = self.streams_type(self, handler)
         params = streams.params()
         key = str(params["key_prefix"])
-        with self._sessions_lock:
-            self._sessions[key] = streams
+        self._sessions[key] = streams
         streams.poller.start()
+        error: BaseException | None = None
         try:
             yield params
-        except Exception:
-            streams.join_poller()
-            streams.after_failure()
+        except BaseException as exc:
+            error = exc
             raise
-        except BaseException:  # run terminated (KeyboardInterrupt, Dagster's interrupt)
-            streams.join_poller()
-            raise
-        else:
-            streams.join_poller()
-            streams.after_success()
         finally:
-            with self._sessions_lock:
-                self._sessions.pop(key, None)
+            streams.join_poller()
+            del self._sessions[key]
+            # A terminated run (KeyboardInterrupt, Dagster's interrupt) reads nothing more.
+            if error is None or isinstance(error, Exception):
+                streams.read_to_end(failed=error is not None)
 
 
 class PipesCloudStorageMessageReader(GcsMessageReader, PipesAttemptMessageReader):
     """Reads Pipes messages that the Cloud Function writes to a GCS bucket.
 
-    Each session yields the params of its attempt 1; a client that retries HTTP calls gets
-    the session's :class:`PipesAttemptStreams` with :meth:`attempts`.
+    Each session yields the params of its attempt 1; :meth:`attempts` gives the others.
 
     Args:
-        bucket: name of the Pipes bucket (the orchestrator needs object read on it; list too
-            for :class:`~dagster_pipes_gcf.PipesCloudRunTaskMessageReader`).
+        bucket: the Pipes bucket (the orchestrator reads objects; the task reader also lists).
         client: a ``google.cloud.storage.Client``; created on first use when omitted.
-        impersonate_service_account: when the client is created here, read as this service
-            account (the orchestrator's), minted from the caller's credentials. Cancellation
-            markers are then written with a read-write-scoped client of the same account
-            (created when a run is terminated; IAM limits it to objects named ``*/cancel``).
-        prefix: folder under which each session gets a unique key prefix (by default
-            ``dagster-pipes``).
+        impersonate_service_account: when the client is created here, read as this account
+            (the orchestrator's), minted from the caller's credentials; cancel markers are then
+            written by a read-write-scoped client of it (IAM allows only ``*/cancel``).
+        prefix: folder of each session's unique key prefix (by default ``dagster-pipes``).
         polling: polling and drain settings.
         log_coalescing: how log floods are delivered (``None``: one entry per line always).
     """
 
-    def _streams(self, handler: PipesMessageHandler) -> PipesAttemptStreams:
-        # client.bucket() makes no request: reading objects needs no bucket-level permission.
-        return PipesAttemptStreams(
-            bucket=self.client.bucket(self.bucket),
-            session_prefix=self.new_key_prefix(),
-            handler=handler,
-            policy=self.polling,
-            coalescing=self.log_coalescing,
-            marker_bucket=lambda: self.marker_client.bucket(self.bucket),
-        )
+    streams_type = PipesAttemptStreams
 
     def attempts(self, params: PipesParams) -> PipesAttemptStreams:
         """The attempt streams of the open session that yielded ``params``."""
-        streams: PipesAttemptStreams = self._session(params)
-        return streams
+        return cast(PipesAttemptStreams, self._session(params))
 
     def no_messages_debug_text(self) -> str:
         return (
@@ -703,13 +587,9 @@ class PipesCloudStorageMessageReader(GcsMessageReader, PipesAttemptMessageReader
 
 
 class PipesSharedLocationReader(PipesAttemptMessageReader):
-    """Any Pipes message reader (e.g. dagster-gcp's ``PipesGCSMessageReader``), made usable
-    by :class:`~dagster_pipes_gcf.PipesCloudFunctionClient`.
-
-    Every HTTP attempt of a call is sent the session's one message location, so the messages
-    of a retried call's attempts are not told apart, and no cancellation marker can be
-    written (the client forwards no termination).
-    """
+    """Any Pipes message reader (e.g. dagster-gcp's ``PipesGCSMessageReader``) for
+    :class:`~dagster_pipes_gcf.PipesCloudFunctionClient`: every HTTP attempt of a call gets the
+    one location, so retries are not told apart, and no termination is forwarded."""
 
     def __init__(self, reader: PipesMessageReader):
         self.reader = reader
@@ -729,22 +609,4 @@ class PipesSharedLocationReader(PipesAttemptMessageReader):
         return self.reader.no_messages_debug_text()
 
     def attempts(self, params: PipesParams) -> AttemptStreams:
-        return _SharedLocation(params)
-
-
-@dataclass(frozen=True)
-class _SharedLocation:
-    """The attempts of a session read by another reader: one location, nothing to cancel."""
-
-    session_params: PipesParams
-    closed_with_exception = False
-    handler_started = None
-
-    def begin_attempt(self, number: int, abandoned_because: str | None = None) -> PipesParams:
-        return self.session_params
-
-    def cancel(self, reason: Mapping[str, str], *, abandoned_only: bool = False) -> None:
-        return None
-
-    def answered(self) -> None:
-        pass
+        return AttemptStreams(params)

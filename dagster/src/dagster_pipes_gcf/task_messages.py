@@ -19,12 +19,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from dagster import PipesMessageHandler
 from dagster._core.errors import DagsterPipesExecutionError
 from dagster_pipes import PipesParams, _make_message
-from google.cloud.storage.retry import DEFAULT_RETRY
 
 from dagster_pipes_gcf.message_reader import (
     GCS_ERRORS,
@@ -34,6 +33,7 @@ from dagster_pipes_gcf.message_reader import (
     GcsMessageReader,
     MessageStreams,
     PollingPolicy,
+    list_names,
 )
 
 _TASK_CHUNK = re.compile(r"/task-(\d+)/attempt-(\d+)/\d+\.json$")
@@ -61,8 +61,8 @@ class TaskStream:
 class TaskStreams(MessageStreams):
     """The task streams of one Pipes session."""
 
-    def __init__(self, **streams: Any):
-        super().__init__(**streams)
+    def __init__(self, reader: GcsMessageReader, handler: PipesMessageHandler):
+        super().__init__(reader, handler)
         self.tasks: dict[tuple[int, int], TaskStream] = {}
         self._opened = False
 
@@ -76,15 +76,7 @@ class TaskStreams(MessageStreams):
         """Add the streams that wrote a chunk since the last look; the chunk names listed."""
         prefix = f"{self.session_prefix}/task-"
         try:
-            names = [
-                blob.name
-                for blob in self.bucket.client.list_blobs(
-                    self.bucket,
-                    prefix=prefix,
-                    timeout=self.policy.request_timeout,
-                    retry=DEFAULT_RETRY.with_timeout(deadline),
-                )
-            ]
+            names = list_names(self.bucket, prefix, self.policy, deadline)
         except GCS_ERRORS as exc:  # quoted below: chained, it would be printed twice
             raise DagsterPipesExecutionError(
                 f"could not list the Pipes messages under gs://{self.bucket.name}/{prefix} "
@@ -150,9 +142,10 @@ class TaskStreams(MessageStreams):
             self.handler.handle_message(message)
         self.handler.handle_message(_make_message("closed", None))
 
-    def after_failure(self) -> None:
-        with suppress(Exception):  # the failed tasks' last lines, before the step's error
-            self.read_available(threading.Event())
+    def read_to_end(self, failed: bool) -> None:
+        if failed:
+            with suppress(Exception):  # the failed tasks' last lines, before the step's error
+                self.read_available(threading.Event())
 
 
 def merge_results(per_task: Sequence[Sequence[Any]]) -> list[Any]:
@@ -235,20 +228,12 @@ class PipesCloudRunTaskMessageReader(GcsMessageReader):
     def __init__(self, *, polling: PollingPolicy | None = None, **reader: Any):
         super().__init__(polling=polling or TASK_POLLING, **reader)
 
-    def _streams(self, handler: PipesMessageHandler) -> TaskStreams:
-        return TaskStreams(
-            bucket=self.client.bucket(self.bucket),
-            session_prefix=self.new_key_prefix(),
-            handler=handler,
-            policy=self.polling,
-            coalescing=self.log_coalescing,
-        )
+    streams_type = TaskStreams
 
     def finish(self, params: PipesParams, final_attempts: Mapping[int, int]) -> None:
         """The execution succeeded with these attempts (task index -> attempt): read them to
         the end and deliver their merged results (raises when any is incomplete)."""
-        streams: TaskStreams = self._session(params)
-        streams.finish(final_attempts)
+        cast(TaskStreams, self._session(params)).finish(final_attempts)
 
     def no_messages_debug_text(self) -> str:
         return (

@@ -192,9 +192,9 @@ def test_a_retry_cancels_only_the_abandoned_attempts_and_reading_goes_on(
         outcome = attempts.cancel(REASON, abandoned_only=True)
         gcs.objects[BUCKET]["p/s/3/1.json"] = json.dumps({"method": "closed", "params": {}})
         deadline = time.monotonic() + 5
-        while not attempts.stream.closed_seen and time.monotonic() < deadline:
+        while not attempts.live.closed_seen and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert attempts.stream.closed_seen, "the poller must go on reading the live attempt"
+        assert attempts.live.closed_seen, "the poller must go on reading the live attempt"
         attempts.answered()
     assert outcome.written == ("gs://pipes/p/s/2/cancel", "gs://pipes/p/s/1/cancel")
     assert markers(gcs) == ["p/s/1/cancel", "p/s/2/cancel"]
@@ -231,7 +231,7 @@ def test_under_impersonation_the_session_reads_read_only_and_the_marker_is_writt
         if operation == "upload":
             raise gexc.Forbidden("insufficient scope: the token is read-only")
 
-    monkeypatch.setattr(reader_module, "impersonated", impersonated)
+    monkeypatch.setattr(auth, "impersonated", impersonated)
     monkeypatch.setattr(reader_module.storage, "Client", client_for)
     reader = PipesCloudStorageMessageReader(bucket=BUCKET, impersonate_service_account=ORCHESTRATOR)
     reader.new_key_prefix = lambda: "p/s"  # type: ignore[method-assign]

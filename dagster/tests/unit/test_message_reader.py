@@ -247,18 +247,18 @@ def test_impersonation_makes_the_reader_read_as_the_orchestrator_account(
 ) -> None:
     from google.auth.credentials import AnonymousCredentials
 
-    from dagster_pipes_gcf import message_reader
+    from dagster_pipes_gcf import auth
 
     minted: list[str] = []
     credentials = AnonymousCredentials()
 
     def fake_mint(target: str, scope: str) -> AnonymousCredentials:
         minted.append(target)
-        assert scope == message_reader.DEVSTORAGE_READ_ONLY_SCOPE
+        assert scope == auth.DEVSTORAGE_READ_ONLY_SCOPE
         return credentials
 
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    monkeypatch.setattr(message_reader, "impersonated", fake_mint)
+    monkeypatch.setattr(auth, "impersonated", fake_mint)
     reader = PipesCloudStorageMessageReader(
         bucket=BUCKET, impersonate_service_account="orchestrator@p.iam.gserviceaccount.com"
     )

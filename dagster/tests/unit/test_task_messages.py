@@ -130,13 +130,14 @@ def log(text: str) -> str:
 
 
 def task_streams(gcs: FakeClient, handler: Delivered) -> TaskStreams:
-    return TaskStreams(
-        bucket=gcs.bucket("pipes"),  # type: ignore[arg-type]
-        session_prefix="s",
-        handler=handler,  # type: ignore[arg-type]
-        policy=PollingPolicy(),
-        coalescing=None,
+    reader = PipesCloudRunTaskMessageReader(
+        bucket="pipes",
+        client=gcs,  # type: ignore[arg-type]
+        polling=PollingPolicy(),
+        log_coalescing=None,
     )
+    reader.new_key_prefix = lambda: "s"  # type: ignore[method-assign]
+    return TaskStreams(reader, handler)  # type: ignore[arg-type]
 
 
 def counting_downloads(gcs: FakeClient) -> list[str]:
