@@ -16,16 +16,8 @@ from urllib.parse import urlsplit
 
 import google.auth.exceptions
 import requests
+import tenacity
 from dagster import Failure, MetadataValue
-from tenacity import (
-    AttemptManager,
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_exponential_jitter,
-)
 from urllib3.exceptions import NewConnectionError
 
 from dagster_pipes_gcf.auth import IdTokenAuth, TokenTimeout, is_loopback, missing_credentials_hint
@@ -229,21 +221,22 @@ class Call:
         """Seconds left of the call's deadline."""
         return max(0.0, self.deadline_s - self.elapsed())
 
-    def attempts(self) -> Iterator[AttemptManager]:
+    def attempts(self) -> Iterator[tenacity.AttemptManager]:
         policy = self.policy
-        backoff = wait_exponential_jitter(
+        backoff = tenacity.wait_exponential_jitter(
             multiplier=policy.initial_backoff, max=policy.max_backoff, jitter=policy.initial_backoff
         )
 
-        def wait(state: RetryCallState) -> float:
+        def wait(state: tenacity.RetryCallState) -> float:
             # A local function that is not running stays down; one restarting is soon back.
             local = self.abandoned is not None and self.abandoned.refused_locally
             return min(backoff(state), LOCAL_REFUSED_BACKOFF_S) if local else backoff(state)
 
-        retrying = Retrying(
-            stop=stop_after_attempt(policy.attempts) | stop_before_delay(self.deadline_s),
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(policy.attempts)
+            | tenacity.stop_before_delay(self.deadline_s),
             wait=wait,
-            retry=retry_if_exception_type(FailedAttempt),
+            retry=tenacity.retry_if_exception_type(FailedAttempt),
             reraise=True,
         )
         try:
