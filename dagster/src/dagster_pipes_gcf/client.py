@@ -123,8 +123,7 @@ STEP_CALLS = InvocationIds()
 
 
 class PipesCloudFunctionCompletedInvocation(dg.PipesClientCompletedInvocation):
-    """A finished call whose metadata (function URL, invocation id, timings) goes on the
-    materializations only, not on the asset check results the function reported."""
+    """A finished call whose metadata goes on the materializations only, not on the checks."""
 
     def __init__(self, session: dg.PipesSession, metadata: Mapping[str, Any]):
         super().__init__(session, metadata=metadata)
@@ -145,7 +144,7 @@ class PipesCloudFunctionCompletedInvocation(dg.PipesClientCompletedInvocation):
 
 
 class GcpPipesClient(dg.PipesClient, TreatAsResourceParam):
-    """What the function and the job client share: the session with its invocation id."""
+    """The function's and the job's client: a session with its invocation id."""
 
     message_reader: dg.PipesMessageReader
     context_injector: dg.PipesContextInjector
@@ -173,31 +172,23 @@ class GcpPipesClient(dg.PipesClient, TreatAsResourceParam):
 class PipesCloudFunctionClient(GcpPipesClient):
     """Pipes client that invokes an HTTP Cloud Function and streams its messages back.
 
-    The Pipes bootstrap parameters go in the JSON request body next to ``event``; the
-    function writes its messages to GCS, where ``message_reader`` reads them during the call.
-    Each HTTP attempt writes under its own prefix; only the attempt that answered contributes
-    results.
-
-    Invocation id (header ``X-Dagster-Invocation-Id``, Pipes extra ``invocation_id``): one per
-    ``run()`` call, the same for every HTTP retry and step retry of it. It is derived from the
-    run (a from-failure re-execution uses the run it resumes), the step, the selected assets,
-    the partition (or range) and the call's ordinal within the step, so the n-th call must
-    mean the same work on every try; otherwise name each call with ``call_key``.
+    The Pipes bootstrap parameters go in the JSON request body next to ``event``; each HTTP
+    attempt writes its messages to GCS under its own prefix, and only the one that answered
+    contributes results. The invocation id (header ``X-Dagster-Invocation-Id``, Pipes extra
+    ``invocation_id``) is the same for every HTTP and step retry of a ``run()`` call: it names
+    the run (or the one a from-failure re-execution resumes), step, assets, partition and the
+    call's ordinal in the step, or its ``call_key``.
 
     Args:
-        message_reader: where the function's messages are read from:
-            :class:`PipesCloudStorageMessageReader`, or any other Pipes reader wrapped in
-            :class:`PipesSharedLocationReader`.
+        message_reader: :class:`PipesCloudStorageMessageReader`, or any Pipes reader wrapped
+            in :class:`PipesSharedLocationReader`.
         context_injector: how the Pipes context travels; defaults to inline in the body.
-        invoker: HTTP invocation (auth, timeouts, retries); defaults to
-            :class:`CloudFunctionInvoker` with its default policy.
-        function_location: the function's project, for each call's Cloud Logging link where
-            its URL does not name it (a ``run.app`` URL).
-        forward_termination: when the run is terminated while the call waits, or the call
-            fails while the function may still be working on it, ask the function to cancel
-            (marker ``<key_prefix>/cancel``, see :mod:`dagster_pipes_gcf.cancellation`);
-            likewise, before a retry, the attempt given up. With
-            :class:`PipesCloudStorageMessageReader` only.
+        invoker: auth, timeouts and retries; defaults to :class:`CloudFunctionInvoker`.
+        function_location: the function's project for the Cloud Logging link, where its URL
+            does not name it (``run.app``).
+        forward_termination: ask the function to cancel (marker ``<key_prefix>/cancel``) when
+            the run is terminated or the call fails while it may still be working, and
+            before a retry the attempt given up.
     """
 
     message_reader: PipesAttemptMessageReader
@@ -233,12 +224,11 @@ class PipesCloudFunctionClient(GcpPipesClient):
     ) -> PipesCloudFunctionCompletedInvocation:
         """Invoke the function at ``function_url`` with ``event`` and wait for it to finish.
 
-        ``call_key`` names this call within the step in place of its ordinal (see the class
-        docstring); ``timeout`` overrides the policy's per-attempt timeout.
+        ``call_key`` names this call within the step in place of its ordinal; ``timeout``
+        overrides the policy's per-attempt timeout.
 
         Raises:
-            CloudFunctionError: the call failed (non-2xx, unreachable, timed out, or an
-                ambiguous outcome the policy does not retry); the message names the cause.
+            CloudFunctionError: the call failed; the message names the cause.
             DagsterPipesExecutionError: the function's messages ended without ``closed``.
         """
         trace = CallTrace.start(
@@ -308,8 +298,8 @@ class PipesCloudFunctionClient(GcpPipesClient):
         cancel: Callable[..., CancelOutcome | None],
         context: Context,
     ) -> FunctionResponse:
-        """Each attempt with its own messages params. The attempt given up, if it may have
-        reached the handler, is asked to stop first: two copies of a call never run long."""
+        """Each attempt with its own messages params; the attempt given up, if it may still
+        run, is asked to stop first."""
         for attempt in call.attempts():
             with attempt:
                 gone = call.abandoned

@@ -1,9 +1,6 @@
 """Calling the Cloud Function over HTTP: ID tokens, timeouts, retries and the error texts.
-
-By default only what never reached the handler is retried (refused, connect timeout, a 429/503
-of an attempt that left no Pipes messages: Cloud Run answers 503 also when an instance dies
-mid-request); with ``retry_ambiguous``, also what may have run (500/502/504, a lost answer).
-"""
+Retried by default: what never reached the handler; with ``retry_ambiguous``, also what may
+have run (500/502/504, a lost answer, a 429/503 after the attempt wrote Pipes messages)."""
 
 from __future__ import annotations
 
@@ -25,8 +22,7 @@ from dagster_pipes_gcf.bounded import TimedOut, call_within
 
 DEFAULT_RETRY_ALLOWANCE_S = 60.0  # the default deadline: one attempt's timeout plus this
 LOCAL_REFUSED_BACKOFF_S = 0.2  # the longest backoff after a refusal on a loopback URL
-# Whether attempt ``n``'s handler left evidence that it ran (its Pipes messages).
-HandlerStarted = Callable[[int], bool]
+HandlerStarted = Callable[[int], bool]  # whether attempt n's handler wrote Pipes messages
 
 
 @dataclass(frozen=True)
@@ -34,19 +30,15 @@ class InvocationPolicy:
     """Timeouts and retries of the HTTP call.
 
     Attributes:
-        timeout: seconds to wait for the function's answer; match the function's own limit
-            (Terraform's ``function_timeout_seconds``). Never retried once it expires: the
-            function may still be working.
+        timeout: seconds to wait for the answer; match the function's own limit. Never
+            retried once it expires: the function may still be working.
         connect_timeout: seconds to establish the connection.
         attempts: total attempts for outcomes that are retried.
         initial_backoff: first backoff in seconds (exponential, with jitter).
         max_backoff: upper bound of one backoff.
-        retry_ambiguous: also retry outcomes where the handler may have run (platform
-            500/502/504, a connection lost after sending). Safe only for functions idempotent
-            on the invocation id (header ``X-Dagster-Invocation-Id``, Pipes extra
-            ``invocation_id``): a retry of work that was done must do nothing.
-        deadline: seconds bounding the whole call: ID tokens, connecting, each attempt's wait
-            (cut short to fit), the backoffs and the work between attempts; ``None`` means
+        retry_ambiguous: also retry outcomes where the handler may have run (500/502/504, a
+            connection lost after sending); only for functions idempotent on the invocation id.
+        deadline: seconds bounding the whole call (tokens, attempts, backoffs); ``None``:
             ``timeout`` plus 60 s.
     """
 
@@ -79,10 +71,8 @@ class FunctionResponse:
 class CloudFunctionError(Failure):
     """The function call failed; the description names the cause, the remote error included.
 
-    ``function_may_still_run``: an attempt may still be working on the call (a read timeout,
-    a lost answer); the client then asks the function to cancel. ``remote_traceback``: the
-    function's traceback of a crash, shown after the description unless
-    :meth:`traceback_shown_elsewhere` says where the run shows it.
+    ``function_may_still_run``: an attempt may still be working on the call (the client then
+    asks the function to cancel). ``remote_traceback``: the function's traceback of a crash.
     """
 
     function_may_still_run: bool = False
@@ -105,20 +95,14 @@ class CloudFunctionError(Failure):
             self.args = (self.description,)
 
 
+@dataclass(eq=False)
 class FailedAttempt(Exception):
-    """An attempt without the handler's answer: retried unless it ``may_have_run`` and the
-    policy does not allow that."""
+    """An attempt without the handler's answer: retried if the policy allows."""
 
-    def __init__(
-        self,
-        reason: str,
-        may_have_run: bool,
-        response: requests.Response | None = None,
-        refused_locally: bool = False,
-    ):
-        super().__init__(reason)
-        self.reason, self.may_have_run = reason, may_have_run
-        self.response, self.refused_locally = response, refused_locally
+    reason: str
+    may_have_run: bool
+    response: requests.Response | None = None
+    refused_locally: bool = False
 
 
 def _json_body(response: requests.Response) -> Mapping[str, Any] | None:
@@ -162,8 +146,7 @@ def _answer(response: requests.Response) -> tuple[str, str | None, MetadataValue
 
 
 class CloudFunctionInvoker:
-    """How the client calls a function: its :class:`InvocationPolicy` (timeouts, retries),
-    ID tokens and HTTP session; :meth:`start` begins one call."""
+    """How the client calls a function: policy, ID tokens and HTTP session."""
 
     def __init__(
         self,
@@ -178,8 +161,7 @@ class CloudFunctionInvoker:
     def start(
         self, url: str, *, headers: Mapping[str, str] | None = None, timeout: float | None = None
     ) -> Call:
-        """A call to ``url`` (see :class:`Call`); ``timeout`` overrides the policy's
-        per-attempt timeout."""
+        """A call to ``url``; ``timeout`` overrides the policy's per-attempt timeout."""
         return Call(self, url, headers or {}, timeout or self.policy.timeout)
 
 
@@ -192,8 +174,7 @@ class Call:
                 call.post(body_of(call.number, call.abandoned))
         response = call.result()
 
-    A failed call raises :class:`CloudFunctionError`; an interrupt goes on unchanged.
-    """
+    A failed call raises :class:`CloudFunctionError`; an interrupt goes on unchanged."""
 
     def __init__(
         self,
@@ -261,7 +242,7 @@ class Call:
             raise
 
     def result(self) -> FunctionResponse:
-        """The answer of the last attempt; raises for a non-2xx final answer."""
+        """The last attempt's answer; raises for a non-2xx one."""
         response = self._response
         assert response is not None, "result() before an attempt answered"
         if not response.ok:
@@ -270,7 +251,6 @@ class Call:
         return FunctionResponse(response.status_code, body, self.elapsed(), self.number)
 
     def _send(self, data: str, handler_started: HandlerStarted | None) -> requests.Response:
-        """One attempt within what is left of the deadline: the token, connecting, the answer."""
         auth_headers = self._auth_headers()
         wait = min(self.attempt_timeout, self.remaining())
         if wait <= 0:
@@ -303,8 +283,7 @@ class Call:
         raise failed
 
     def _recheck(self, refusal: FailedAttempt, handler_started: HandlerStarted) -> None:
-        """A 429/503 is ambiguous after all when the attempt's handler left messages, or
-        when the deadline leaves no time to look for them."""
+        """A 429/503 is ambiguous if the handler left messages, or no time is left to look."""
         try:
             if not call_within(self.remaining(), lambda: handler_started(self.number)):
                 return
@@ -338,8 +317,6 @@ class Call:
             raise self._error(f"{what}: {cause}") from None
 
     def _transport_failure(self, exc: requests.RequestException) -> Exception:
-        """No connection (retried), a connection lost after sending (ambiguous), or any other
-        transport error (final)."""
         if isinstance(exc, requests.ConnectTimeout):
             return FailedAttempt(f"connect timeout ({exc})", may_have_run=False)
         if isinstance(exc, requests.ConnectionError) and _caused_by(exc, NewConnectionError):
@@ -371,7 +348,6 @@ class Call:
         )
 
     def _failure(self, failed: FailedAttempt) -> CloudFunctionError:
-        """The error of the last attempt, once it is not retried."""
         url, attempts, answer = self.url, self.number, failed.response
         if failed.may_have_run and not self.policy.retry_ambiguous:
             ambiguous = (
@@ -398,8 +374,8 @@ class Call:
         after: str = "",
         may_still_run: bool | None = None,
     ) -> CloudFunctionError:
-        """The error of this call: ``description``, then what ``response`` said and ``after``.
-        By default, the function may still run if a failed attempt may have reached it."""
+        """``description``, what ``response`` said, ``after``; by default the function may
+        still run if a failed attempt may have reached it."""
         metadata: dict[str, Any] = {"function_url": MetadataValue.url(self.url)}
         remote_traceback = None
         if response is not None:
