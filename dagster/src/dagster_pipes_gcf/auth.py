@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -126,8 +127,11 @@ class IdTokenAuth:
     ):
         self.impersonate_service_account = impersonate_service_account
         self.audience = audience
-        self._default_factory = default_factory
-        self._impersonated_factory = impersonated_factory
+        self._make_credentials: Callable[[str], Any] = (
+            partial(impersonated_factory, impersonate_service_account)
+            if impersonate_service_account
+            else default_factory
+        )
         self._request_factory = request_factory
         self._credentials: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -168,8 +172,3 @@ class IdTokenAuth:
             return call_within(timeout, fresh_token)
         except TimedOut as exc:
             raise TokenTimeout(f"{waiting[0]}: {exc}") from None  # type: ignore[no-untyped-call]
-
-    def _make_credentials(self, audience: str) -> Any:
-        if self.impersonate_service_account:
-            return self._impersonated_factory(self.impersonate_service_account, audience)
-        return self._default_factory(audience)

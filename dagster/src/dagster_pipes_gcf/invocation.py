@@ -266,7 +266,14 @@ class Call:
                 timeout=(min(self.policy.connect_timeout, wait), wait),
             )
         except requests.ReadTimeout as exc:
-            raise self._unanswered(wait) from exc
+            text = f"Cloud Function at {self.url} did not answer within {wait:g}s"
+            if wait < self.attempt_timeout:
+                text = (
+                    f"Cloud Function at {self.url} did not answer before the call's deadline of "
+                    f"{self.deadline_s:g}s ({wait:.1f}s of it were left for the last attempt); "
+                    "it may still be working"
+                )
+            raise self._error(text, may_still_run=True) from exc
         except requests.RequestException as exc:
             raise self._transport_failure(exc) from None
         body, status = _json_body(response) or {}, response.status_code
@@ -303,9 +310,7 @@ class Call:
             if isinstance(exc, TokenTimeout):
                 raise self._out_of_time(f"while waiting for an ID token ({exc})") from None
             if isinstance(exc, google.auth.exceptions.TransportError) or exc.retryable:
-                reason = (
-                    f"no ID token: google-auth failed transiently ({type(exc).__name__}: {exc})"
-                )
+                reason = f"no ID token: google-auth failed transiently ({exc})"
                 raise FailedAttempt(reason, may_have_run=False) from None
             cause = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, google.auth.exceptions.DefaultCredentialsError):
@@ -329,16 +334,6 @@ class Call:
         if isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
             return FailedAttempt(f"connection lost after the request was sent ({what})", True)
         return self._error(f"calling the Cloud Function at {self.url} failed: {what}")
-
-    def _unanswered(self, waited: float) -> CloudFunctionError:
-        text = f"Cloud Function at {self.url} did not answer within {waited:g}s"
-        if waited < self.attempt_timeout:
-            text = (
-                f"Cloud Function at {self.url} did not answer before the call's deadline of "
-                f"{self.deadline_s:g}s ({waited:.1f}s of it were left for the last attempt); "
-                "it may still be working"
-            )
-        return self._error(text, may_still_run=True)
 
     def _out_of_time(self, when: str) -> CloudFunctionError:
         return self._error(
