@@ -145,9 +145,8 @@ class IdTokenAuth:
         """
         if not needs_id_token(url):
             return {}
-        return {
-            "Authorization": f"Bearer {self.token_for(audience_for(url, self.audience), timeout)}"
-        }
+        token = self.token_for(audience_for(url, self.audience), timeout)
+        return {"Authorization": f"Bearer {token}"}
 
     def token_for(self, audience: str, timeout: float | None = None) -> str:
         """A valid ID token for ``audience`` within ``timeout`` seconds (None: as long as

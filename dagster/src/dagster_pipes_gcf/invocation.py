@@ -273,7 +273,8 @@ class Call:
                     f"{self.deadline_s:g}s ({wait:.1f}s of it were left for the last attempt); "
                     "it may still be working"
                 )
-            raise self._error(text, may_still_run=True) from exc
+            self._ambiguous = True  # this attempt may still be working
+            raise self._error(text) from exc
         except requests.RequestException as exc:
             raise self._transport_failure(exc) from None
         body, status = _json_body(response) or {}, response.status_code
@@ -367,10 +368,8 @@ class Call:
         description: str,
         response: requests.Response | None = None,
         after: str = "",
-        may_still_run: bool | None = None,
     ) -> CloudFunctionError:
-        """``description``, what ``response`` said, ``after``; by default the function may
-        still run if a failed attempt may have reached it."""
+        """``description``, what ``response`` said, ``after``."""
         metadata: dict[str, Any] = {"function_url": MetadataValue.url(self.url)}
         remote_traceback = None
         if response is not None:
@@ -378,5 +377,5 @@ class Call:
             metadata["http_status"] = response.status_code
             description += details + after
         error = CloudFunctionError(description, metadata, remote_traceback)
-        error.function_may_still_run = self._ambiguous if may_still_run is None else may_still_run
+        error.function_may_still_run = self._ambiguous
         return error
