@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -78,15 +78,15 @@ def audience_for(url: str, audience: str | None = None) -> str:
 
 
 def default_id_token_credentials(audience: str) -> Any:
-    """From a service-account key file (``GOOGLE_APPLICATION_CREDENTIALS``) or, on GCP, the
-    metadata server. User credentials cannot mint ID tokens: impersonate an account instead."""
+    """From a service-account key file (``GOOGLE_APPLICATION_CREDENTIALS``) or the metadata
+    server; user credentials cannot mint ID tokens."""
     request = google.auth.transport.requests.Request()
     return id_token.fetch_id_token_credentials(audience, request=request)  # type: ignore[no-untyped-call]
 
 
 def impersonated(target_principal: str, scope: str) -> Any:
-    """Credentials of ``target_principal`` with ``scope``, minted from the caller's
-    application-default credentials (they need roles/iam.serviceAccountTokenCreator on it)."""
+    """``target_principal``'s credentials with ``scope``, minted from the caller's
+    application-default credentials (roles/iam.serviceAccountTokenCreator on it)."""
     source, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
     return impersonated_credentials.Credentials(  # type: ignore[no-untyped-call]
         source_credentials=source, target_principal=target_principal, target_scopes=[scope]
@@ -94,7 +94,6 @@ def impersonated(target_principal: str, scope: str) -> Any:
 
 
 def impersonated_id_token_credentials(target_principal: str, audience: str) -> Any:
-    """ID tokens of ``target_principal`` for ``audience``, minted from the caller's credentials."""
     return impersonated_credentials.IDTokenCredentials(  # type: ignore[no-untyped-call]
         impersonated(target_principal, CLOUD_PLATFORM_SCOPE),
         target_audience=audience,
@@ -105,19 +104,16 @@ def impersonated_id_token_credentials(target_principal: str, audience: str) -> A
 class TokenTimeout(google.auth.exceptions.TransportError):
     """No ID token within the time the call had left (the refresh may finish later)."""
 
-    def __init__(self, message: str):
-        super().__init__(message)  # type: ignore[no-untyped-call]
-
 
 class IdTokenAuth:
     """Adds ``Authorization: Bearer <ID token>`` for deployed functions; nothing for local URLs.
 
     Tokens come from a service-account key file (``GOOGLE_APPLICATION_CREDENTIALS``) or the
     metadata server, or, with ``impersonate_service_account``, are minted for that account
-    from the caller's own credentials. One credential per audience is cached, and google-auth
+    from the caller's own credentials. One credential per audience is cached; google-auth
     decides when its token is due for a refresh. The audience is derived from each URL
-    (:func:`audience_for`); ``audience`` sets it for every call, as a custom domain needs.
-    The keyword-only factories let tests replace credentials and transport.
+    (:func:`audience_for`) unless ``audience`` sets it, as a custom domain needs. The
+    keyword-only factories let tests replace credentials and transport.
     """
 
     def __init__(
@@ -131,8 +127,11 @@ class IdTokenAuth:
     ):
         self.impersonate_service_account = impersonate_service_account
         self.audience = audience
-        self._default_factory = default_factory
-        self._impersonated_factory = impersonated_factory
+        self._make_credentials: Callable[[str], Any] = (
+            partial(impersonated_factory, impersonate_service_account)
+            if impersonate_service_account
+            else default_factory
+        )
         self._request_factory = request_factory
         self._credentials: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -150,33 +149,25 @@ class IdTokenAuth:
         return {"Authorization": f"Bearer {token}"}
 
     def token_for(self, audience: str, timeout: float | None = None) -> str:
-        """A valid ID token for ``audience``, waiting at most ``timeout`` seconds (None: as
-        long as google-auth takes) for another caller's refresh and for this one's."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
-            raise TokenTimeout(f"another call's token refresh took over {timeout:g}s")
-        try:
-            credentials = self._credentials.get(audience)
-            if credentials is None:
-                credentials = self._credentials[audience] = self._make_credentials(audience)
-            if not credentials.valid:  # google-auth's own refresh threshold
-                self._refresh(credentials, deadline)
-            return str(credentials.token)
-        finally:
-            self._lock.release()
+        """A valid ID token for ``audience`` within ``timeout`` seconds (None: as long as
+        google-auth takes), another caller's refresh of it included."""
+        cached = self._credentials.get(audience)
+        if cached is not None and cached.valid:  # google-auth's own refresh threshold
+            return str(cached.token)
+        waiting = ["another call's token refresh" if self._lock.locked() else "refreshing"]
 
-    def _refresh(self, credentials: Any, deadline: float | None) -> None:
-        def refresh() -> None:
-            credentials.refresh(self._request_factory())
+        def fresh_token() -> str:
+            with self._lock:  # one refresh per audience; the others wait for it
+                waiting[0] = "refreshing"
+                credentials = self._credentials.get(audience) or self._make_credentials(audience)
+                self._credentials[audience] = credentials
+                if not credentials.valid:
+                    credentials.refresh(self._request_factory())
+                return str(credentials.token)
 
-        if deadline is None:
-            return refresh()
+        if timeout is None:
+            return fresh_token()
         try:
-            call_within(deadline - time.monotonic(), refresh)
+            return call_within(timeout, fresh_token)
         except TimedOut as exc:
-            raise TokenTimeout(f"refreshing the ID token: {exc}") from None
-
-    def _make_credentials(self, audience: str) -> Any:
-        if self.impersonate_service_account:
-            return self._impersonated_factory(self.impersonate_service_account, audience)
-        return self._default_factory(audience)
+            raise TokenTimeout(f"{waiting[0]}: {exc}") from None  # type: ignore[no-untyped-call]

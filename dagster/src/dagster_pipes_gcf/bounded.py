@@ -10,19 +10,13 @@ T = TypeVar("T")
 
 
 class TimedOut(Exception):
-    """The call did not finish in the time given; it may still finish in the background."""
+    """The call did not finish in time; it may still finish in the background."""
 
 
 def call_within(seconds: float, call: Callable[[], T]) -> T:
-    """``call()``'s result, or its error, if it finishes within ``seconds``.
-
-    The call runs in a daemon thread, so a library that blocks longer than the caller may
-    wait (google-auth's 120 s token timeout, google-cloud-storage's 120 s retry deadline)
-    cannot hold the caller past its deadline, nor the process at exit.
-
-    Raises:
-        TimedOut: ``seconds`` passed first (at once when ``seconds`` <= 0).
-    """
+    """``call()``'s result or error if it finishes within ``seconds``, else :class:`TimedOut`.
+    A daemon thread runs it: a library blocking longer (google-auth's 120 s token timeout)
+    holds neither the caller past its deadline nor the process at exit."""
     if seconds <= 0:
         raise TimedOut(f"no time left (deadline passed {-seconds:.1f}s ago)")
     outcome: list[tuple[Any, BaseException | None]] = []

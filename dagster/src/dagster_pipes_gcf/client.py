@@ -4,31 +4,25 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
-from dagster import (
-    AssetExecutionContext,
-    DagsterInstance,
-    DagsterRun,
-    MaterializeResult,
-    OpExecutionContext,
-    PipesClient,
-    PipesClientCompletedInvocation,
-    PipesContextInjector,
-    PipesExecutionResult,
-    PipesMessageReader,
-    PipesSession,
-    open_pipes_session,
-)
+import dagster as dg
 from dagster._core.definitions.resource_annotation import TreatAsResourceParam
 from dagster._core.storage.tags import ASSET_RESUME_RETRY_TAG, RESUME_RETRY_TAG
-from dagster_pipes import DAGSTER_PIPES_MESSAGES_ENV_VAR, PipesExtras, PipesParams, encode_param
+from dagster_pipes import DAGSTER_PIPES_MESSAGES_ENV_VAR, PipesExtras, encode_param
 
 from dagster_pipes_gcf.cancellation import CancelOutcome, forwarding_termination
 from dagster_pipes_gcf.context_injector import PipesCloudFunctionEventContextInjector
-from dagster_pipes_gcf.invocation import Call, CloudFunctionError, CloudFunctionInvoker
+from dagster_pipes_gcf.invocation import (
+    Call,
+    CloudFunctionError,
+    CloudFunctionInvoker,
+    FunctionResponse,
+)
 from dagster_pipes_gcf.message_reader import AttemptStreams, PipesAttemptMessageReader
 from dagster_pipes_gcf.partition_range import PipesPartitionRangeInjector, is_direct_invocation
 from dagster_pipes_gcf.tracing import CallTrace, FunctionLocation
@@ -37,21 +31,16 @@ INVOCATION_ID_EXTRA = "invocation_id"
 INVOCATION_ID_HEADER = "X-Dagster-Invocation-Id"
 # Where Dagster shows the exception a function's Pipes `closed` message carried.
 CLOSED_EVENT = "in the run's event '[pipes] external process pipes closed with exception'"
-
-Context = AssetExecutionContext | OpExecutionContext
+Context = dg.AssetExecutionContext | dg.OpExecutionContext
 MAX_RESUME_CHAIN = 100  # ancestors looked up for a chain of from-failure re-executions
 
 
-def idempotency_run_id(run: DagsterRun, instance: DagsterInstance) -> str:
-    """The run whose work ``run`` continues: itself, unless it re-executes from failure.
+def idempotency_run_id(run: dg.DagsterRun, instance: dg.DagsterInstance) -> str:
+    """The run whose work ``run`` continues: itself, or for a from-failure re-execution (tag
+    ``dagster/is_resume_retry`` or ``dagster/is_asset_resume_retry``) the run it resumes, up
+    the chain as Dagster's Pipes reattachment walks it. A full re-execution is new work."""
 
-    A from-failure re-execution (tag ``dagster/is_resume_retry`` or
-    ``dagster/is_asset_resume_retry``, set by the UI, the CLI and automatic run retries)
-    continues its parent, and so on up the chain, as Dagster's own Pipes reattachment walks
-    it; ``instance`` is asked for the parents. A full re-execution is new work.
-    """
-
-    def resumes_its_parent(run: DagsterRun) -> bool:
+    def resumes_its_parent(run: dg.DagsterRun) -> bool:
         return "true" in (run.tags.get(RESUME_RETRY_TAG), run.tags.get(ASSET_RESUME_RETRY_TAG))
 
     seen: set[str] = set()
@@ -73,12 +62,10 @@ def derive_invocation_id(
     ordinal: int,
     call_key: str | None = None,
 ) -> str:
-    """A UUID (matches ``[A-Za-z0-9][A-Za-z0-9._:-]{0,127}``) naming one call of one step:
-    the ``ordinal``-th call of the step's selected ``asset_keys``, or the call named
-    ``call_key`` when one is given (then whatever subset of a multi-asset the step
-    materializes: a from-failure re-execution may select only the assets that failed)."""
-    assets = ",".join(sorted(asset_keys))
-    call = f"{assets}/{ordinal}" if call_key is None else f"key={call_key}"
+    """A UUID naming the ``ordinal``-th call of the step's selected ``asset_keys``, or the
+    call named ``call_key`` whatever assets are selected (a from-failure re-execution may
+    select only those that failed)."""
+    call = f"{','.join(sorted(asset_keys))}/{ordinal}" if call_key is None else f"key={call_key}"
     name = f"dagster://{run_id}/{step_key}/{partition}/{call}"
     return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
 
@@ -94,87 +81,73 @@ def partition_of(context: Context) -> str:
 
 
 class InvocationIds:
-    """Invocation ids per ``run()`` call: the n-th call of a step attempt gets ordinal n.
-
-    A directly invoked asset or op (``build_asset_context()``, as in unit tests) gets a new
-    random id per call: it has no run or step to derive one from.
-
-    Thread-safe. The ordinal restarts with each step retry, so a retried step's calls get the
-    ids of the first try's calls in the same order. Clients share one counter
-    (:data:`STEP_CALLS`): a step calling through two clients still counts its calls once.
-    """
+    """Thread-safe invocation ids per ``run()`` call: the n-th call of a step attempt gets
+    ordinal n, so a retried step's calls get the ids of the first try's calls in order. A
+    directly invoked asset (``build_asset_context()``) has no run or step: a random id."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._calls: dict[tuple[str, str, int], int] = {}
-        self._keys: set[tuple[str, str, int, str]] = set()
+        self._counts: Counter[tuple[Any, ...]] = Counter()
 
-    def next_ordinal(self, run_id: str, step_key: str, retry_number: int) -> int:
-        """1 for the first call of this step attempt, then 2, 3, ..."""
-        key = (run_id, step_key, retry_number)
+    def next_ordinal(self, *key: Any) -> int:
+        """How often ``key`` (run id, step key, retry number) was counted, this time included."""
         with self._lock:
-            ordinal = self._calls[key] = self._calls.get(key, 0) + 1
-        return ordinal
+            self._counts[key] += 1
+            return self._counts[key]
 
     def next_for(self, context: Context, call_key: str | None = None) -> str:
         """The id of the call about to be made from ``context``'s step."""
         if call_key is not None and not call_key:
             raise ValueError("call_key must be a non-empty string (or None)")
-        if is_direct_invocation(context):
-            # build_asset_context(): no run to resume and no retries, and every such context
-            # has the run id "EPHEMERAL": each call is new work, never a repeat of another.
+        if is_direct_invocation(context):  # its run id is always "EPHEMERAL": each call is new
             return str(uuid.uuid4())
         step_key = context.get_step_execution_context().step.key
-        if call_key is not None:
-            with self._lock:
-                key = (context.run_id, step_key, context.retry_number, call_key)
-                if key in self._keys:  # it would be taken for a repeat and write nothing
-                    raise ValueError(
-                        f"call_key {call_key!r} was used already in step {step_key}: each call "
-                        "of a step needs its own (a repeated key would be taken for a retry)"
-                    )
-                self._keys.add(key)
-        ordinal = self.next_ordinal(context.run_id, step_key, context.retry_number)
+        attempt = (context.run_id, step_key, context.retry_number)
+        if call_key is not None and self.next_ordinal(*attempt, call_key) > 1:
+            raise ValueError(
+                f"call_key {call_key!r} was used already in step {step_key}: each call of a "
+                "step needs its own (a repeated key would be taken for a retry)"
+            )
         return derive_invocation_id(
             run_id=idempotency_run_id(context.run, context.instance),
             step_key=step_key,
             asset_keys=[key.to_user_string() for key in context.selected_asset_keys],
             partition=partition_of(context),
-            ordinal=ordinal,
+            ordinal=self.next_ordinal(*attempt),
             call_key=call_key,
         )
 
 
-STEP_CALLS = InvocationIds()  # the calls of every step in this process, whichever client
+# Shared by every client: a step calling through two clients still counts its calls once.
+STEP_CALLS = InvocationIds()
 
 
-class PipesCloudFunctionCompletedInvocation(PipesClientCompletedInvocation):
-    """A finished call whose metadata (function URL, invocation id, timings) goes on the
-    materializations only, not on the asset check results the function reported."""
+class PipesCloudFunctionCompletedInvocation(dg.PipesClientCompletedInvocation):
+    """A finished call whose metadata goes on the materializations only, not on the checks."""
 
-    def __init__(self, session: PipesSession, metadata: Mapping[str, Any]):
+    def __init__(self, session: dg.PipesSession, metadata: Mapping[str, Any]):
         super().__init__(session, metadata=metadata)
         self._pipes_session = session
 
     def get_results(
         self, *, implicit_materializations: bool = True
-    ) -> Sequence[PipesExecutionResult]:
+    ) -> Sequence[dg.PipesExecutionResult]:
         results = self._pipes_session.get_results(
             implicit_materializations=implicit_materializations
         )
         return [
             result._replace(metadata={**(result.metadata or {}), **self.metadata})
-            if isinstance(result, MaterializeResult)
+            if isinstance(result, dg.MaterializeResult)
             else result
             for result in results
         ]
 
 
-class GcpPipesClient(PipesClient, TreatAsResourceParam):
-    """What the function and the job client share: the session with its invocation id."""
+class GcpPipesClient(dg.PipesClient, TreatAsResourceParam):
+    """The function's and the job's client: a session with its invocation id."""
 
-    message_reader: PipesMessageReader
-    context_injector: PipesContextInjector
+    message_reader: dg.PipesMessageReader
+    context_injector: dg.PipesContextInjector
     invocation_ids = STEP_CALLS
 
     @classmethod
@@ -184,10 +157,10 @@ class GcpPipesClient(PipesClient, TreatAsResourceParam):
     @contextmanager
     def open_session(
         self, context: Context, extras: PipesExtras | None, call_key: str | None
-    ) -> Iterator[tuple[PipesSession, str]]:
+    ) -> Iterator[tuple[dg.PipesSession, str]]:
         """The call's Pipes session (its range's keys and window in the context) and id."""
         invocation_id = self.invocation_ids.next_for(context, call_key)
-        with open_pipes_session(
+        with dg.open_pipes_session(
             context=context,
             context_injector=PipesPartitionRangeInjector(self.context_injector, context),
             message_reader=self.message_reader,
@@ -199,32 +172,23 @@ class GcpPipesClient(PipesClient, TreatAsResourceParam):
 class PipesCloudFunctionClient(GcpPipesClient):
     """Pipes client that invokes an HTTP Cloud Function and streams its messages back.
 
-    The Pipes bootstrap parameters are merged into the JSON request body next to the
-    caller's ``event``; the function writes its messages to GCS, where ``message_reader``
-    reads them while the call runs. Each HTTP attempt writes under its own prefix and only
-    the attempt that answered contributes results.
-
-    Invocation id (header ``X-Dagster-Invocation-Id``, Pipes extra ``invocation_id``): one per
-    ``run()`` call, the same for every HTTP retry and step retry of that call. It is derived
-    from the run (a from-failure re-execution uses the run it resumes), the step, the
-    selected assets, the partition (or range) and the call's ordinal within the step, so the
-    n-th call must mean the same work on every try; a step whose calls vary between tries
-    names each call with ``call_key`` instead, unique within the step.
+    The Pipes bootstrap parameters go in the JSON request body next to ``event``; each HTTP
+    attempt writes its messages to GCS under its own prefix, and only the one that answered
+    contributes results. The invocation id (header ``X-Dagster-Invocation-Id``, Pipes extra
+    ``invocation_id``) is the same for every HTTP and step retry of a ``run()`` call: it names
+    the run (or the one a from-failure re-execution resumes), step, assets, partition and the
+    call's ordinal in the step, or its ``call_key``.
 
     Args:
-        message_reader: where the function's messages are read from:
-            :class:`PipesCloudStorageMessageReader`, or any other Pipes reader wrapped in
-            :class:`PipesSharedLocationReader`.
+        message_reader: :class:`PipesCloudStorageMessageReader`, or any Pipes reader wrapped
+            in :class:`PipesSharedLocationReader`.
         context_injector: how the Pipes context travels; defaults to inline in the body.
-        invoker: HTTP invocation (auth, timeouts, retries); defaults to
-            :class:`CloudFunctionInvoker` with its default policy.
-        function_location: the function's project, for each call's Cloud Logging link where
-            its URL does not name it (a ``run.app`` URL).
-        forward_termination: when the run is terminated while the call waits, or the call
-            fails while the function may still be working on it, ask the function to cancel
-            (marker ``<key_prefix>/cancel``, see :mod:`dagster_pipes_gcf.cancellation`);
-            likewise, before a retry, the attempt given up. With
-            :class:`PipesCloudStorageMessageReader` only.
+        invoker: auth, timeouts and retries; defaults to :class:`CloudFunctionInvoker`.
+        function_location: the function's project for the Cloud Logging link, where its URL
+            does not name it (``run.app``).
+        forward_termination: ask the function to cancel (marker ``<key_prefix>/cancel``) when
+            the run is terminated or the call fails while it may still be working, and
+            before a retry the attempt given up.
     """
 
     message_reader: PipesAttemptMessageReader
@@ -232,7 +196,7 @@ class PipesCloudFunctionClient(GcpPipesClient):
     def __init__(
         self,
         message_reader: PipesAttemptMessageReader,
-        context_injector: PipesContextInjector | None = None,
+        context_injector: dg.PipesContextInjector | None = None,
         invoker: CloudFunctionInvoker | None = None,
         function_location: FunctionLocation | None = None,
         forward_termination: bool = True,
@@ -260,12 +224,11 @@ class PipesCloudFunctionClient(GcpPipesClient):
     ) -> PipesCloudFunctionCompletedInvocation:
         """Invoke the function at ``function_url`` with ``event`` and wait for it to finish.
 
-        ``call_key`` names this call within the step in place of its ordinal (see the class
-        docstring); ``timeout`` overrides the policy's per-attempt timeout.
+        ``call_key`` names this call within the step in place of its ordinal; ``timeout``
+        overrides the policy's per-attempt timeout.
 
         Raises:
-            CloudFunctionError: the call failed (non-2xx, unreachable, timed out, or an
-                ambiguous outcome the policy does not retry); the message names the cause.
+            CloudFunctionError: the call failed; the message names the cause.
             DagsterPipesExecutionError: the function's messages ended without ``closed``.
         """
         trace = CallTrace.start(
@@ -284,24 +247,18 @@ class PipesCloudFunctionClient(GcpPipesClient):
                     f"{trace.describe()}"
                 )
                 reason = {"run_id": context.run_id, "invocation_id": invocation_id}
+                cancel = partial(self._cancel, attempts, reason)
+                call = self.invoker.start(
+                    function_url,
+                    headers={INVOCATION_ID_HEADER: invocation_id, **trace.headers},
+                    timeout=timeout,
+                )
+                body = {**(event or {}), **session.get_bootstrap_env_vars()}
                 with (
                     trace.annotating_failures(),
-                    forwarding_termination(self._canceller(attempts, reason), context.log.warning),
+                    forwarding_termination(cancel, context.log.warning),
                 ):
-                    call = self.invoker.start(
-                        function_url,
-                        headers={INVOCATION_ID_HEADER: invocation_id, **trace.headers},
-                        timeout=timeout,
-                    )
-                    body = {**(event or {}), **session.get_bootstrap_env_vars()}
-                    for attempt in call.attempts():
-                        with attempt:
-                            params = self._begin_attempt(call, attempts, reason, context)
-                            call.post(
-                                {**body, DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param(params)},
-                                attempts.handler_started,
-                            )
-                    response = call.result()
+                    response = self._post_attempts(call, body, attempts, cancel, context)
                 attempts.answered()
                 context.log.info(
                     f"[pipes] Cloud Function answered HTTP {response.status} in "
@@ -322,24 +279,37 @@ class PipesCloudFunctionClient(GcpPipesClient):
             metadata["function_handler_s"] = handler_s  # reported by gcf_pipes' handler
         return PipesCloudFunctionCompletedInvocation(session, metadata=metadata)
 
-    def _canceller(
-        self, attempts: AttemptStreams, reason: Mapping[str, str]
-    ) -> Callable[[str], CancelOutcome | None] | None:
-        """How to ask the function to stop this call (told why), if this client may."""
+    def _cancel(
+        self,
+        attempts: AttemptStreams,
+        reason: Mapping[str, str],
+        why: str,
+        abandoned_only: bool = False,
+    ) -> CancelOutcome | None:
         if not self.forward_termination:
             return None
-        return lambda why: attempts.cancel({"reason": why, **reason})
+        return attempts.cancel({"reason": why, **reason}, abandoned_only=abandoned_only)
 
-    def _begin_attempt(
-        self, call: Call, attempts: AttemptStreams, reason: Mapping[str, str], context: Context
-    ) -> PipesParams:
-        """The messages params of the attempt about to be sent. The attempt given up before
-        it, if it may have reached the handler, is asked to stop: two copies of one call then
-        never work side by side for long."""
-        abandoned = call.abandoned
-        params = attempts.begin_attempt(call.number, abandoned.reason if abandoned else None)
-        if abandoned and abandoned.may_have_run and self.forward_termination:
-            why = f"attempt {call.number - 1} abandoned ({abandoned.reason})"
-            if outcome := attempts.cancel({"reason": why, **reason}, abandoned_only=True):
-                context.log.info(f"[pipes] before attempt {call.number}: {outcome.describe()}")
-        return params
+    def _post_attempts(
+        self,
+        call: Call,
+        body: Mapping[str, Any],
+        attempts: AttemptStreams,
+        cancel: Callable[..., CancelOutcome | None],
+        context: Context,
+    ) -> FunctionResponse:
+        """Each attempt with its own messages params; the attempt given up, if it may still
+        run, is asked to stop first."""
+        for attempt in call.attempts():
+            with attempt:
+                gone = call.abandoned
+                params = attempts.begin_attempt(call.number, gone.reason if gone else None)
+                if gone and gone.may_have_run:
+                    why = f"attempt {call.number - 1} abandoned ({gone.reason})"
+                    if outcome := cancel(why, abandoned_only=True):
+                        context.log.info(
+                            f"[pipes] before attempt {call.number}: {outcome.describe()}"
+                        )
+                params_field = {DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param(params)}
+                call.post({**body, **params_field}, attempts.handler_started)
+        return call.result()

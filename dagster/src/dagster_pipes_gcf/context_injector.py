@@ -10,11 +10,8 @@ from dagster_pipes import PipesContextData, PipesDefaultContextLoader, PipesPara
 
 
 class PipesCloudFunctionEventContextInjector(PipesContextInjector):
-    """Embeds the Pipes context inline in the bootstrap params sent in the request body.
-
-    The function reads it with ``PipesMappingParamsLoader(body)`` and the default context
-    loader, so no extra storage round trip is needed.
-    """
+    """Embeds the Pipes context inline in the request body, no storage round trip needed
+    (the function reads it with ``PipesMappingParamsLoader(body)``)."""
 
     @contextmanager
     def inject_context(self, context_data: PipesContextData) -> Iterator[PipesParams]:

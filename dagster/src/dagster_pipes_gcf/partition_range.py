@@ -15,18 +15,13 @@ Context = AssetExecutionContext | OpExecutionContext
 
 
 def is_direct_invocation(context: Context) -> bool:
-    """True for a context from ``build_asset_context()``/``build_op_context()``: no run, no
-    step, no instance behind it."""
+    """True for ``build_asset_context()``/``build_op_context()``: no run, step or instance."""
     return isinstance(context, BaseDirectExecutionContext)
 
 
 class PipesPartitionRangeInjector(PipesContextInjector):
-    """Any injector, given the context with the run's partition key range and time window.
-
-    Dagster puts them in the Pipes context only when the run has a single partition key; a
-    backfill run over a range (``BackfillPolicy``) would reach the external process as if it
-    were unpartitioned.
-    """
+    """Any injector, given the run's partition key range and time window: Dagster sends them
+    only for a single key, so a range run (``BackfillPolicy``) would look unpartitioned."""
 
     def __init__(self, injector: PipesContextInjector, context: Context):
         self.injector = injector
@@ -45,8 +40,7 @@ class PipesPartitionRangeInjector(PipesContextInjector):
 
 
 def with_partition_range(context_data: PipesContextData, context: Context) -> PipesContextData:
-    """``context_data`` with a range run's key range and time window, in Dagster's format;
-    unchanged for other runs."""
+    """``context_data`` with a range run's key range and time window, in Dagster's format."""
     if context_data.get("partition_key_range") is not None or not context.has_partition_key_range:
         return context_data
     window = None

@@ -1,10 +1,5 @@
-"""Every call traceable: trace headers on each HTTP attempt, a Cloud Logging link to its lines.
-
-Each ``run()`` call is one trace: every attempt sends ``traceparent`` (W3C) and
-``X-Cloud-Trace-Context`` with the same trace id, plus the ``X-Dagster-Run-Id``,
-``X-Dagster-Asset-Key`` and ``X-Dagster-Partition-Key`` labels. The function's structured log
-lines (``gcf_pipes.logs``) carry the trace, so one Cloud Logging query finds that call's lines.
-"""
+"""Every call traceable: one trace per ``run()`` call, sent with each HTTP attempt, and a
+Cloud Logging link to the function's log lines of that trace (``gcf_pipes.logs``)."""
 
 from __future__ import annotations
 
@@ -27,16 +22,17 @@ _PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _CLOUDFUNCTIONS_HOST = re.compile(r"[a-z]+-[a-z]+[0-9]+-(?P<project>.+)\.cloudfunctions\.net")
 # What the function keeps as a log label (gcf_pipes.logs): printable ASCII, 1-256 characters.
 _LABEL = re.compile(r"[\x20-\x7e]{1,256}")
-_REVISION = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
-_INSTANCE_ID = re.compile(r"[0-9A-Za-z._-]{1,256}")
+# Fields of the function's answer kept in the metadata, if well-formed.
+_ANSWER_FIELDS = {
+    "function_revision": ("revision", re.compile(r"[a-z0-9][a-z0-9-]{0,127}")),
+    "function_instance": ("instance_id", re.compile(r"[0-9A-Za-z._-]{1,256}")),
+}
 
 
 @dataclass(frozen=True)
 class FunctionLocation:
-    """The Google Cloud project a function runs in, which its Cloud Logging link needs.
-
-    A ``https://REGION-PROJECT.cloudfunctions.net/NAME`` URL names it; a ``run.app`` URL
-    does not (set ``project``).
+    """The Google Cloud project a function runs in, for its Cloud Logging link: a
+    ``https://REGION-PROJECT.cloudfunctions.net/NAME`` URL names it, a ``run.app`` one does not.
     """
 
     project: str | None = None
@@ -77,7 +73,11 @@ class CallTrace:
     ) -> CallTrace:
         """A new trace for a call to ``function_url``; ``location`` overrides its project."""
         project = (location and location.project) or FunctionLocation.from_url(function_url).project
-        trace_id, span_id = _random_hex_id(16), _random_hex_id(8)
+        # W3C trace context: random, and never all zeros.
+        trace_id, span_id = (
+            f"{secrets.randbits(128) or 1:032x}",
+            f"{secrets.randbits(64) or 1:016x}",
+        )
         return cls(trace_id, span_id, run_id, asset_key, partition_key, project, datetime.now(UTC))
 
     @property
@@ -119,12 +119,9 @@ class CallTrace:
         if self.logging_url:
             metadata["cloud_logging_url"] = dg.MetadataValue.url(self.logging_url)
         body = response_body if isinstance(response_body, dict) else {}
-        for key, field, pattern in [
-            ("function_revision", "revision", _REVISION),
-            ("function_instance", "instance_id", _INSTANCE_ID),
-        ]:
-            if isinstance(body.get(field), str) and pattern.fullmatch(body[field]):
-                metadata[key] = body[field]
+        for key, (field, pattern) in _ANSWER_FIELDS.items():
+            if isinstance(value := body.get(field), str) and pattern.fullmatch(value):
+                metadata[key] = value
         return metadata
 
     @contextmanager
@@ -136,8 +133,3 @@ class CallTrace:
             # Annotated in place: a copy raised from it would print the same error twice.
             error.metadata = {**error.metadata, **dg.Failure(metadata=self.metadata()).metadata}
             raise
-
-
-def _random_hex_id(n_bytes: int) -> str:
-    value = secrets.token_hex(n_bytes)
-    return value if int(value, 16) else _random_hex_id(n_bytes)  # all zeros is invalid

@@ -26,12 +26,7 @@ from dagster_pipes_gcf import (
     PipesCloudFunctionClient,
     PipesSharedLocationReader,
 )
-from dagster_pipes_gcf.invocation import (
-    AbandonedAttempt,
-    HandlerStarted,
-    Outcome,
-    classify_exception,
-)
+from dagster_pipes_gcf.invocation import HandlerStarted
 from devstack.net import free_port
 
 FAST = InvocationPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05, timeout=5)
@@ -207,31 +202,60 @@ def test_a_refused_connection_is_retried_by_default(invoker: CloudFunctionInvoke
     assert "after 3 attempt(s)" in description
 
 
-def test_classification_of_transport_errors() -> None:
-    refused = requests.ConnectionError(NewConnectionError(None, "refused"))  # type: ignore[arg-type]
-    reset = requests.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError()))
-    assert classify_exception(requests.ConnectTimeout()) is Outcome.NOT_REACHED
-    assert classify_exception(refused) is Outcome.NOT_REACHED
-    assert classify_exception(reset) is Outcome.AMBIGUOUS
-    assert classify_exception(requests.exceptions.ChunkedEncodingError()) is Outcome.AMBIGUOUS
-    assert classify_exception(requests.ReadTimeout()) is None
+class RaisingSession(requests.Session):
+    """Raises ``error`` for every POST, counting them."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error, self.posts = error, 0
+
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.posts += 1
+        raise self.error
+
+
+REFUSED = requests.ConnectionError(NewConnectionError(None, "refused"))  # type: ignore[arg-type]
+RESET = requests.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError()))
+
+
+@pytest.mark.parametrize(
+    ("error", "posts", "may_still_run"),
+    [
+        (requests.ConnectTimeout(), 3, False),  # never reached the function: retried
+        (REFUSED, 3, False),
+        (RESET, 1, True),  # may have reached it: not retried without the opt-in
+        (requests.exceptions.ChunkedEncodingError(), 1, True),
+        (requests.ReadTimeout(), 1, True),  # may still be working: never retried
+    ],
+)
+def test_only_transport_errors_before_the_request_was_sent_are_retried(
+    error: Exception, posts: int, may_still_run: bool
+) -> None:
+    session = RaisingSession(error)
+    with pytest.raises(CloudFunctionError) as raised:
+        invoke(CloudFunctionInvoker(policy=FAST, session=session), "http://fn.invalid", {})
+    assert session.posts == posts
+    assert raised.value.function_may_still_run is may_still_run
 
 
 def test_each_attempt_gets_its_own_payload_told_why_the_previous_one_was_abandoned(
     invoker: CloudFunctionInvoker,
 ) -> None:
-    calls: list[tuple[int, AbandonedAttempt | None]] = []
+    calls: list[tuple[int, tuple[str, bool] | None]] = []
 
     with ScriptedServer([(503, "busy"), (200, {"status": "ok"})]) as server:
         call = invoker.start(server.url)
         for attempt in call.attempts():
             with attempt:
-                calls.append((call.number, call.abandoned))
+                abandoned = call.abandoned
+                calls.append(
+                    (call.number, abandoned and (abandoned.reason, abandoned.may_have_run))
+                )
                 call.post({"attempt": call.number})
         assert call.result().attempts == 2
     assert calls == [
         (1, None),
-        (2, AbandonedAttempt("HTTP 503 without an answer from the handler", may_have_run=False)),
+        (2, ("HTTP 503 without an answer from the handler", False)),
     ]
     assert [request["body"] for request in server.requests] == [{"attempt": 1}, {"attempt": 2}]
     assert all(r["headers"]["Connection"] == "close" for r in server.requests)
