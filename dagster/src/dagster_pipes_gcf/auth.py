@@ -157,7 +157,7 @@ class IdTokenAuth:
         waiting = ["another call's token refresh" if self._lock.locked() else "refreshing"]
 
         def fresh_token() -> str:
-            with self._lock:  # one refresh per audience; the others wait for it
+            with self._lock:  # one refresh at a time; the others wait for it
                 waiting[0] = "refreshing"
                 credentials = self._credentials.get(audience) or self._make_credentials(audience)
                 self._credentials[audience] = credentials
