@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -150,24 +151,24 @@ class IdTokenAuth:
 
     def token_for(self, audience: str, timeout: float | None = None) -> str:
         """A valid ID token for ``audience`` within ``timeout`` seconds (None: as long as
-        google-auth takes), another caller's refresh of it included."""
-        cached = self._credentials.get(audience)
-        if cached is not None and cached.valid:  # google-auth's own refresh threshold
-            return str(cached.token)
-        waiting = ["another call's token refresh" if self._lock.locked() else "refreshing"]
-
-        def fresh_token() -> str:
-            with self._lock:  # one refresh at a time; the others wait for it
-                waiting[0] = "refreshing"
-                credentials = self._credentials.get(audience) or self._make_credentials(audience)
-                self._credentials[audience] = credentials
-                if not credentials.valid:
-                    credentials.refresh(self._request_factory())
-                return str(credentials.token)
-
-        if timeout is None:
-            return fresh_token()
+        google-auth takes), waiting for another caller's refresh included."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # The caller holds the lock, never a refresh it gave up on: the next caller then
+        # refreshes on its own budget instead of queueing behind a hung token request.
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            waited = f"another call's token refresh: no answer within {timeout:g}s"
+            raise TokenTimeout(waited)  # type: ignore[no-untyped-call]
         try:
-            return call_within(timeout, fresh_token)
+            credentials = self._credentials.get(audience) or self._make_credentials(audience)
+            self._credentials[audience] = credentials
+            if not credentials.valid:  # google-auth's own refresh threshold
+                refresh = partial(credentials.refresh, self._request_factory())
+                if deadline is None:
+                    refresh()
+                else:
+                    call_within(deadline - time.monotonic(), refresh)
+            return str(credentials.token)
         except TimedOut as exc:
-            raise TokenTimeout(f"{waiting[0]}: {exc}") from None  # type: ignore[no-untyped-call]
+            raise TokenTimeout(f"refreshing: {exc}") from None  # type: ignore[no-untyped-call]
+        finally:
+            self._lock.release()

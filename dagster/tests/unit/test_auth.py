@@ -12,6 +12,7 @@ from urllib.parse import parse_qs
 
 import google.auth
 import google.auth.credentials
+import google.auth.exceptions
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -386,3 +387,27 @@ def test_a_key_file_yields_id_tokens_for_the_function_audience(
     cached = auth._credentials[AUDIENCE]
     assert isinstance(cached, service_account.IDTokenCredentials)
     assert cached.service_account_email == SA
+
+
+class HangsOnce(google.auth.credentials.Credentials):
+    """The first refresh hangs ``hang`` s (a blackholed token request); later ones are instant."""
+
+    def __init__(self, hang: float) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.hang, self.refreshes = hang, 0
+
+    def refresh(self, request: Any) -> None:
+        self.refreshes += 1
+        if self.refreshes == 1:
+            time.sleep(self.hang)
+            raise google.auth.exceptions.TransportError("timed out")  # type: ignore[no-untyped-call]
+        self.token = f"token-{self.refreshes}"
+
+
+def test_a_refresh_its_caller_gave_up_on_does_not_hold_up_the_next_caller() -> None:
+    credentials = HangsOnce(hang=3.0)
+    auth = IdTokenAuth(default_factory=lambda _: credentials, request_factory=object)
+    with pytest.raises(TokenTimeout):
+        auth.token_for(AUDIENCE, timeout=0.2)  # gives up on the hung refresh
+    # The next call has a budget of its own, and the token service now answers at once.
+    assert auth.token_for(AUDIENCE, timeout=1.0) == "token-2"
