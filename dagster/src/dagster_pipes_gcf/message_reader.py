@@ -550,7 +550,7 @@ class GcsMessageReader(PipesMessageReader):
             raise
         finally:
             streams.join_poller()
-            del self._sessions[key]
+            self._sessions.pop(key, None)
             # A terminated run (KeyboardInterrupt, Dagster's interrupt) reads nothing more.
             if error is None or isinstance(error, Exception):
                 streams.read_to_end(failed=error is not None)

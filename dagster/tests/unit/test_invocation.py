@@ -564,3 +564,47 @@ def test_any_reader_wrapped_sends_every_attempt_the_sessions_one_location() -> N
     assert len(sent) == 3 and len(set(sent)) == 1
     logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert not any("cancel" in line for line in logs), logs
+
+
+class LostAnswers(requests.Session):
+    """Every POST answers a platform 502: the handler may have run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.posts = 0
+
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.posts += 1
+        response = requests.Response()
+        response.status_code, response._content = 502, b"<html>lost</html>"
+        return response
+
+
+class DeniedAfterFirst(google.auth.credentials.Credentials):
+    """The first ID token is granted, every later refresh denied."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.refreshes = 0
+
+    def refresh(self, request: Any) -> None:
+        self.refreshes += 1
+        if self.refreshes > 1:
+            raise google.auth.exceptions.RefreshError("getOpenIdToken denied")  # type: ignore[no-untyped-call]
+        self.token = "token-1"
+
+
+def test_no_token_for_a_retry_after_an_ambiguous_attempt_says_that_attempt_may_run_on() -> None:
+    credentials = DeniedAfterFirst()
+    auth = IdTokenAuth(default_factory=lambda _: credentials, request_factory=object)
+    session = LostAnswers()
+    call = CloudFunctionInvoker(AMBIGUOUS_OK, auth, session).start("https://fn-abc-ew.a.run.app")
+    with pytest.raises(CloudFunctionError) as error:
+        for attempt in call.attempts():
+            with attempt:
+                if call.number == 2:
+                    credentials.token = None  # attempt 2 needs a refresh, which is denied
+                call.post({})
+    assert session.posts == 1
+    assert "no ID token" in str(error.value.description)
+    assert error.value.function_may_still_run  # attempt 1 (a 502) may still be working
