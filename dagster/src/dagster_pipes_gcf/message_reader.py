@@ -118,7 +118,9 @@ class PipesHandlerError(DagsterPipesExecutionError):
     """Dagster's message handler raised on a message (which is not delivered again)."""
 
 
-def list_names(bucket: storage.Bucket, prefix: str, policy: PollingPolicy, deadline: float) -> Any:
+def list_names(
+    bucket: storage.Bucket, prefix: str, policy: PollingPolicy, deadline: float
+) -> list[str]:
     """The names of the objects under ``prefix``, a failing listing retried for ``deadline``."""
     retry = DEFAULT_RETRY.with_timeout(deadline)
     blobs = bucket.client.list_blobs(
@@ -504,12 +506,14 @@ class GcsMessageReader(PipesMessageReader):
     @cached_property
     def client(self) -> storage.Client:
         """The client that reads messages (read-only scoped under impersonation)."""
-        return self._given_client or self._new_client(auth.DEVSTORAGE_READ_ONLY_SCOPE)
+        if self._given_client is not None:
+            return self._given_client
+        return self._new_client(auth.DEVSTORAGE_READ_ONLY_SCOPE)
 
     @cached_property
     def marker_client(self) -> storage.Client:
         """The client that writes cancel markers: read-write scoped under impersonation."""
-        if self._given_client or not self.impersonate_service_account:
+        if self._given_client is not None or not self.impersonate_service_account:
             return self.client
         return self._new_client(auth.DEVSTORAGE_READ_WRITE_SCOPE)
 

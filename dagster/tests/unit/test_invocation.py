@@ -202,16 +202,20 @@ def test_a_refused_connection_is_retried_by_default(invoker: CloudFunctionInvoke
     assert "after 3 attempt(s)" in description
 
 
-class RaisingSession(requests.Session):
-    """Raises ``error`` for every POST, counting them."""
+class CountingSession(requests.Session):
+    """Answers every POST with ``status`` (a platform page), or raises ``error``; counts them."""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: Exception | None = None, status: int = 502) -> None:
         super().__init__()
-        self.error, self.posts = error, 0
+        self.error, self.status, self.posts = error, status, 0
 
     def post(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         self.posts += 1
-        raise self.error
+        if self.error is not None:
+            raise self.error
+        response = requests.Response()
+        response.status_code, response._content = self.status, b"<html>platform page</html>"
+        return response
 
 
 REFUSED = requests.ConnectionError(NewConnectionError(None, "refused"))  # type: ignore[arg-type]
@@ -231,7 +235,7 @@ RESET = requests.ConnectionError(ProtocolError("Connection aborted.", Connection
 def test_only_transport_errors_before_the_request_was_sent_are_retried(
     error: Exception, posts: int, may_still_run: bool
 ) -> None:
-    session = RaisingSession(error)
+    session = CountingSession(error)
     with pytest.raises(CloudFunctionError) as raised:
         invoke(CloudFunctionInvoker(policy=FAST, session=session), "http://fn.invalid", {})
     assert session.posts == posts
@@ -566,20 +570,6 @@ def test_any_reader_wrapped_sends_every_attempt_the_sessions_one_location() -> N
     assert not any("cancel" in line for line in logs), logs
 
 
-class LostAnswers(requests.Session):
-    """Every POST answers a platform 502: the handler may have run."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.posts = 0
-
-    def post(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        self.posts += 1
-        response = requests.Response()
-        response.status_code, response._content = 502, b"<html>lost</html>"
-        return response
-
-
 class DeniedAfterFirst(google.auth.credentials.Credentials):
     """The first ID token is granted, every later refresh denied."""
 
@@ -597,7 +587,7 @@ class DeniedAfterFirst(google.auth.credentials.Credentials):
 def test_no_token_for_a_retry_after_an_ambiguous_attempt_says_that_attempt_may_run_on() -> None:
     credentials = DeniedAfterFirst()
     auth = IdTokenAuth(default_factory=lambda _: credentials, request_factory=object)
-    session = LostAnswers()
+    session = CountingSession(status=502)  # the handler may have run
     call = CloudFunctionInvoker(AMBIGUOUS_OK, auth, session).start("https://fn-abc-ew.a.run.app")
     with pytest.raises(CloudFunctionError) as error:
         for attempt in call.attempts():
