@@ -3,7 +3,6 @@ the real ``google-cloud-run`` library), tasks running ``people_lake.task`` as pr
 GCS emulator for Pipes messages and a local Delta lake."""
 
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import dagster as dg
 import deltalake
 import pytest
+from dagster._core.pipes.context import PipesMessageHandler
 
 from dagster_pipes_gcf import (
     CloudRunJobsApi,
@@ -273,7 +273,9 @@ def test_daily_people_job_runs_one_task_per_month(stack: LocalStack, jobs_endpoi
     assert table_rows(lake, "daily_people_job") == 3 * 33
 
 
-def test_termination_cancels_the_execution(stack: LocalStack, jobs_endpoint: str) -> None:
+def test_termination_cancels_the_execution(
+    stack: LocalStack, jobs_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lake = fresh_lake(stack)
     client = job_client(stack, jobs_endpoint)
     cancelled: list[str] = []
@@ -284,9 +286,19 @@ def test_termination_cancels_the_execution(stack: LocalStack, jobs_endpoint: str
         original(name, context)
 
     client._cancel = cancel  # type: ignore[method-assign]
-    interrupt = threading.Timer(4.0, _interrupt_main)  # as `dagster run terminate` does
-    interrupt.start()
-    started = time.monotonic()
+    # Terminate (as `dagster run terminate` does) once the first task has streamed a batch: a
+    # task is mid-write, and each has 15 batches to go, far more than the cancel takes to
+    # reach it. (A fixed delay raced a fast machine: a task reached its commit first.)
+    interrupted: list[float] = []
+    handle_message = PipesMessageHandler.handle_message
+
+    def interrupt_on_first_batch(handler: PipesMessageHandler, message: Any) -> None:
+        handle_message(handler, message)
+        if "batch 1:" in str(message.get("params")) and not interrupted:
+            interrupted.append(time.monotonic())
+            _interrupt_main()
+
+    monkeypatch.setattr(PipesMessageHandler, "handle_message", interrupt_on_first_batch)
     result = dg.materialize(
         [people_job],
         resources={
@@ -295,11 +307,11 @@ def test_termination_cancels_the_execution(stack: LocalStack, jobs_endpoint: str
                 job_name=job_name("people-job"), data_lake_uri=str(lake)
             ),
         },
-        run_config={"ops": {"people_job": {"config": {"num_rows": 4_000_000}}}},
+        run_config={"ops": {"people_job": {"config": {"num_rows": 8_000_000}}}},
         raise_on_error=False,
     )
-    assert not result.success
-    assert cancelled and time.monotonic() - started < 10
+    assert interrupted and not result.success
+    assert cancelled and time.monotonic() - interrupted[0] < 5
     execution = wait_for_completion(client.api, cancelled[0], timeout=10)
     assert execution.succeeded_count == 0 and execution.cancelled_count == 4
     assert not (lake / "people_job" / "_delta_log").exists() or table_rows(lake, "people_job") == 0
