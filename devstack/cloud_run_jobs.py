@@ -275,12 +275,12 @@ class ExecutionRun:
         pending = deque(self.tasks)
         while True:
             with self.lock:
+                # Reaped first: a task that ended before the cancel keeps its outcome.
+                for task in [task for task in self.tasks if task.state == "running"]:
+                    self._check(task, pending)
                 if self.cancel_requested.is_set():
                     self._cancel_all(pending)
                     break
-                running = [task for task in self.tasks if task.state == "running"]
-                for task in running:
-                    self._check(task, pending)
                 while pending and sum(t.state == "running" for t in self.tasks) < self.parallelism:
                     self._launch(pending.popleft())
                 if all(task.done for task in self.tasks):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -14,7 +15,13 @@ from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 
 from dagster_pipes_gcf.cloud_run_job import CloudRunJobsApi, run_request
-from devstack.cloud_run_jobs import peak_memory_records, running_stand_in
+from devstack.cloud_run_jobs import (
+    ExecutionRun,
+    JobConfig,
+    StandInConfig,
+    peak_memory_records,
+    running_stand_in,
+)
 
 PARENT = "projects/local-project/locations/us-central1/jobs"
 # Each task prints its env contract and args as JSON, then does what TASK_MODE says.
@@ -157,6 +164,19 @@ def test_cancel_sends_sigterm_then_sigkill_after_the_grace_period(api: CloudRunJ
     for task in api.tasks.list_tasks(parent=execution.name):
         assert "TERM" in task_output(task)  # asked to stop first ...
         assert task.last_attempt_result.exit_code == -9  # ... then killed
+
+
+def test_a_task_that_ended_before_the_cancel_keeps_its_outcome(tmp_path: Path) -> None:
+    quick = JobConfig(command=(sys.executable, "-c", "pass"), parallelism=1)
+    config = StandInConfig(jobs={"quick": quick}, log_dir=tmp_path, grace_s=1.0)
+    execution = ExecutionRun(config, "quick", quick, task_count=2, timeout_s=60, env={}, args=[])
+    first = execution.tasks[0]
+    execution._launch(first)
+    assert first.process is not None
+    os.waitid(os.P_PID, first.process.pid, os.WEXITED | os.WNOWAIT)  # ended, not yet reaped
+    execution.cancel_requested.set()  # the cancel comes before the scheduler's next look
+    execution._schedule()
+    assert [task.state for task in execution.tasks] == ["succeeded", "cancelled"]
 
 
 def test_the_operation_completes_with_the_execution(api: CloudRunJobsApi) -> None:
