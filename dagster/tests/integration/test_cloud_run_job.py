@@ -11,7 +11,6 @@ from typing import Any
 import dagster as dg
 import deltalake
 import pytest
-from dagster._core.pipes.context import PipesMessageHandler
 
 from dagster_pipes_gcf import (
     CloudRunJobsApi,
@@ -287,18 +286,18 @@ def test_termination_cancels_the_execution(
 
     client._cancel = cancel  # type: ignore[method-assign]
     # Terminate (as `dagster run terminate` does) once the first task has streamed a batch: a
-    # task is mid-write, and each has 15 batches to go, far more than the cancel takes to
-    # reach it. (A fixed delay raced a fast machine: a task reached its commit first.)
+    # task is mid-write with 15 batches of 16 to go, far more than the cancel takes to reach
+    # it. (A fixed delay raced a fast machine: a task reached its commit first.)
     interrupted: list[float] = []
-    handle_message = PipesMessageHandler.handle_message
+    handle_message = dg.PipesMessageHandler.handle_message
 
-    def interrupt_on_first_batch(handler: PipesMessageHandler, message: Any) -> None:
+    def interrupt_on_first_batch(handler: dg.PipesMessageHandler, message: Any) -> None:
         handle_message(handler, message)
         if "batch 1:" in str(message.get("params")) and not interrupted:
             interrupted.append(time.monotonic())
             _interrupt_main()
 
-    monkeypatch.setattr(PipesMessageHandler, "handle_message", interrupt_on_first_batch)
+    monkeypatch.setattr(dg.PipesMessageHandler, "handle_message", interrupt_on_first_batch)
     result = dg.materialize(
         [people_job],
         resources={
